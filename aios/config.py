@@ -1,0 +1,137 @@
+"""One typed, frozen settings tree, loaded from a TOML file, then `AIOS_*` environment
+variables, then flags; validated once, every error naming the bad field. It is passed
+explicitly to whoever needs it, never held in a global.
+
+Environment variables name nested fields with double underscores:
+`AIOS_SCHEDULER__POLICY=fair`, `AIOS_DATABASE_URL=postgresql+psycopg://...`."""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aios.errors import ConfigError
+from aios.param import MAX_SLOTS
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SchedulerSettings(_Frozen):
+    policy: Literal["fifo", "rr", "priority", "fair"] = "fifo"
+    rr_slice_tokens: int = Field(32, gt=0, description="round-robin time slice, in generated tokens")
+    aging_per_s: float = Field(0.1, ge=0, description="priority levels a waiting syscall gains per second")
+    is_preemptive: bool = Field(True, description="a more urgent arrival preempts a running generation")
+    fair_input_weight: float = Field(1.0, ge=0, description="virtual-token cost of a prompt token")
+    fair_output_weight: float = Field(2.0, ge=0, description="virtual-token cost of a generated token")
+
+
+class ClockSettings(_Frozen):
+    mode: Literal["wall", "virtual"] = "wall"
+    speed: float = Field(1.0, gt=0, description="simulated seconds per wall second (wall mode)")
+
+
+class HardwareBackendSettings(_Frozen):
+    """The first hardware-model backend: a simulated serving engine (see aios.llm.hardware)."""
+    kind: Literal["hardware"] = "hardware"
+    name: str = "hw"
+    models: list[str] = ["sim-llama-3-8b", "sim-mistral-7b"]
+    num_slots: int = Field(8, gt=0, le=MAX_SLOTS)
+    timeout_s: float = Field(600.0, gt=0)
+    ttft_base_s: float = Field(0.015, ge=0, description="fixed time of a prefill step")
+    prefill_tokens_per_s: float = Field(8000.0, gt=0)
+    decode_s_per_token: float = Field(0.025, ge=0)
+    kv_bytes_per_token: int = Field(131072, gt=0, description="Llama-3-8B fp16: 32 layers x 8 KV heads x 128 x 2 x 2 B")
+    swap_bytes_per_s: float = Field(25e9, gt=0, description="host link for KV swap (PCIe 4.0 x16, achieved)")
+    preemption_mode: Literal["swap", "recompute"] = "swap"
+    default_output_tokens: int = Field(64, gt=0)
+    replies_file: Path | None = Field(None, description="JSONL of canned replies; scripted text otherwise")
+
+
+class LiteLLMBackendSettings(_Frozen):
+    """Any provider litellm knows; keys come from the provider's usual environment variables."""
+    kind: Literal["litellm"] = "litellm"
+    name: str = "litellm"
+    models: list[str]
+    num_slots: int = Field(16, gt=0, le=MAX_SLOTS)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    retry_base_s: float = Field(0.5, gt=0)
+    retry_cap_s: float = Field(20.0, gt=0)
+    api_base: str | None = None
+    is_continuable: bool = Field(False, description="resume a preempted generation by prefilling "
+                                 "the partial reply as an assistant message (providers that honour it)")
+
+
+BackendSettings = Annotated[HardwareBackendSettings | LiteLLMBackendSettings, Field(discriminator="kind")]
+
+
+class Settings(_Frozen):
+    home: Path = Field(default_factory=lambda: Path(os.environ.get("AIOS_HOME", "~/.aios")).expanduser())
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/aios.db")
+    scheduler: SchedulerSettings = SchedulerSettings()
+    clock: ClockSettings = ClockSettings()
+    backends: list[BackendSettings] = Field(default_factory=lambda: [HardwareBackendSettings()])
+    shutdown: Literal["drain", "cancel"] = "drain"
+    drain_timeout_s: float = Field(30.0, gt=0)
+    tool_slots: int = Field(16, gt=0, le=MAX_SLOTS, description="concurrent calls per tool")
+    memory_slots: int = Field(8, gt=0, le=MAX_SLOTS)
+    storage_slots: int = Field(8, gt=0, le=MAX_SLOTS)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'aios.db'}"
+
+
+def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """File, then environment, then flags (dotted keys: {"scheduler.policy": "rr"})."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist", field="config") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}", field="config") from None
+    env = os.environ if env is None else env
+    for key, value in env.items():
+        if key.startswith("AIOS_") and key not in ("AIOS_HOME", "AIOS_URL", "AIOS_TOKEN", "AIOS_PID"):
+            _put(data, key[5:].lower().split("__"), _env_value(value))
+    if "AIOS_HOME" in env and "home" not in data:
+        data["home"] = env["AIOS_HOME"]
+    for dotted, value in (overrides or {}).items():
+        _put(data, dotted.split("."), value)
+    return validate(data)
+
+
+def validate(data: Mapping[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("hardware", "litellm")))
+        raise ConfigError(f"invalid setting {loc}: {err['msg']}", field=loc,
+                          hint=f"{e.error_count()} problem(s) in the settings") from None
+
+
+def _put(data: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"setting {'.'.join(path)} conflicts with a value above it", field=".".join(path))
+    data[path[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are JSON where they parse as JSON (numbers, lists), else strings."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

@@ -1,0 +1,509 @@
+"""The kernel: boots the managers, runs dispatch, shuts down cleanly. Nothing else.
+
+    async with Kernel(settings) as k:
+        ticket = await k.submit({"kind": "llm", "model": "sim-llama-3-8b", "messages": [...]})
+        result = await ticket.result()
+
+Invariants: `submit` returns only once the call's record is durable; every call ends
+terminal with its waiter woken, on every path (done, failure, cancel, kill, deadline,
+shutdown); a call's slot is released on every path."""
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from aios.clock import Clock, VirtualClock, WallClock
+from aios.config import HardwareBackendSettings, LiteLLMBackendSettings, Settings
+from aios.context import ContextManager
+from aios.errors import (AiosError, BackendUnavailable, Cancelled, DeadlineExceeded, InternalError,
+                         InvalidSyscall, JournalUnavailable, NotFound, ToolError)
+from aios.events import Event, EventBus, EventKind
+from aios.llm import Backend, Chunk, Request, Response, Router
+from aios.llm.hardware import HardwareBackend
+from aios.llm.provider import LiteLLMBackend
+from aios.memory import MemoryManager
+from aios.process import Process, ProcessTable, ProcState
+from aios.scheduler import Resource, Scheduler, Ticket
+from aios.storage import Database, FileStore, Journal
+from aios.syscall import (CallState, Kind, LLMSyscall, ProcessOp, ProcessSyscall, Syscall, ToolSyscall,
+                          Usage, advance, check_payload, check_priority, decode)
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Ticket], Awaitable[tuple[Any, Usage]]]
+
+
+class _Preempted(Exception):
+    """Raised inside a run when the call gave up its slot at a token boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    fn: Callable[..., Any]
+    max_concurrency: int
+    timeout_s: float | None = None
+
+
+def build_backends(settings: Settings, clock: Clock) -> list[Backend]:
+    makers = {HardwareBackendSettings: lambda s: HardwareBackend(s, clock),
+              LiteLLMBackendSettings: lambda s: LiteLLMBackend(s)}
+    return [makers[type(b)](b) for b in settings.backends]
+
+
+class Kernel:
+    def __init__(self, settings: Settings | None = None, *, clock: Clock | None = None,
+                 backends: Sequence[Backend] | None = None):
+        self.settings = settings = settings or Settings()
+        if clock is None:
+            clock = VirtualClock() if settings.clock.mode == "virtual" else WallClock(settings.clock.speed)
+        self.clock = clock
+        self.bus = EventBus()
+        self.db = Database(settings.db_url, clock)
+        self.journal = Journal(self.db)
+        self.context = ContextManager()
+        self.scheduler = Scheduler(settings.scheduler, self._start, clock.now)
+        self.router = Router(backends if backends is not None else build_backends(settings, clock))
+        self.memory = MemoryManager(self.db)
+        self.files = FileStore(self.db)
+        self.processes = ProcessTable(self.db)
+        self.tools: dict[str, Tool] = {}
+        self.tickets: dict[str, Ticket] = {}     # calls in flight, by id
+        self.handlers: dict[Kind, Handler] = {
+            Kind.LLM: self._run_llm, Kind.TOOL: self._run_tool, Kind.MEMORY: self._run_memory,
+            Kind.STORAGE: self._run_storage, Kind.PROCESS: self._run_process,
+        }
+        self.is_accepting = False
+        self.num_submitted = 0
+        self._seq = itertools.count()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # ---- boot and shutdown
+
+    async def __aenter__(self) -> Kernel:
+        await anyio.to_thread.run_sync(self.db.open)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            if isinstance(self.clock, VirtualClock):
+                self._tg.start_soon(self.clock.run)
+            self._tg.start_soon(self.journal.run)
+            now = self.clock.now()
+            await self.processes.load(now)
+            requeued, failed = await self.journal.recover(now)
+            for call in requeued:
+                if call.pid and call.pid not in self.processes.procs:
+                    call = replace(call, pid=0)   # its process died with the old kernel
+                self._enqueue(Ticket(call, next(self._seq)))
+            if requeued or failed:
+                log.warning("recovered %d calls (re-queued), failed %d that were running",
+                            len(requeued), len(failed))
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self.db.close()
+            raise
+        self.is_accepting = True
+        self._publish(EventKind.KERNEL, data={"state": "booted"})
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.shutdown(drain=self.settings.shutdown == "drain" and exc[0] is None)
+        finally:
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(*exc)
+            for backend in self.router.backends:
+                await backend.aclose()
+            self.bus.close()
+            await anyio.to_thread.run_sync(self.db.close)
+
+    async def shutdown(self, drain: bool) -> None:
+        """Stops accepting calls; waits for those in flight (drain, bounded by
+        drain_timeout_s) or cancels them; the journal is flushed before it returns."""
+        if not self.is_accepting:
+            return
+        self.is_accepting = False
+        self._publish(EventKind.KERNEL, data={"state": "stopping", "drain": drain})
+        if drain:
+            with anyio.move_on_after(self.settings.drain_timeout_s):
+                for ticket in list(self.tickets.values()):
+                    await ticket.done.wait()
+        for ticket in list(self.tickets.values()):
+            self._abort(ticket, Cancelled("the kernel shut down before this call finished",
+                                          hint="submit it again once the kernel is back"))
+        for ticket in list(self.tickets.values()):
+            await ticket.done.wait()
+        await self.journal.flush()
+
+    # ---- the syscall interface
+
+    async def submit(self, call: Syscall | dict[str, Any], *, pid: int = 0,
+                     principal: str = "local") -> Ticket:
+        """Checks, journals (durably) and queues a call. Raises the AiosError that says
+        what is wrong with it; nothing is recorded for a call that is refused."""
+        if not self.is_accepting:
+            raise BackendUnavailable("the kernel is not accepting calls (stopped or still booting)")
+        now = self.clock.now()
+        if isinstance(call, Syscall):
+            check_priority(call.priority)
+            check_payload(call)
+            call = replace(call, pid=pid or call.pid, state=CallState.QUEUED, created=now)
+        else:
+            call = decode(call, pid=pid, principal=principal, created=now)
+        if call.pid:
+            self.processes.check_live(call.pid)
+        self._resource_of(call)   # an unknown model or tool is refused here
+        ticket = Ticket(call, next(self._seq))
+        self.tickets[call.id] = ticket
+        try:
+            await self.journal.append(call, now, is_new=True)
+        except JournalUnavailable:
+            del self.tickets[call.id]
+            raise
+        self.num_submitted += 1
+        self._publish_state(ticket)
+        self._enqueue(ticket)
+        return ticket
+
+    async def call(self, call: Syscall | dict[str, Any], *, pid: int = 0, principal: str = "local") -> Any:
+        """Submits and waits: the result, or the call's error raised again."""
+        ticket = await self.submit(call, pid=pid, principal=principal)
+        return await ticket.result()
+
+    async def cancel(self, call_id: str) -> Syscall:
+        ticket = self.tickets.get(call_id)
+        if ticket is None:
+            call = await self.lookup(call_id)
+            return call   # already over: cancelling a finished call changes nothing
+        self._abort(ticket, Cancelled("cancelled by its caller"))
+        return await ticket.wait()
+
+    async def lookup(self, call_id: str) -> Syscall:
+        ticket = self.tickets.get(call_id)
+        if ticket is not None:
+            return ticket.call
+        call = await self.journal.load(call_id)
+        if call is None:
+            raise NotFound(f"no syscall {call_id!r}", field="id")
+        return call
+
+    async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
+        """The reply's chunks as they are generated (what came before, then the rest);
+        raises the call's error at the end if it failed."""
+        send, receive = anyio.create_memory_object_stream[Chunk](math.inf)
+        if ticket.text_parts:
+            send.send_nowait(Chunk("".join(ticket.text_parts), ticket.num_tokens))
+        if ticket.done.is_set():
+            send.close()
+        else:
+            ticket.listeners.append(send)
+        async with receive:
+            async for chunk in receive:
+                yield chunk
+        if ticket.call.error is not None:
+            raise AiosError.from_dict(ticket.call.error)
+
+    def set_policy(self, name: str) -> None:
+        self.scheduler.set_policy(name)
+        for res in self.scheduler:
+            self._publish(EventKind.POLICY, data={"resource": res.name, "policy": name})
+
+    def register_tool(self, name: str, fn: Callable[..., Any], *, max_concurrency: int | None = None,
+                      timeout_s: float | None = None) -> None:
+        self.tools[name] = Tool(name, fn, max_concurrency or self.settings.tool_slots, timeout_s)
+
+    # ---- processes
+
+    async def spawn(self, name: str, *, principal: str = "local", parent_pid: int | None = None,
+                    priority: int = 0) -> Process:
+        check_priority(priority)
+        proc = await self.processes.spawn(name, principal, self.clock.now(), parent_pid=parent_pid,
+                                          priority=priority)
+        self._publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
+        return proc
+
+    async def suspend(self, pid: int) -> Process:
+        self.processes.check_live(pid)
+        self.scheduler.suspend(pid)
+        return await self._set_process_state(pid, ProcState.SUSPENDED)
+
+    async def resume(self, pid: int) -> Process:
+        self.processes.check_live(pid)
+        self.scheduler.resume(pid)
+        return await self._set_process_state(pid, ProcState.RUNNING)
+
+    async def kill(self, pid: int, reason: str = "killed") -> Process:
+        """Cancels the process's calls in flight (their slots are released) and marks it exited."""
+        self.processes.check_live(pid)
+        self.scheduler.resume(pid)   # held calls go back to their queues, to be cancelled there
+        doomed = [t for t in self.tickets.values() if t.pid == pid]
+        for ticket in doomed:
+            self._abort(ticket, Cancelled(f"process {pid} was {reason}"))
+        for ticket in doomed:
+            await ticket.done.wait()
+        return await self._set_process_state(pid, ProcState.EXITED, reason)
+
+    async def exit(self, pid: int, reason: str = "exited") -> Process:
+        return await self.kill(pid, reason)
+
+    async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None) -> Process:
+        proc = await self.processes.set_state(pid, state, self.clock.now(), reason)
+        self._publish(EventKind.PROCESS, pid=pid, data={"state": state.value})
+        return proc
+
+    # ---- dispatch
+
+    def _resource_of(self, call: Syscall) -> Resource:
+        match call:
+            case LLMSyscall():
+                slots = self.router.route(call.model).num_slots
+            case ToolSyscall():
+                tool = self.tools.get(call.tool)
+                if tool is None:
+                    raise NotFound(f"unknown tool {call.tool!r}", field="tool",
+                                   hint=f"tools: {', '.join(sorted(self.tools)) or 'none registered'}")
+                slots = tool.max_concurrency
+            case ProcessSyscall():
+                slots = 64
+            case _:
+                slots = self.settings.memory_slots if call.kind is Kind.MEMORY else self.settings.storage_slots
+        return self.scheduler.resource(call.resource, slots)
+
+    def _enqueue(self, ticket: Ticket) -> None:
+        call = ticket.call
+        self.tickets[call.id] = ticket
+        if call.deadline is not None:
+            assert self._tg is not None
+            self._tg.start_soon(self._expire, ticket)
+        self._resource_of(call).submit(ticket, self.clock.now())
+
+    def _start(self, ticket: Ticket) -> None:
+        """The scheduler gave the ticket a slot: run it as a task of the kernel."""
+        assert self._tg is not None
+        self._tg.start_soon(self._run, ticket)
+
+    async def _run(self, ticket: Ticket) -> None:
+        """Runs with the slot held; releases it on every path."""
+        res = self.scheduler.resources[ticket.call.resource]
+        now = self.clock.now()
+        ticket.call = advance(ticket.call, CallState.RUNNING, started=ticket.call.started or now)
+        ticket.run_started = now
+        outcome: tuple[CallState, Any, Usage, AiosError | None] | None = None
+        preempted = False
+        with anyio.CancelScope() as scope:
+            ticket.scope = scope
+            if ticket.cancel_error is not None:
+                scope.cancel()
+            try:
+                # a call with side effects is known to be running before it acts
+                await self.journal.append(ticket.call, now, wait=ticket.call.kind in (Kind.TOOL, Kind.PROCESS))
+                self._publish_state(ticket)
+                result, usage = await self.handlers[ticket.call.kind](ticket)
+                outcome = (CallState.DONE, result, usage, None)
+            except _Preempted:
+                preempted = True
+            except AiosError as e:
+                outcome = (CallState.FAILED, None, Usage(), e)
+            except Exception as e:   # a bug: the call fails, the kernel goes on
+                log.exception("syscall %s crashed", ticket.id)
+                outcome = (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}"))
+        ticket.scope = None
+        with anyio.CancelScope(shield=True):
+            now = self.clock.now()
+            held = Usage(service_s=now - ticket.run_started)
+            if preempted:
+                call = advance(ticket.call, CallState.PREEMPTED, usage=ticket.call.usage + held,
+                               num_preemptions=ticket.call.num_preemptions + 1)
+                ticket.call = advance(call, CallState.QUEUED)
+                await self.journal.append(call, now, wait=False)
+                await self.journal.append(ticket.call, now, wait=False)
+                self._publish_state(ticket)
+                res.requeue(ticket, now)
+                return
+            if outcome is None:   # cancelled from outside: a cancel, a kill, a deadline, shutdown
+                err = ticket.cancel_error or Cancelled("cancelled")
+                outcome = (_cancel_state(err), None, Usage(), err)
+            state, result, usage, err = outcome
+            await self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
+
+    async def _finish(self, ticket: Ticket, res: Resource | None, state: CallState, result: Any,
+                      usage: Usage, err: AiosError | None) -> None:
+        now = self.clock.now()
+        if ticket.snapshot is not None and isinstance(ticket.call, LLMSyscall):
+            self.context.discard(ticket, self.router.route(ticket.call.model))
+        ticket.call = advance(ticket.call, state, finished=now, result=result, usage=usage,
+                              error=err.to_dict() if err else None)
+        if res is not None:
+            res.release(ticket, now)   # the slot is free before the commit: work-conserving
+        try:
+            await self.journal.append(ticket.call, now)
+        except JournalUnavailable as e:
+            log.error("could not journal the end of %s: %s", ticket.id, e)
+        self.processes.charge(ticket.pid, usage)
+        self.tickets.pop(ticket.id, None)
+        for send in ticket.listeners:
+            send.close()
+        ticket.listeners.clear()
+        self._publish_state(ticket)
+        ticket.done.set()
+
+    def _abort(self, ticket: Ticket, error: AiosError) -> None:
+        """Ends a call that is not over yet: a running one through its cancel scope, a
+        waiting one at once."""
+        if ticket.done.is_set() or ticket.cancel_error is not None:
+            return
+        ticket.cancel_error = error
+        if ticket.scope is not None:
+            ticket.scope.cancel()
+            return
+        res = self.scheduler.resources.get(ticket.call.resource)
+        if res is not None and res.remove(ticket):
+            assert self._tg is not None
+            self._tg.start_soon(self._finish_waiting, ticket, error)
+
+    async def _finish_waiting(self, ticket: Ticket, error: AiosError) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._finish(ticket, None, _cancel_state(error), None, ticket.call.usage, error)
+
+    async def _expire(self, ticket: Ticket) -> None:
+        assert ticket.call.deadline is not None
+        await self.clock.sleep(ticket.call.deadline - self.clock.now())
+        if not ticket.done.is_set():
+            self._abort(ticket, DeadlineExceeded(
+                f"the call passed its deadline ({ticket.call.deadline - ticket.call.created:g} s after submit)",
+                hint="raise timeout_s, lower the load, or raise the call's priority"))
+
+    # ---- handlers, one per kind: each returns (result, usage)
+
+    async def _run_llm(self, ticket: Ticket) -> tuple[Any, Usage]:
+        call = ticket.call
+        assert isinstance(call, LLMSyscall)
+        backend = self.router.route(call.model)
+        res = self.scheduler.resources[call.resource]
+        request = Request.of(call)
+        resume = self.context.restore(ticket)
+        if resume is None:
+            res.policy.on_tokens(ticket, request.num_prompt_tokens, 0)
+        ticket.is_preemptible = backend.is_continuable
+        tool_calls, finish, usage = None, "stop", None
+        try:
+            with anyio.fail_after(backend.timeout_s):
+                async with aclosing(backend.stream(request, resume)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.num_tokens or chunk.text:
+                            self._emit(ticket, res, chunk)
+                        if chunk.tool_calls:
+                            tool_calls = (tool_calls or []) + chunk.tool_calls
+                        if chunk.finish_reason:
+                            finish = chunk.finish_reason
+                        if chunk.usage:
+                            usage = chunk.usage
+                        elif backend.is_continuable and (
+                                ticket.is_preempt_requested or res.policy.should_yield(ticket, self.clock.now())):
+                            self.context.snapshot(ticket, backend, request, self.clock.now())
+                            raise _Preempted
+        except TimeoutError:
+            raise BackendUnavailable(f"backend {backend.name} did not answer within {backend.timeout_s:g} s",
+                                     hint="raise the backend's timeout_s, or check the provider") from None
+        finally:
+            ticket.is_preemptible = False
+        if usage is None:
+            usage = Usage(request.num_prompt_tokens, ticket.num_tokens)
+        text = "".join(ticket.text_parts)
+        return Response(text, finish, usage, tool_calls, call.model).to_dict(), \
+            Usage(usage.tokens_in, usage.tokens_out, usage.cost_usd)
+
+    def _emit(self, ticket: Ticket, res: Resource, chunk: Chunk) -> None:
+        ticket.text_parts.append(chunk.text)
+        ticket.num_tokens += chunk.num_tokens
+        ticket.num_slice_tokens += chunk.num_tokens
+        res.policy.on_tokens(ticket, 0, chunk.num_tokens)
+        for send in ticket.listeners:
+            send.send_nowait(chunk)
+        if self.bus.has_subscribers:
+            self._publish(EventKind.CALL_TOKEN, pid=ticket.pid, call_id=ticket.id, data={"text": chunk.text})
+
+    async def _run_tool(self, ticket: Ticket) -> tuple[Any, Usage]:
+        call = ticket.call
+        assert isinstance(call, ToolSyscall)
+        tool = self.tools[call.tool]
+        try:
+            inspect.signature(tool.fn).bind(**call.arguments)
+        except TypeError as e:
+            raise InvalidSyscall(f"bad arguments for tool {call.tool!r}: {e}", field="arguments") from None
+        try:
+            with anyio.fail_after(tool.timeout_s):
+                if inspect.iscoroutinefunction(tool.fn):
+                    result = await tool.fn(**call.arguments)
+                else:
+                    with self.clock.busy():
+                        result = await anyio.to_thread.run_sync(lambda: tool.fn(**call.arguments))
+        except AiosError:
+            raise
+        except TimeoutError:
+            raise ToolError(f"tool {call.tool!r} did not finish within {tool.timeout_s:g} s") from None
+        except Exception as e:
+            raise ToolError(f"tool {call.tool!r} raised {type(e).__name__}: {e}") from None
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError):
+            raise ToolError(f"tool {call.tool!r} returned a {type(result).__name__}, which is not JSON",
+                            hint="return str, numbers, lists or dicts") from None
+        return result, Usage()
+
+    async def _run_memory(self, ticket: Ticket) -> tuple[Any, Usage]:
+        return await self.memory.execute(ticket.call, self.clock.now()), Usage()   # type: ignore[arg-type]
+
+    async def _run_storage(self, ticket: Ticket) -> tuple[Any, Usage]:
+        return await self.files.execute(ticket.call, self.clock.now()), Usage()   # type: ignore[arg-type]
+
+    async def _run_process(self, ticket: Ticket) -> tuple[Any, Usage]:
+        call = ticket.call
+        assert isinstance(call, ProcessSyscall)
+        if call.op is ProcessOp.LIST:
+            return [_proc_dict(p) for p in self.processes.procs.values()
+                    if p.principal == call.principal], Usage()
+        target = self.processes.get(call.target_pid)   # type: ignore[arg-type]
+        if target.principal != call.principal:
+            raise NotFound(f"no process {call.target_pid}", field="target_pid")
+        if target.pid == call.pid and call.op is not ProcessOp.STATUS:
+            raise InvalidSyscall(f"a process cannot {call.op} itself", field="target_pid")
+        ops = {ProcessOp.SUSPEND: self.suspend, ProcessOp.RESUME: self.resume, ProcessOp.KILL: self.kill}
+        proc = target if call.op is ProcessOp.STATUS else await ops[call.op](target.pid)
+        return _proc_dict(proc), Usage()
+
+    # ---- events
+
+    def _publish(self, kind: EventKind, *, pid: int | None = None, call_id: str | None = None,
+                 data: dict[str, Any] | None = None) -> None:
+        if self.bus.has_subscribers:
+            self.bus.publish(Event(kind, self.clock.now(), pid, call_id, data or {}))
+
+    def _publish_state(self, ticket: Ticket) -> None:
+        if self.bus.has_subscribers:
+            call = ticket.call
+            self.bus.publish(Event(EventKind.CALL_STATE, self.clock.now(), call.pid, call.id,
+                                   {"state": call.state.value, "kind": call.kind.value,
+                                    "resource": call.resource}))
+
+
+def _cancel_state(err: AiosError) -> CallState:
+    return CallState.CANCELLED if isinstance(err, Cancelled) else CallState.FAILED
+
+
+def _proc_dict(p: Process) -> dict[str, Any]:
+    return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
+            "state": p.state.value, "created": p.created, "exited": p.exited,
+            "tokens_in": p.usage.tokens_in, "tokens_out": p.usage.tokens_out}

@@ -1,0 +1,160 @@
+"""The first hardware-model backend: a SIMULATED serving engine, not a model. It decides
+when each token appears (a fixed number of batch slots, a prefill time that grows with the
+prompt, a per-token decode time, a swap or recompute charge on resume); a responder decides
+what the tokens are (deterministic scripted text, or canned replies from a file).
+
+Invariant: the reply to a request is a pure function of the request, so a generation
+resumed at token i continues with exactly the tokens an uninterrupted run would give."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aios.clock import Clock
+from aios.config import HardwareBackendSettings
+from aios.errors import BackendBusy, ConfigError
+from aios.llm import Chunk, Request, Response, Resume, collect
+from aios.syscall import Usage
+
+_WORDS = ("the kernel schedules agent calls onto shared model slots while each process waits "
+          "for its tokens and the journal records every state so nothing accepted is lost "
+          "after a crash fair share keeps heavy agents from starving light ones").split()
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    tokens: tuple[str, ...]
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedKV:
+    """Where a preempted call's KV cache went: swapped to host memory, or dropped."""
+    num_tokens: int
+    mode: str   # "swap" | "recompute"
+
+
+class ScriptedResponder:
+    """Scripted text of the requested length (max_tokens, else a default), or a canned
+    reply when the last user message contains an entry's `match` string.
+
+    Replies file: one JSON object per line, {"match": str, "reply": str, "tool_calls": [...]}."""
+
+    def __init__(self, default_tokens: int, replies_file: Path | None = None):
+        self.default_tokens = default_tokens
+        self.canned: list[dict[str, Any]] = []
+        if replies_file is not None:
+            self.canned = _read_replies(replies_file)
+
+    def reply(self, request: Request) -> Reply:
+        last_user = next((m.get("content") for m in reversed(request.messages) if m.get("role") == "user"), "")
+        for entry in self.canned:
+            if isinstance(last_user, str) and entry["match"] in last_user:
+                return Reply(tuple(_TOKEN.findall(entry.get("reply", ""))), entry.get("tool_calls"))
+        num_tokens = request.max_tokens or self.default_tokens
+        seed = hashlib.blake2b(json.dumps([request.model, request.messages], sort_keys=True,
+                                          default=str).encode(), digest_size=8).digest()
+        words = [_WORDS[(int.from_bytes(seed, "little") * 2654435761 + i * 40503) % 2**32 % len(_WORDS)]
+                 for i in range(num_tokens)]
+        return Reply(tuple(w if i == 0 else " " + w for i, w in enumerate(words)))
+
+
+def _read_replies(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read replies file {path}: {e.strerror}", field="replies_file") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{n} is not JSON: {e.msg}", field="replies_file") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("match"), str):
+            raise ConfigError(f"{path}:{n} needs a string 'match'", field="replies_file")
+        entries.append(entry)
+    return entries
+
+
+class HardwareBackend:
+    """A simulated engine: up to `num_slots` calls decode together; time from the clock."""
+    is_continuable = True
+
+    def __init__(self, settings: HardwareBackendSettings, clock: Clock,
+                 responder: ScriptedResponder | None = None):
+        self.settings = settings
+        self.name = settings.name
+        self.models: Sequence[str] = settings.models
+        self.num_slots = settings.num_slots
+        self.timeout_s = settings.timeout_s
+        self.clock = clock
+        self.responder = responder or ScriptedResponder(settings.default_output_tokens, settings.replies_file)
+        self.num_running = 0
+        self.num_swapped_kv_tokens = 0   # KV held in host memory for preempted calls
+
+    def prefill_s(self, num_tokens: int) -> float:
+        return self.settings.ttft_base_s + num_tokens / self.settings.prefill_tokens_per_s
+
+    def restore_s(self, saved: SavedKV) -> float:
+        """Swap: the KV goes out at preemption and back at resume, both over the host link
+        (charged together at resume). Recompute: a prefill over prompt and generated tokens."""
+        if saved.mode == "swap":
+            return 2 * saved.num_tokens * self.settings.kv_bytes_per_token / self.settings.swap_bytes_per_s
+        return self.prefill_s(saved.num_tokens)
+
+    def service_s(self, num_prompt_tokens: int, num_output_tokens: int) -> float:
+        """The uninterrupted time of one call: prefill with the first token, then decode."""
+        return self.prefill_s(num_prompt_tokens) + max(0, num_output_tokens - 1) * self.settings.decode_s_per_token
+
+    async def stream(self, request: Request, resume: Resume | None = None) -> AsyncIterator[Chunk]:
+        if self.num_running >= self.num_slots:
+            raise BackendBusy(f"backend {self.name} has all {self.num_slots} slots busy",
+                              hint="retry later, or submit through the kernel, which queues")
+        self.num_running += 1
+        try:
+            reply = self.responder.reply(request)
+            num_prompt = request.num_prompt_tokens
+            start = 0
+            if resume is None:
+                await self.clock.sleep(self.prefill_s(num_prompt))
+            else:
+                start = resume.num_tokens
+                saved = resume.state if isinstance(resume.state, SavedKV) else SavedKV(num_prompt + start, "recompute")
+                self.discard_saved(saved)
+                await self.clock.sleep(self.restore_s(saved))
+            for i in range(start, len(reply.tokens)):
+                if i > start or resume is not None:
+                    await self.clock.sleep(self.settings.decode_s_per_token)
+                yield Chunk(reply.tokens[i], 1)
+            yield Chunk(tool_calls=reply.tool_calls, finish_reason="tool_calls" if reply.tool_calls else "stop",
+                        usage=Usage(num_prompt, len(reply.tokens)))
+        finally:
+            self.num_running -= 1
+
+    async def complete(self, request: Request) -> Response:
+        return await collect(self.stream(request), request.model)
+
+    def save(self, request: Request, resume: Resume) -> SavedKV:
+        saved = SavedKV(request.num_prompt_tokens + resume.num_tokens, self.settings.preemption_mode)
+        if saved.mode == "swap":
+            self.num_swapped_kv_tokens += saved.num_tokens
+        return saved
+
+    def discard_saved(self, saved: SavedKV) -> None:
+        if saved.mode == "swap":
+            self.num_swapped_kv_tokens -= saved.num_tokens
+
+    def discard(self, resume: Resume) -> None:
+        if isinstance(resume.state, SavedKV):
+            self.discard_saved(resume.state)
+
+    async def aclose(self) -> None:
+        return None

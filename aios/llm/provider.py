@@ -1,0 +1,156 @@
+"""The litellm backend: any provider litellm knows (OpenAI, Anthropic, Ollama, a vLLM or
+SGLang server, ...), chosen by model name, with keys from the provider's usual
+environment variables. Timeouts, retries with capped exponential backoff and jitter on
+transient errors, and provider errors mapped to syscall failures that keep the
+provider's own message.
+
+litellm is imported on first use: it takes seconds to import, and a kernel that serves
+only the hardware model never pays for it."""
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+
+from aios.config import LiteLLMBackendSettings
+from aios.errors import AiosError, BackendError, BackendUnavailable, InvalidSyscall, NotFound, PermissionDenied
+from aios.llm import Chunk, Request, Response, Resume, collect, count_tokens
+from aios.syscall import Usage
+
+# litellm exception class name -> (our error class, is it worth retrying)
+_ERRORS: dict[str, tuple[type[AiosError], bool]] = {
+    "AuthenticationError": (PermissionDenied, False),
+    "PermissionDeniedError": (PermissionDenied, False),
+    "NotFoundError": (NotFound, False),
+    "BadRequestError": (InvalidSyscall, False),
+    "UnprocessableEntityError": (InvalidSyscall, False),
+    "ContextWindowExceededError": (InvalidSyscall, False),
+    "ContentPolicyViolationError": (BackendError, False),
+    "UnsupportedParamsError": (InvalidSyscall, False),
+    "RateLimitError": (BackendUnavailable, True),
+    "Timeout": (BackendUnavailable, True),
+    "APIConnectionError": (BackendUnavailable, True),
+    "ServiceUnavailableError": (BackendUnavailable, True),
+    "InternalServerError": (BackendUnavailable, True),
+    "BadGatewayError": (BackendUnavailable, True),
+    "APIError": (BackendError, True),
+}
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no network fetch at import
+    import litellm
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def map_error(e: Exception, model: str) -> tuple[AiosError, bool]:
+    """The AiosError for a provider exception, and whether a retry may help."""
+    for cls in type(e).__mro__:
+        if cls.__name__ in _ERRORS:
+            kind, is_transient = _ERRORS[cls.__name__]
+            message = getattr(e, "message", None) or str(e)
+            return kind(f"{model}: {message}", field="model" if kind is NotFound else None), is_transient
+    return BackendError(f"{model}: {type(e).__name__}: {e}"), False
+
+
+class LiteLLMBackend:
+    def __init__(self, settings: LiteLLMBackendSettings):
+        self.settings = settings
+        self.name = settings.name
+        self.models: Sequence[str] = settings.models
+        self.num_slots = settings.num_slots
+        self.timeout_s = settings.timeout_s
+        self.is_continuable = settings.is_continuable
+        self._rng = random.Random()
+
+    def _kwargs(self, request: Request, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        kw: dict[str, Any] = {"model": request.model, "messages": messages, "timeout": self.timeout_s}
+        for name in ("tools", "max_tokens", "temperature", "stop"):
+            value = getattr(request, name)
+            if value is not None:
+                kw[name] = value
+        if self.settings.api_base:
+            kw["api_base"] = self.settings.api_base
+        return kw
+
+    async def _retrying(self, attempt_fn: Any) -> Any:
+        """Calls `attempt_fn` until it succeeds, a non-transient error, or max_retries."""
+        attempt = 0
+        while True:
+            try:
+                return await attempt_fn()
+            except AiosError:
+                raise
+            except Exception as e:
+                err, is_transient = map_error(e, self.name)
+                if not is_transient or attempt >= self.settings.max_retries:
+                    raise err from None
+                cap = min(self.settings.retry_cap_s, self.settings.retry_base_s * 2 ** attempt)
+                attempt += 1
+                await anyio.sleep(self._rng.uniform(0, cap))
+
+    async def stream(self, request: Request, resume: Resume | None = None) -> AsyncIterator[Chunk]:
+        litellm = _litellm()
+        messages = list(request.messages)
+        if resume is not None and resume.text:
+            # text-level continuation: the provider continues an assistant turn it is given
+            messages.append({"role": "assistant", "content": resume.text})
+        kwargs = self._kwargs(request, messages)
+        stream = await self._retrying(lambda: litellm.acompletion(
+            **kwargs, stream=True, stream_options={"include_usage": True}))
+        num_out = resume.num_tokens if resume else 0
+        usage: Usage | None = None
+        tool_calls: dict[int, dict[str, Any]] = {}
+        finish = None
+        try:
+            async for part in stream:
+                if getattr(part, "usage", None):
+                    u = part.usage
+                    usage = Usage(u.prompt_tokens or 0, (u.completion_tokens or 0) + (resume.num_tokens if resume else 0))
+                if not part.choices:
+                    continue
+                choice = part.choices[0]
+                delta = choice.delta
+                for tc in getattr(delta, "tool_calls", None) or []:
+                    slot = tool_calls.setdefault(tc.index or 0, {"id": None, "type": "function",
+                                                                 "function": {"name": "", "arguments": ""}})
+                    slot["id"] = tc.id or slot["id"]
+                    if tc.function is not None:
+                        slot["function"]["name"] += tc.function.name or ""
+                        slot["function"]["arguments"] += tc.function.arguments or ""
+                if delta.content:
+                    num_out += 1
+                    yield Chunk(delta.content, 1)
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+        except Exception as e:
+            raise map_error(e, self.name)[0] from None
+        if usage is None:
+            usage = Usage(count_tokens(messages), num_out)
+        cost = self._cost(request.model, usage)
+        yield Chunk(tool_calls=[tool_calls[i] for i in sorted(tool_calls)] or None,
+                    finish_reason=finish or "stop", usage=Usage(usage.tokens_in, usage.tokens_out, cost))
+
+    async def complete(self, request: Request) -> Response:
+        return await collect(self.stream(request), request.model)
+
+    def _cost(self, model: str, usage: Usage) -> float:
+        try:
+            prompt, completion = _litellm().cost_per_token(model=model, prompt_tokens=usage.tokens_in,
+                                                           completion_tokens=usage.tokens_out)
+            return float(prompt + completion)
+        except Exception:   # a model litellm has no price for costs what we cannot know
+            return 0.0
+
+    def save(self, request: Request, resume: Resume) -> None:
+        return None
+
+    def discard(self, resume: Resume) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

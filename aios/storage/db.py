@@ -1,0 +1,94 @@
+"""The one database: an SQLAlchemy engine on SQLite (WAL, fsync on commit) by default, or
+PostgreSQL. Blocking database work runs in worker threads, never on the event loop.
+
+Invariant: `open()` fails with JournalUnavailable, naming the cause, before the kernel
+accepts anything, when the database cannot be read and written."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from aios.clock import Clock
+from aios.errors import JournalUnavailable
+from aios.storage.models import Base, BootRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Database:
+    def __init__(self, url: str, clock: Clock):
+        self.url = url
+        self.clock = clock
+        self.engine: Engine | None = None
+        self._limiter = anyio.CapacityLimiter(4)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return make_url(self.url).get_backend_name() == "sqlite"
+
+    def open(self) -> None:
+        url = make_url(self.url)
+        if self.is_sqlite and url.database and url.database != ":memory:" and not url.query.get("mode"):
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if self.is_sqlite else {"pool_pre_ping": True}
+        engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            Base.metadata.create_all(engine)
+            with engine.begin() as conn:   # proves the database is writable
+                conn.execute(insert(BootRow).values(started=self.clock.now()))
+        except SQLAlchemyError as e:
+            engine.dispose()
+            raise describe(e, self.url) from None
+        self.engine = engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    async def run(self, fn: Callable[[Engine], T]) -> T:
+        """Runs blocking database work in a worker thread; maps database errors."""
+        engine = self.engine
+        if engine is None:
+            raise JournalUnavailable("the database is closed")
+        with self.clock.busy():
+            try:
+                return await anyio.to_thread.run_sync(fn, engine, limiter=self._limiter)
+            except SQLAlchemyError as e:
+                raise describe(e, self.url) from None
+
+
+def describe(e: SQLAlchemyError, url: str) -> JournalUnavailable:
+    """Turns a driver error into a message that says what is wrong with the database."""
+    text = str(e.orig if isinstance(e, DBAPIError) and e.orig is not None else e).splitlines()[0]
+    where = make_url(url).render_as_string(hide_password=True)
+    low = text.lower()
+    if "readonly" in low or "read-only" in low or "read only" in low:
+        return JournalUnavailable(f"the database {where} is read-only: {text}",
+                                  hint="give the kernel write access, or point --db at a writable file")
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return JournalUnavailable(f"the database {where} is corrupt: {text}",
+                                  hint="restore it from a backup, or move it aside to start a new one")
+    if "unable to open" in low:
+        return JournalUnavailable(f"cannot open the database {where}: {text}",
+                                  hint="check that its folder exists and is writable")
+    return JournalUnavailable(f"database error on {where}: {text}")
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (driver objects)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")   # a commit is on disk before it returns
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

@@ -1,0 +1,204 @@
+"""The syscall journal: every syscall and every state change it goes through.
+
+Commits are grouped: records that arrive while a commit is in flight go into the next
+one, so many concurrent submits share one fsync. Invariant: `append(..., wait=True)`
+returns only once its record is durable, and raises JournalUnavailable if it is not.
+
+Recovery rule on boot (a kernel that died with calls in flight):
+  * queued or preempted calls are re-queued (a preempted one restarts its generation:
+    the snapshot lived in memory);
+  * running LLM calls are re-queued from the start (a generation has no side effects);
+  * running tool, memory, storage and process calls are failed with code `interrupted`,
+    because they may have acted before the crash and re-running them could act twice."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from sqlalchemy import Engine, bindparam, insert, select, update
+
+from aios.errors import AiosError, JournalUnavailable
+from aios.storage.db import Database
+from aios.storage.models import BootRow, SyscallRow, TransitionRow
+from aios.syscall import SYSCALL_TYPES, CallState, Kind, MemoryOp, ProcessOp, StorageOp, Syscall, Usage, advance
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(AiosError):
+    code = "interrupted"
+
+
+@dataclass(slots=True)
+class _Flush:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: JournalUnavailable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    call: Syscall
+    at: float
+    is_new: bool
+    detail: dict[str, Any] | None
+
+
+class Journal:
+    def __init__(self, db: Database):
+        self.db = db
+        self._pending: list[_Record] = []
+        self._flush = _Flush()
+        self._wake = anyio.Event()
+        self.num_commits = 0
+        self.num_records = 0
+
+    async def append(self, call: Syscall, at: float, *, is_new: bool = False, wait: bool = True,
+                     detail: dict[str, Any] | None = None) -> None:
+        """Records the call's current state (a new row when `is_new`) and its move at `at`."""
+        flush = self._flush
+        self._pending.append(_Record(call, at, is_new, detail))
+        self._wake.set()
+        if wait:
+            await flush.done.wait()
+            if flush.error is not None:
+                raise flush.error
+
+    async def run(self) -> None:
+        """The writer task: commits whatever is pending, one transaction at a time."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch, flush = self._pending, self._flush
+            self._pending, self._flush = [], _Flush()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.db.run(lambda engine: _write(engine, batch))
+                self.num_commits += 1
+                self.num_records += len(batch)
+            except JournalUnavailable as e:
+                log.error("journal commit of %d records failed: %s", len(batch), e)
+                flush.error = e
+            finally:
+                flush.done.set()
+
+    async def load(self, call_id: str) -> Syscall | None:
+        def read(engine: Engine) -> Any:
+            with engine.connect() as conn:
+                return conn.execute(select(SyscallRow.__table__).where(SyscallRow.id == call_id)).first()
+        row = await self.db.run(read)
+        return None if row is None else from_row(row._mapping)
+
+    async def transitions(self, call_id: str) -> list[tuple[str, float, Any]]:
+        def read(engine: Engine) -> list[tuple[str, float, Any]]:
+            with engine.connect() as conn:
+                rows = conn.execute(select(TransitionRow.state, TransitionRow.at, TransitionRow.detail)
+                                    .where(TransitionRow.call_id == call_id).order_by(TransitionRow.id))
+                return [tuple(r) for r in rows]
+        return await self.db.run(read)
+
+    async def recover(self, now: float) -> tuple[list[Syscall], list[Syscall]]:
+        """Applies the recovery rule (module docstring) to calls left unfinished by a crash.
+        Returns (calls to re-queue, calls failed); both are journaled before it returns."""
+        def read(engine: Engine) -> list[Any]:
+            with engine.connect() as conn:
+                live = (CallState.QUEUED, CallState.RUNNING, CallState.PREEMPTED)
+                return list(conn.execute(select(SyscallRow.__table__).where(SyscallRow.state.in_(live))
+                                         .order_by(SyscallRow.created)))
+        requeued, failed = [], []
+        for row in await self.db.run(read):
+            call = from_row(row._mapping)
+            detail = {"recovered": True}
+            if call.state is CallState.RUNNING and call.kind is not Kind.LLM:
+                err = Interrupted(f"the kernel stopped while this {call.kind} call was running; "
+                                  "it was not re-run because it may already have acted",
+                                  hint="check its effect, then submit it again if needed")
+                call = advance(call, CallState.FAILED, finished=now, error=err.to_dict())
+                await self.append(call, now, wait=False, detail=detail)
+                failed.append(call)
+                continue
+            if call.state is CallState.RUNNING:
+                call = advance(call, CallState.PREEMPTED)
+                await self.append(call, now, wait=False, detail=detail)
+            if call.state is CallState.PREEMPTED:
+                call = advance(call, CallState.QUEUED)
+                await self.append(call, now, wait=False, detail=detail)
+            requeued.append(call)
+        await self.flush()
+        if self._flush.error:
+            raise self._flush.error
+
+        def note(engine: Engine) -> None:
+            with engine.begin() as conn:
+                last = conn.execute(select(BootRow.id).order_by(BootRow.id.desc()).limit(1)).scalar()
+                conn.execute(update(BootRow).where(BootRow.id == last)
+                             .values(num_requeued=len(requeued), num_failed=len(failed)))
+        await self.db.run(note)
+        return requeued, failed
+
+
+def _row(call: Syscall) -> dict[str, Any]:
+    u = call.usage
+    return {"id": call.id, "kind": call.kind.value, "pid": call.pid, "principal": call.principal,
+            "priority": call.priority, "deadline": call.deadline, "state": call.state.value,
+            "payload": call.payload(), "result": call.result, "error": call.error,
+            "created": call.created, "started": call.started, "finished": call.finished,
+            "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
+            "service_s": u.service_s, "num_preemptions": call.num_preemptions}
+
+
+_UPDATE_COLUMNS = ("state", "result", "error", "started", "finished", "tokens_in", "tokens_out",
+                   "cost_usd", "service_s", "num_preemptions")
+
+
+def _write(engine: Engine, batch: list[_Record]) -> None:
+    new: dict[str, Syscall] = {}
+    changed: dict[str, Syscall] = {}
+    moves = []
+    for rec in batch:
+        c = rec.call
+        if rec.is_new or c.id in new:
+            new[c.id] = c
+        else:
+            changed[c.id] = c
+        moves.append({"call_id": c.id, "state": c.state.value, "at": rec.at,
+                      "detail": rec.detail})
+    table = SyscallRow.__table__
+    with engine.begin() as conn:
+        if new:
+            conn.execute(insert(table), [_row(c) for c in new.values()])
+        if changed:
+            stmt = (update(table).where(table.c.id == bindparam("b_id"))
+                    .values({col: bindparam(f"b_{col}") for col in _UPDATE_COLUMNS}))
+            rows = []
+            for c in changed.values():
+                r = _row(c)
+                rows.append({"b_id": c.id, **{f"b_{col}": r[col] for col in _UPDATE_COLUMNS}})
+            conn.execute(stmt, rows)
+        conn.execute(insert(TransitionRow.__table__), moves)
+
+
+def from_row(row: Any) -> Syscall:
+    cls = SYSCALL_TYPES[Kind(row["kind"])]
+    payload = dict(row["payload"] or {})
+    return cls(id=row["id"], pid=row["pid"], principal=row["principal"], priority=row["priority"],
+               deadline=row["deadline"], state=CallState(row["state"]), created=row["created"],
+               started=row["started"], finished=row["finished"],
+               usage=Usage(row["tokens_in"], row["tokens_out"], row["cost_usd"], row["service_s"]),
+               num_preemptions=row["num_preemptions"], result=row["result"], error=row["error"],
+               **_payload_types(cls, payload))
+
+
+_OPS = {Kind.MEMORY: MemoryOp, Kind.STORAGE: StorageOp, Kind.PROCESS: ProcessOp}
+
+
+def _payload_types(cls: type[Syscall], payload: dict[str, Any]) -> dict[str, Any]:
+    """JSON gives enums back as strings; turn op fields into their enums again."""
+    if "op" in payload and cls.kind in _OPS:
+        payload["op"] = _OPS[cls.kind](payload["op"])
+    return payload

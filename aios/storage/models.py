@@ -1,0 +1,88 @@
+"""The SQLAlchemy 2 models of the one database. Types are portable (SQLite by default,
+PostgreSQL for scale); times are kernel-clock seconds as floats."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, Any: JSON}
+
+
+class ProcessRow(Base):
+    __tablename__ = "processes"
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(200))
+    principal: Mapped[str] = mapped_column(String(200))
+    parent_pid: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    created: Mapped[float] = mapped_column(Float)
+    exited: Mapped[float | None] = mapped_column(Float)
+    exit_reason: Mapped[str | None] = mapped_column(Text)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    service_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SyscallRow(Base):
+    __tablename__ = "syscalls"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int] = mapped_column(Integer, index=True)
+    principal: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer)
+    deadline: Mapped[float | None] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    payload: Mapped[Any] = mapped_column(JSON)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[Any | None] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+    started: Mapped[float | None] = mapped_column(Float)
+    finished: Mapped[float | None] = mapped_column(Float)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    service_s: Mapped[float] = mapped_column(Float, default=0.0)
+    num_preemptions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TransitionRow(Base):
+    """Every state change of every syscall, in order."""
+    __tablename__ = "syscall_transitions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(String(32), ForeignKey("syscalls.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[float] = mapped_column(Float)
+    detail: Mapped[Any | None] = mapped_column(JSON)
+
+
+class BootRow(Base):
+    """One row per kernel boot, with what crash recovery did."""
+    __tablename__ = "kernel_boots"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started: Mapped[float] = mapped_column(Float)
+    num_requeued: Mapped[int] = mapped_column(Integer, default=0)
+    num_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MemoryRow(Base):
+    __tablename__ = "memory_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    created: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_memory_pid_key", "pid", "key", unique=True),)
+
+
+class FileRow(Base):
+    __tablename__ = "files"
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    updated: Mapped[float] = mapped_column(Float)

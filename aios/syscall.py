@@ -1,0 +1,306 @@
+"""Syscalls: what an agent asks the kernel for, one frozen dataclass per resource kind, and
+the state machine every syscall follows.
+
+Invariant: a syscall changes state only through `advance`, which refuses moves not in MOVES.
+    queued -> running -> (preempted -> queued)* -> done | failed | cancelled
+"""
+from __future__ import annotations
+
+import types
+import typing
+import uuid
+from dataclasses import MISSING, dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from aios.errors import InvalidSyscall, InvalidTransition
+from aios.param import MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
+
+
+class Kind(StrEnum):
+    LLM = "llm"
+    TOOL = "tool"
+    MEMORY = "memory"
+    STORAGE = "storage"
+    PROCESS = "process"
+
+
+class CallState(StrEnum):
+    QUEUED = "queued"        # waiting in its resource's queue
+    RUNNING = "running"      # holds a slot of its resource
+    PREEMPTED = "preempted"  # lost its slot mid-generation; its context is snapshotted
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+MOVES: dict[CallState, frozenset[CallState]] = {
+    CallState.QUEUED: frozenset({CallState.RUNNING, CallState.FAILED, CallState.CANCELLED}),
+    CallState.RUNNING: frozenset({CallState.PREEMPTED, CallState.DONE, CallState.FAILED,
+                                  CallState.CANCELLED}),
+    CallState.PREEMPTED: frozenset({CallState.QUEUED, CallState.FAILED, CallState.CANCELLED}),
+    CallState.DONE: frozenset(),
+    CallState.FAILED: frozenset(),
+    CallState.CANCELLED: frozenset(),
+}
+TERMINAL = frozenset({CallState.DONE, CallState.FAILED, CallState.CANCELLED})
+
+
+class MemoryOp(StrEnum):
+    ADD = "add"
+    GET = "get"
+    SEARCH = "search"
+    LIST = "list"
+    DELETE = "delete"
+
+
+class StorageOp(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    LIST = "list"
+    DELETE = "delete"
+
+
+class ProcessOp(StrEnum):
+    STATUS = "status"
+    LIST = "list"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    KILL = "kill"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    service_s: float = 0.0   # time the call held a slot, summed over its runs
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.tokens_in + other.tokens_in, self.tokens_out + other.tokens_out,
+                     self.cost_usd + other.cost_usd, self.service_s + other.service_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Syscall:
+    """Fields common to every kind; a subclass per kind adds its payload fields."""
+    kind: ClassVar[Kind]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    pid: int = 0
+    principal: str = "local"
+    priority: int = 0
+    deadline: float | None = None     # absolute kernel-clock time; None means no deadline
+    state: CallState = CallState.QUEUED
+    created: float = 0.0
+    started: float | None = None      # first time it got a slot
+    finished: float | None = None
+    usage: Usage = Usage()
+    num_preemptions: int = 0
+    result: Any = None
+    error: dict[str, Any] | None = None   # AiosError.to_dict() of a failed or cancelled call
+
+    @property
+    def resource(self) -> str:
+        """The name of the queue this call waits in (one queue per resource)."""
+        return self.kind.value
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def payload(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in COMMON_FIELDS}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMSyscall(Syscall):
+    kind: ClassVar[Kind] = Kind.LLM
+    model: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: list[str] | None = None
+    stream: bool = False
+
+    @property
+    def resource(self) -> str:
+        return f"llm:{self.model}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolSyscall(Syscall):
+    kind: ClassVar[Kind] = Kind.TOOL
+    tool: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resource(self) -> str:
+        return f"tool:{self.tool}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemorySyscall(Syscall):
+    kind: ClassVar[Kind] = Kind.MEMORY
+    op: MemoryOp
+    key: str | None = None
+    content: str | None = None
+    query: str | None = None
+    k: int = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSyscall(Syscall):
+    kind: ClassVar[Kind] = Kind.STORAGE
+    op: StorageOp
+    path: str = ""
+    data: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSyscall(Syscall):
+    kind: ClassVar[Kind] = Kind.PROCESS
+    op: ProcessOp
+    target_pid: int | None = None
+
+
+SYSCALL_TYPES: dict[Kind, type[Syscall]] = {
+    cls.kind: cls for cls in (LLMSyscall, ToolSyscall, MemorySyscall, StorageSyscall, ProcessSyscall)
+}
+COMMON_FIELDS = frozenset(f.name for f in fields(Syscall))
+# What a caller may set when submitting; the rest is the kernel's to fill in.
+CALLER_FIELDS = frozenset({"priority", "timeout_s"})
+
+
+def advance(call: Syscall, to: CallState, **changes: Any) -> Syscall:
+    """The one way a syscall changes state; refuses moves the table does not allow."""
+    if to not in MOVES[call.state]:
+        raise InvalidTransition(call.id, call.state, to)
+    return replace(call, state=to, **changes)
+
+
+def check_priority(value: Any, field_name: str = "priority") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSyscall(f"{field_name} must be an integer, got {value!r}", field=field_name,
+                             hint=f"use a whole number from 0 to {MAX_PRIORITY}")
+    if not 0 <= value <= MAX_PRIORITY:
+        raise InvalidSyscall(f"{field_name} must be between 0 and {MAX_PRIORITY}, got {value}",
+                             field=field_name, hint="higher numbers are more urgent")
+    return value
+
+
+def decode(data: Any, *, pid: int, principal: str, created: float) -> Syscall:
+    """Builds a syscall from an untrusted JSON-shaped dict; every error names its field.
+
+    The dict has `kind`, the kind's payload fields, and optionally `priority` and
+    `timeout_s` (seconds from now; becomes the absolute `deadline`)."""
+    if not isinstance(data, dict):
+        raise InvalidSyscall(f"a syscall must be a JSON object, got {type(data).__name__}")
+    raw_kind = data.get("kind")
+    try:
+        kind = Kind(raw_kind)
+    except ValueError:
+        raise InvalidSyscall(f"unknown syscall kind {raw_kind!r}", field="kind",
+                             hint=f"one of: {', '.join(k.value for k in Kind)}") from None
+    cls = SYSCALL_TYPES[kind]
+    hints = typing.get_type_hints(cls)
+    payload_fields = {f.name: f for f in fields(cls) if f.name not in COMMON_FIELDS}
+    unknown = set(data) - set(payload_fields) - CALLER_FIELDS - {"kind"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise InvalidSyscall(f"unknown field {name!r} for a {kind} syscall", field=name,
+                             hint=f"{kind} syscalls take: {', '.join(sorted(payload_fields))}")
+    values: dict[str, Any] = {}
+    for name, f in payload_fields.items():
+        if name in data:
+            values[name] = _coerce(data[name], hints[name], name)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise InvalidSyscall(f"a {kind} syscall needs the field {name!r}", field=name)
+    priority = check_priority(data.get("priority", 0))
+    deadline = None
+    if data.get("timeout_s") is not None:
+        timeout_s = data["timeout_s"]
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+            raise InvalidSyscall(f"timeout_s must be a positive number of seconds, got {timeout_s!r}",
+                                 field="timeout_s")
+        deadline = created + float(timeout_s)
+    call = cls(pid=pid, principal=principal, priority=priority, deadline=deadline,
+               created=created, **values)
+    check_payload(call)
+    return call
+
+
+def check_payload(call: Syscall) -> None:
+    match call:
+        case LLMSyscall():
+            if not call.model:
+                raise InvalidSyscall("model must not be empty", field="model")
+            if not call.messages:
+                raise InvalidSyscall("messages must hold at least one message", field="messages")
+            if len(call.messages) > MAX_MESSAGES:
+                raise InvalidSyscall(f"at most {MAX_MESSAGES} messages per call", field="messages")
+            for i, m in enumerate(call.messages):
+                if "role" not in m or not isinstance(m["role"], str):
+                    raise InvalidSyscall(f"messages[{i}] has no string 'role'", field=f"messages[{i}].role",
+                                         hint="OpenAI-shaped messages: {'role': 'user', 'content': '...'}")
+                content = m.get("content")
+                if content is not None and not isinstance(content, (str, list)):
+                    raise InvalidSyscall(f"messages[{i}].content must be a string or a list of parts",
+                                         field=f"messages[{i}].content")
+            if call.max_tokens is not None and not 0 < call.max_tokens <= MAX_TOKENS:
+                raise InvalidSyscall(f"max_tokens must be between 1 and {MAX_TOKENS}", field="max_tokens")
+        case ToolSyscall():
+            if not call.tool:
+                raise InvalidSyscall("tool must not be empty", field="tool")
+        case MemorySyscall(op=MemoryOp.ADD) if call.content is None:
+            raise InvalidSyscall("memory add needs 'content'", field="content")
+        case MemorySyscall(op=MemoryOp.SEARCH) if not call.query:
+            raise InvalidSyscall("memory search needs 'query'", field="query")
+        case MemorySyscall(op=MemoryOp.GET | MemoryOp.DELETE) if not call.key:
+            raise InvalidSyscall(f"memory {call.op} needs 'key'", field="key")
+        case StorageSyscall(op=StorageOp.WRITE) if call.data is None:
+            raise InvalidSyscall("storage write needs 'data'", field="data")
+        case StorageSyscall(op=StorageOp.READ | StorageOp.WRITE | StorageOp.DELETE) if not call.path:
+            raise InvalidSyscall(f"storage {call.op} needs 'path'", field="path")
+        case ProcessSyscall(op=op) if op not in (ProcessOp.LIST,) and call.target_pid is None:
+            raise InvalidSyscall(f"process {op} needs 'target_pid'", field="target_pid")
+
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Checks a JSON value against a field's type hint (the few shapes syscalls use)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _coerce(value, next(a for a in options if a is not type(None)), name)
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise InvalidSyscall(f"{name} must be one of {', '.join(v.value for v in hint)}, got {value!r}",
+                                 field=name) from None
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise InvalidSyscall(f"{name} must be {_type_name(hint)}, got {type(value).__name__}", field=name)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        for i, v in enumerate(value):
+            if not isinstance(v, typing.get_origin(item) or item):
+                raise InvalidSyscall(f"{name}[{i}] must be {_type_name(item)}, got {type(v).__name__}",
+                                     field=f"{name}[{i}]")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "an object", list: "a list"}
+    return names.get(typing.get_origin(hint) or hint, str(hint))
+
+
+def encode(call: Syscall) -> dict[str, Any]:
+    """The JSON-shaped form of a syscall's payload, as `decode` takes it."""
+    return {"kind": call.kind.value, **call.payload(), "priority": call.priority}

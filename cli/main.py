@@ -1,0 +1,51 @@
+"""The `aios` command. Decodes arguments, calls the kernel or a benchmark, prints; holds
+no policy. Errors print their message and hint and exit non-zero."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from aios.errors import AiosError
+
+app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on stdout.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("kernel")
+def bench_kernel(
+    as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="smaller workloads, for a smoke test")] = False,
+    seed: Annotated[int, typer.Option(help="random seed of the workloads")] = 7,
+) -> None:
+    """Kernel overhead, scheduling speedup, fairness, priority latency, context switch cost."""
+    from aios.benchmarks.bench_kernel import run
+    result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty())
+    print(json.dumps(result, indent=None if as_json else 2))
+
+
+@app.command()
+def demo(
+    speed: Annotated[float, typer.Option(help="simulated seconds per wall second")] = 20.0,
+    quick: Annotated[bool, typer.Option("--quick", help="a smaller workload")] = False,
+) -> None:
+    """Boots a kernel on SQLite with the hardware-model backend and runs a mixed agent
+    workload under each scheduling policy, then compares them."""
+    from aios.benchmarks.demo import run
+    run(speed=speed, quick=quick)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except AiosError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            typer.echo(f"hint: {e.hint}", err=True)
+        sys.exit(2)
