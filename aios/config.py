@@ -98,7 +98,9 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
             data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist", field="config") from None
-        except tomllib.TOMLDecodeError as e:
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}", field="config") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}", field="config") from None
     env = os.environ if env is None else env
     for key, value in env.items():

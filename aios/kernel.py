@@ -103,7 +103,14 @@ class Kernel:
             for call in requeued:
                 if call.pid and call.pid not in self.processes.procs:
                     call = replace(call, pid=0)   # its process died with the old kernel
-                self._enqueue(Ticket(call, next(self._seq)))
+                ticket = Ticket(call, next(self._seq))
+                try:
+                    self._resource_of(call)
+                except NotFound as e:   # a tool not registered before boot, a model no longer served
+                    self.tickets[call.id] = ticket
+                    await self._finish(ticket, None, CallState.FAILED, None, call.usage, e)
+                    continue
+                self._enqueue(ticket)
             if requeued or failed:
                 log.warning("recovered %d calls (re-queued), failed %d that were running",
                             len(requeued), len(failed))
@@ -167,11 +174,14 @@ class Kernel:
         self._resource_of(call)   # an unknown model or tool is refused here
         ticket = Ticket(call, next(self._seq))
         self.tickets[call.id] = ticket
-        try:
-            await self.journal.append(call, now, is_new=True)
-        except JournalUnavailable:
-            del self.tickets[call.id]
-            raise
+        # shielded: a caller cancelled mid-submit leaves the call either unrecorded or
+        # recorded and queued, never recorded and forgotten
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.journal.append(call, now, is_new=True)
+            except JournalUnavailable:
+                del self.tickets[call.id]
+                raise
         self.num_submitted += 1
         self._publish_state(ticket)
         self._enqueue(ticket)
@@ -209,9 +219,14 @@ class Kernel:
             send.close()
         else:
             ticket.listeners.append(send)
-        async with receive:
+        try:
             async for chunk in receive:
                 yield chunk
+        finally:   # a reader that leaves early must not break the call it was reading
+            if send in ticket.listeners:
+                ticket.listeners.remove(send)
+            send.close()
+            receive.close()
         if ticket.call.error is not None:
             raise AiosError.from_dict(ticket.call.error)
 
@@ -298,7 +313,8 @@ class Kernel:
         """Runs with the slot held; releases it on every path."""
         res = self.scheduler.resources[ticket.call.resource]
         now = self.clock.now()
-        ticket.call = advance(ticket.call, CallState.RUNNING, started=ticket.call.started or now)
+        started = now if ticket.call.started is None else ticket.call.started   # 0.0 is a time too
+        ticket.call = advance(ticket.call, CallState.RUNNING, started=started)
         ticket.run_started = now
         outcome: tuple[CallState, Any, Usage, AiosError | None] | None = None
         preempted = False
@@ -324,10 +340,11 @@ class Kernel:
             now = self.clock.now()
             held = Usage(service_s=now - ticket.run_started)
             if preempted:
-                call = advance(ticket.call, CallState.PREEMPTED, usage=ticket.call.usage + held,
-                               num_preemptions=ticket.call.num_preemptions + 1)
-                ticket.call = advance(call, CallState.QUEUED)
-                await self.journal.append(call, now, wait=False)
+                ticket.call = advance(ticket.call, CallState.PREEMPTED, usage=ticket.call.usage + held,
+                                      num_preemptions=ticket.call.num_preemptions + 1)
+                await self.journal.append(ticket.call, now, wait=False)
+                self._publish_state(ticket)
+                ticket.call = advance(ticket.call, CallState.QUEUED)
                 await self.journal.append(ticket.call, now, wait=False)
                 self._publish_state(ticket)
                 res.requeue(ticket, now)

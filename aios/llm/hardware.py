@@ -123,16 +123,21 @@ class HardwareBackend:
             reply = self.responder.reply(request)
             num_prompt = request.num_prompt_tokens
             start = 0
+            # each token is due at a time fixed from the start, so a sleep that overshoots
+            # (timer granularity on a sped-up wall clock) does not slow the whole stream
+            due = self.clock.now()
             if resume is None:
-                await self.clock.sleep(self.prefill_s(num_prompt))
+                due += self.prefill_s(num_prompt)
             else:
                 start = resume.num_tokens
                 saved = resume.state if isinstance(resume.state, SavedKV) else SavedKV(num_prompt + start, "recompute")
                 self.discard_saved(saved)
-                await self.clock.sleep(self.restore_s(saved))
+                due += self.restore_s(saved)
+            await self.clock.sleep(due - self.clock.now())
             for i in range(start, len(reply.tokens)):
                 if i > start or resume is not None:
-                    await self.clock.sleep(self.settings.decode_s_per_token)
+                    due += self.settings.decode_s_per_token
+                    await self.clock.sleep(due - self.clock.now())
                 yield Chunk(reply.tokens[i], 1)
             yield Chunk(tool_calls=reply.tool_calls, finish_reason="tool_calls" if reply.tool_calls else "stop",
                         usage=Usage(num_prompt, len(reply.tokens)))

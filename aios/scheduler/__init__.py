@@ -100,11 +100,10 @@ class Resource:
         held = self.held.get(ticket.pid)
         if held and ticket in held:
             held.remove(ticket)
-            return True
-        if self.policy.remove(ticket):
-            self.policy.finished(ticket)
-            return True
-        return False
+        elif not self.policy.remove(ticket):
+            return False
+        self.policy.finished(ticket)   # a held call still counts its agent as active (fair share)
+        return True
 
     def set_policy(self, policy: Policy, now: float) -> None:
         old, self.policy = self.policy, policy

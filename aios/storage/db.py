@@ -37,7 +37,12 @@ class Database:
     def open(self) -> None:
         url = make_url(self.url)
         if self.is_sqlite and url.database and url.database != ":memory:" and not url.query.get("mode"):
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise JournalUnavailable(f"cannot make the folder {folder} of the database: {e.strerror}",
+                                         hint="point --db or AIOS_HOME at a writable folder") from None
         kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if self.is_sqlite else {"pool_pre_ping": True}
         engine = create_engine(url, **kwargs)
         if self.is_sqlite:

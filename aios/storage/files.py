@@ -57,7 +57,8 @@ class FileStore:
             case StorageOp.LIST:
                 def ls(engine: Engine) -> list[str]:
                     with engine.connect() as conn:
-                        q = select(FileRow.path).where(FileRow.pid == pid, FileRow.path.startswith(path))
+                        q = select(FileRow.path).where(FileRow.pid == pid,   # autoescape: '_' is no wildcard
+                                                       FileRow.path.startswith(path, autoescape=True))
                         return list(conn.execute(q.order_by(FileRow.path)).scalars())
                 return {"paths": await self.db.run(ls)}
             case StorageOp.DELETE:

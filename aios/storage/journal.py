@@ -129,9 +129,10 @@ class Journal:
                 call = advance(call, CallState.QUEUED)
                 await self.append(call, now, wait=False, detail=detail)
             requeued.append(call)
+        flush = self._flush   # the batch these records are in (flush() replaces self._flush)
         await self.flush()
-        if self._flush.error:
-            raise self._flush.error
+        if flush.error:
+            raise flush.error
 
         def note(engine: Engine) -> None:
             with engine.begin() as conn:
