@@ -109,7 +109,7 @@ class Syscall:
         return self.state in TERMINAL
 
     def payload(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in COMMON_FIELDS}
+        return {name: getattr(self, name) for name in _PAYLOAD_FIELDS[self.kind][1]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +168,11 @@ SYSCALL_TYPES: dict[Kind, type[Syscall]] = {
     cls.kind: cls for cls in (LLMSyscall, ToolSyscall, MemorySyscall, StorageSyscall, ProcessSyscall)
 }
 COMMON_FIELDS = frozenset(f.name for f in fields(Syscall))
+# Per kind: the type hints and dataclass fields of its payload, read once.
+_PAYLOAD_FIELDS = {
+    kind: (typing.get_type_hints(cls), {f.name: f for f in fields(cls) if f.name not in COMMON_FIELDS})
+    for kind, cls in SYSCALL_TYPES.items()
+}
 # What a caller may set when submitting; the rest is the kernel's to fill in.
 CALLER_FIELDS = frozenset({"priority", "timeout_s"})
 
@@ -203,8 +208,7 @@ def decode(data: Any, *, pid: int, principal: str, created: float) -> Syscall:
         raise InvalidSyscall(f"unknown syscall kind {raw_kind!r}", field="kind",
                              hint=f"one of: {', '.join(k.value for k in Kind)}") from None
     cls = SYSCALL_TYPES[kind]
-    hints = typing.get_type_hints(cls)
-    payload_fields = {f.name: f for f in fields(cls) if f.name not in COMMON_FIELDS}
+    hints, payload_fields = _PAYLOAD_FIELDS[kind]
     unknown = set(data) - set(payload_fields) - CALLER_FIELDS - {"kind"}
     if unknown:
         name = sorted(unknown)[0]

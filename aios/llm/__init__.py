@@ -23,15 +23,16 @@ class Request:
     temperature: float | None = None
     stop: list[str] | None = None
     call_id: str | None = None
+    num_prompt_tokens: int | None = None   # counted from the messages when not given
+
+    def __post_init__(self) -> None:
+        if self.num_prompt_tokens is None:
+            object.__setattr__(self, "num_prompt_tokens", count_tokens(self.messages))
 
     @classmethod
     def of(cls, call: LLMSyscall) -> Request:
         return cls(call.model, call.messages, call.tools, call.max_tokens, call.temperature,
                    call.stop, call.id)
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return count_tokens(self.messages)
 
 
 @dataclass(frozen=True, slots=True)
