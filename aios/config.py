@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aios.errors import ConfigError
 from aios.param import MAX_SLOTS
@@ -73,7 +73,8 @@ BackendSettings = Annotated[HardwareBackendSettings | LiteLLMBackendSettings, Fi
 
 
 class Settings(_Frozen):
-    home: Path = Field(default_factory=lambda: Path(os.environ.get("AIOS_HOME", "~/.aios")).expanduser())
+    home: Path = Field(Path("~/.aios"), validate_default=True,
+                       description="state folder; load_settings takes AIOS_HOME from the environment")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/aios.db")
     scheduler: SchedulerSettings = SchedulerSettings()
     clock: ClockSettings = ClockSettings()
@@ -83,6 +84,11 @@ class Settings(_Frozen):
     tool_slots: int = Field(16, gt=0, le=MAX_SLOTS, description="concurrent calls per tool")
     memory_slots: int = Field(8, gt=0, le=MAX_SLOTS)
     storage_slots: int = Field(8, gt=0, le=MAX_SLOTS)
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
 
     @property
     def db_url(self) -> str:

@@ -144,6 +144,9 @@ class Kernel:
         self.is_accepting = False
         self._publish(EventKind.KERNEL, data={"state": "stopping", "drain": drain})
         if drain:
+            # calls held for a suspended process cannot run: they are cancelled, not waited for
+            for ticket in [t for t in self.tickets.values() if t.pid in self.scheduler.suspended_pids]:
+                self._abort(ticket, Cancelled(f"the kernel shut down while process {ticket.pid} was suspended"))
             with anyio.move_on_after(self.settings.drain_timeout_s):
                 for ticket in list(self.tickets.values()):
                     await ticket.done.wait()

@@ -54,6 +54,7 @@ class Journal:
         self._pending: list[_Record] = []
         self._flush = _Flush()
         self._wake = anyio.Event()
+        self._flushing = anyio.Lock()
         self.num_commits = 0
         self.num_records = 0
 
@@ -79,6 +80,11 @@ class Journal:
             await self.flush()
 
     async def flush(self) -> None:
+        """Commits everything pending, in order; concurrent callers take turns."""
+        async with self._flushing:
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             batch, flush = self._pending, self._flush
             self._pending, self._flush = [], _Flush()
