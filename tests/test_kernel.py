@@ -326,6 +326,20 @@ async def test_shutdown_drain_finishes_calls(make_settings):
 
 
 @pytest.mark.anyio
+async def test_shutdown_drain_cancels_calls_of_suspended_processes(make_settings):
+    """A drain does not wait drain_timeout_s for calls that cannot run."""
+    settings = make_settings(drain_timeout_s=3600, **hw(1))
+    with anyio.fail_after(10):
+        async with Kernel(settings) as k:
+            proc = await k.spawn("sleeper")
+            await k.suspend(proc.pid)
+            held = await k.submit(llm("held", 4), pid=proc.pid)
+            runnable = await k.submit(llm("runs", 4))
+    assert held.call.state is CallState.CANCELLED and "suspended" in held.call.error["message"]
+    assert runnable.call.state is CallState.DONE
+
+
+@pytest.mark.anyio
 async def test_shutdown_cancel_wakes_every_waiter(make_settings):
     settings = make_settings(shutdown="cancel", **hw(1))
     woken: list[AiosError] = []
