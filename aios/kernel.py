@@ -319,6 +319,7 @@ class Kernel:
         started = now if ticket.call.started is None else ticket.call.started   # 0.0 is a time too
         ticket.call = advance(ticket.call, CallState.RUNNING, started=started)
         ticket.run_started = now
+        ticket.timeout_error = None
         outcome: tuple[CallState, Any, Usage, AiosError | None] | None = None
         preempted = False
         with anyio.CancelScope() as scope:
@@ -352,8 +353,8 @@ class Kernel:
                 self._publish_state(ticket)
                 res.requeue(ticket, now)
                 return
-            if outcome is None:   # cancelled from outside: a cancel, a kill, a deadline, shutdown
-                err = ticket.cancel_error or Cancelled("cancelled")
+            if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
+                err = ticket.cancel_error or ticket.timeout_error or Cancelled("cancelled")
                 outcome = (_cancel_state(err), None, Usage(), err)
             state, result, usage, err = outcome
             await self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
@@ -418,25 +419,27 @@ class Kernel:
             res.policy.on_tokens(ticket, request.num_prompt_tokens, 0)
         ticket.is_preemptible = backend.is_continuable
         tool_calls, finish, usage = None, "stop", None
+        # the run's own cancel scope carries the backend timeout (one scope, not two)
+        assert ticket.scope is not None
+        ticket.scope.deadline = anyio.current_time() + backend.timeout_s
+        ticket.timeout_error = BackendUnavailable(
+            f"backend {backend.name} did not answer within {backend.timeout_s:g} s",
+            hint="raise the backend's timeout_s, or check the provider")
         try:
-            with anyio.fail_after(backend.timeout_s):
-                async with aclosing(backend.stream(request, resume)) as chunks:
-                    async for chunk in chunks:
-                        if chunk.num_tokens or chunk.text:
-                            self._emit(ticket, res, chunk)
-                        if chunk.tool_calls:
-                            tool_calls = (tool_calls or []) + chunk.tool_calls
-                        if chunk.finish_reason:
-                            finish = chunk.finish_reason
-                        if chunk.usage:
-                            usage = chunk.usage
-                        elif backend.is_continuable and (
-                                ticket.is_preempt_requested or res.policy.should_yield(ticket, self.clock.now())):
-                            self.context.snapshot(ticket, backend, request, self.clock.now())
-                            raise _Preempted
-        except TimeoutError:
-            raise BackendUnavailable(f"backend {backend.name} did not answer within {backend.timeout_s:g} s",
-                                     hint="raise the backend's timeout_s, or check the provider") from None
+            async with aclosing(backend.stream(request, resume)) as chunks:
+                async for chunk in chunks:
+                    if chunk.num_tokens or chunk.text:
+                        self._emit(ticket, res, chunk)
+                    if chunk.tool_calls:
+                        tool_calls = (tool_calls or []) + chunk.tool_calls
+                    if chunk.finish_reason:
+                        finish = chunk.finish_reason
+                    if chunk.usage:
+                        usage = chunk.usage
+                    elif backend.is_continuable and (
+                            ticket.is_preempt_requested or res.policy.should_yield(ticket, self.clock.now())):
+                        self.context.snapshot(ticket, backend, request, self.clock.now())
+                        raise _Preempted
         finally:
             ticket.is_preemptible = False
         if usage is None:

@@ -6,9 +6,10 @@ Invariant: a syscall changes state only through `advance`, which refuses moves n
 """
 from __future__ import annotations
 
+import os
+import random
 import types
 import typing
-import uuid
 from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -69,6 +70,16 @@ class ProcessOp(StrEnum):
     KILL = "kill"
 
 
+def new_id() -> str:
+    """A random 128-bit id in hex. Ids name calls, they are not secrets: the fast
+    generator is enough (a UUID4 from os.urandom costs several times more)."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)   # a forked child must not repeat the parent's ids
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     tokens_in: int = 0
@@ -85,7 +96,7 @@ class Usage:
 class Syscall:
     """Fields common to every kind; a subclass per kind adds its payload fields."""
     kind: ClassVar[Kind]
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
     pid: int = 0
     principal: str = "local"
     priority: int = 0
