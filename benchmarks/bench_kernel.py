@@ -30,6 +30,7 @@ from aios.clock import VirtualClock, WallClock
 from aios.config import HardwareBackendSettings, Settings, load_settings
 from aios.errors import BackendBusy
 from aios.events import EventKind
+from aios.benchmarks.stats import jain, percentile
 from aios.kernel import Kernel
 from aios.syscall import Usage
 from aios.llm import Chunk, Request, Response, Resume, collect, count_tokens
@@ -49,19 +50,6 @@ def settings_for(home: Path, policy: str, *, virtual: bool = True, **backend: An
 def llm_call(prompt_words: int, max_tokens: int, tag: str, priority: int = 0) -> dict[str, Any]:
     return {"kind": "llm", "model": MODEL, "max_tokens": max_tokens, "priority": priority,
             "messages": [{"role": "user", "content": f"{tag} " + "word " * prompt_words}]}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def jain(values: list[float]) -> float:
-    return sum(values) ** 2 / (len(values) * sum(v * v for v in values)) if any(values) else 0.0
 
 
 async def gather(fns: list[Callable[[], Awaitable[None]]]) -> None:
