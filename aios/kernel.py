@@ -108,7 +108,8 @@ class Kernel:
                     self._resource_of(call)
                 except NotFound as e:   # a tool not registered before boot, a model no longer served
                     self.tickets[call.id] = ticket
-                    await self._finish(ticket, None, CallState.FAILED, None, call.usage, e)
+                    self._finish(ticket, None, CallState.FAILED, None, call.usage, e)
+                    await ticket.done.wait()
                     continue
                 self._enqueue(ticket)
             if requeued or failed:
@@ -340,27 +341,29 @@ class Kernel:
                 log.exception("syscall %s crashed", ticket.id)
                 outcome = (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}"))
         ticket.scope = None
-        with anyio.CancelScope(shield=True):
-            now = self.clock.now()
-            held = Usage(service_s=now - ticket.run_started)
-            if preempted:
-                ticket.call = advance(ticket.call, CallState.PREEMPTED, usage=ticket.call.usage + held,
-                                      num_preemptions=ticket.call.num_preemptions + 1)
-                await self.journal.append(ticket.call, now, wait=False)
-                self._publish_state(ticket)
-                ticket.call = advance(ticket.call, CallState.QUEUED)
-                await self.journal.append(ticket.call, now, wait=False)
-                self._publish_state(ticket)
-                res.requeue(ticket, now)
-                return
-            if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
-                err = ticket.cancel_error or ticket.timeout_error or Cancelled("cancelled")
-                outcome = (_cancel_state(err), None, Usage(), err)
-            state, result, usage, err = outcome
-            await self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
+        # from here on nothing awaits, so nothing can interrupt the bookkeeping
+        now = self.clock.now()
+        held = Usage(service_s=now - ticket.run_started)
+        if preempted:
+            ticket.call = advance(ticket.call, CallState.PREEMPTED, usage=ticket.call.usage + held,
+                                  num_preemptions=ticket.call.num_preemptions + 1)
+            self.journal.append_nowait(ticket.call, now)
+            self._publish_state(ticket)
+            ticket.call = advance(ticket.call, CallState.QUEUED)
+            self.journal.append_nowait(ticket.call, now)
+            self._publish_state(ticket)
+            res.requeue(ticket, now)
+            return
+        if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
+            err = ticket.cancel_error or ticket.timeout_error or Cancelled("cancelled")
+            outcome = (_cancel_state(err), None, Usage(), err)
+        state, result, usage, err = outcome
+        self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
 
-    async def _finish(self, ticket: Ticket, res: Resource | None, state: CallState, result: Any,
-                      usage: Usage, err: AiosError | None) -> None:
+    def _finish(self, ticket: Ticket, res: Resource | None, state: CallState, result: Any,
+                usage: Usage, err: AiosError | None) -> None:
+        """Makes the call terminal and frees its slot now; its waiters wake once the
+        terminal record is durable (`_finished`, called by the journal)."""
         now = self.clock.now()
         if ticket.snapshot is not None and isinstance(ticket.call, LLMSyscall):
             self.context.discard(ticket, self.router.route(ticket.call.model))
@@ -368,11 +371,12 @@ class Kernel:
                               error=err.to_dict() if err else None)
         if res is not None:
             res.release(ticket, now)   # the slot is free before the commit: work-conserving
-        try:
-            await self.journal.append(ticket.call, now)
-        except JournalUnavailable as e:
-            log.error("could not journal the end of %s: %s", ticket.id, e)
         self.processes.charge(ticket.pid, usage)
+        self.journal.append_nowait(ticket.call, now).on_durable(lambda error: self._finished(ticket, error))
+
+    def _finished(self, ticket: Ticket, error: JournalUnavailable | None) -> None:
+        if error is not None:
+            log.error("could not journal the end of %s: %s", ticket.id, error)
         self.tickets.pop(ticket.id, None)
         for send in ticket.listeners:
             send.close()
@@ -383,7 +387,7 @@ class Kernel:
     def _abort(self, ticket: Ticket, error: AiosError) -> None:
         """Ends a call that is not over yet: a running one through its cancel scope, a
         waiting one at once."""
-        if ticket.done.is_set() or ticket.cancel_error is not None:
+        if ticket.call.is_terminal or ticket.cancel_error is not None:
             return
         ticket.cancel_error = error
         if ticket.scope is not None:
@@ -391,12 +395,7 @@ class Kernel:
             return
         res = self.scheduler.resources.get(ticket.call.resource)
         if res is not None and res.remove(ticket):
-            assert self._tg is not None
-            self._tg.start_soon(self._finish_waiting, ticket, error)
-
-    async def _finish_waiting(self, ticket: Ticket, error: AiosError) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._finish(ticket, None, _cancel_state(error), None, ticket.call.usage, error)
+            self._finish(ticket, None, _cancel_state(error), None, ticket.call.usage, error)
 
     async def _expire(self, ticket: Ticket) -> None:
         assert ticket.call.deadline is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -71,9 +72,10 @@ class ProcessOp(StrEnum):
 
 
 def new_id() -> str:
-    """A random 128-bit id in hex. Ids name calls, they are not secrets: the fast
-    generator is enough (a UUID4 from os.urandom costs several times more)."""
-    return f"{_ids.getrandbits(128):032x}"
+    """A 128-bit id in hex: 64 bits of nanosecond time, then 64 random bits, so ids sort
+    by creation and the journal's index takes them in order (random ids scatter its
+    pages). Ids name calls, they are not secrets: a fast generator is enough."""
+    return f"{time.time_ns():016x}{_ids.getrandbits(64):016x}"
 
 
 _ids = random.Random()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +37,13 @@ class Interrupted(AiosError):
 
 @dataclass(slots=True)
 class _Flush:
+    """One group commit: its waiters, and callbacks run once it is durable (or failed)."""
     done: anyio.Event = field(default_factory=anyio.Event)
     error: JournalUnavailable | None = None
+    callbacks: list[Callable[[JournalUnavailable | None], None]] = field(default_factory=list)
+
+    def on_durable(self, callback: Callable[[JournalUnavailable | None], None]) -> None:
+        self.callbacks.append(callback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +67,20 @@ class Journal:
     async def append(self, call: Syscall, at: float, *, is_new: bool = False, wait: bool = True,
                      detail: dict[str, Any] | None = None) -> None:
         """Records the call's current state (a new row when `is_new`) and its move at `at`."""
-        flush = self._flush
-        self._pending.append(_Record(call, at, is_new, detail))
-        self._wake.set()
+        flush = self.append_nowait(call, at, is_new=is_new, detail=detail)
         if wait:
             await flush.done.wait()
             if flush.error is not None:
                 raise flush.error
+
+    def append_nowait(self, call: Syscall, at: float, *, is_new: bool = False,
+                      detail: dict[str, Any] | None = None) -> _Flush:
+        """Queues the record for the next commit; returns that commit, to wait on or to
+        register `on_durable` callbacks with."""
+        flush = self._flush
+        self._pending.append(_Record(call, at, is_new, detail))
+        self._wake.set()
+        return flush
 
     async def run(self) -> None:
         """The writer task: commits whatever is pending, one transaction at a time. Before
@@ -98,6 +111,8 @@ class Journal:
                 flush.error = e
             finally:
                 flush.done.set()
+                for callback in flush.callbacks:
+                    callback(flush.error)
 
     async def load(self, call_id: str) -> Syscall | None:
         def read(engine: Engine) -> Any:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+_LIVE = "state IN ('queued', 'running', 'preempted')"
 
 
 class Base(DeclarativeBase):
@@ -37,7 +40,7 @@ class SyscallRow(Base):
     principal: Mapped[str] = mapped_column(String(200))
     priority: Mapped[int] = mapped_column(Integer)
     deadline: Mapped[float | None] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16))
     payload: Mapped[Any] = mapped_column(JSON)
     result: Mapped[Any | None] = mapped_column(JSON)
     error: Mapped[Any | None] = mapped_column(JSON)
@@ -49,6 +52,10 @@ class SyscallRow(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     service_s: Mapped[float] = mapped_column(Float, default=0.0)
     num_preemptions: Mapped[int] = mapped_column(Integer, default=0)
+    # only unfinished calls are indexed by state: recovery finds them at boot, and a
+    # finished call leaves the index instead of weighing on every later commit
+    __table_args__ = (Index("ix_syscalls_live", "state", sqlite_where=text(_LIVE),
+                            postgresql_where=text(_LIVE)),)
 
 
 class TransitionRow(Base):
