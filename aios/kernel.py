@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Ticket], Awaitable[tuple[Any, Usage]]]
 
 
+class _Worker:
+    __slots__ = ("ticket", "wake")
+
+    def __init__(self) -> None:
+        self.ticket: Ticket | None = None   # the next call to run, handed over by _start
+        self.wake = anyio.Event()
+
+
 class _Preempted(Exception):
     """Raised inside a run when the call gave up its slot at a token boundary."""
 
@@ -86,6 +94,7 @@ class Kernel:
         self.num_submitted = 0
         self._seq = itertools.count()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._idle_workers: list[_Worker] = []
 
     # ---- boot and shutdown
 
@@ -178,18 +187,22 @@ class Kernel:
         self._resource_of(call)   # an unknown model or tool is refused here
         ticket = Ticket(call, next(self._seq))
         self.tickets[call.id] = ticket
-        # shielded: a caller cancelled mid-submit leaves the call either unrecorded or
-        # recorded and queued, never recorded and forgotten
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.journal.append(call, now, is_new=True)
-            except JournalUnavailable:
-                del self.tickets[call.id]
-                raise
+        # the call is queued by the journal once its record is durable, whether or not
+        # this caller is still waiting: recorded and queued, or unrecorded, never between
+        flush = self.journal.append_nowait(call, now, is_new=True)
+        flush.on_durable(lambda error: self._accept(ticket, error))
+        await flush.done.wait()
+        if flush.error is not None:
+            raise flush.error
+        return ticket
+
+    def _accept(self, ticket: Ticket, error: JournalUnavailable | None) -> None:
+        if error is not None:
+            del self.tickets[ticket.id]
+            return
         self.num_submitted += 1
         self._publish_state(ticket)
         self._enqueue(ticket)
-        return ticket
 
     async def call(self, call: Syscall | dict[str, Any], *, pid: int = 0, principal: str = "local") -> Any:
         """Submits and waits: the result, or the call's error raised again."""
@@ -309,9 +322,26 @@ class Kernel:
         self._resource_of(call).submit(ticket, self.clock.now())
 
     def _start(self, ticket: Ticket) -> None:
-        """The scheduler gave the ticket a slot: run it as a task of the kernel."""
-        assert self._tg is not None
-        self._tg.start_soon(self._run, ticket)
+        """The scheduler gave the ticket a slot: an idle worker task runs it, or a new one."""
+        if self._idle_workers:
+            worker = self._idle_workers.pop()
+            worker.ticket = ticket
+            worker.wake.set()
+        else:
+            assert self._tg is not None
+            self._tg.start_soon(self._work, ticket)
+
+    async def _work(self, ticket: Ticket) -> None:
+        """A worker of the kernel's task group: runs calls one after another, and waits
+        idle in between (spawning a task per call costs several times more)."""
+        worker = _Worker()
+        while True:
+            await self._run(ticket)
+            worker.wake = anyio.Event()
+            self._idle_workers.append(worker)
+            await worker.wake.wait()
+            assert worker.ticket is not None
+            ticket, worker.ticket = worker.ticket, None
 
     async def _run(self, ticket: Ticket) -> None:
         """Runs with the slot held; releases it on every path."""
@@ -329,7 +359,10 @@ class Kernel:
                 scope.cancel()
             try:
                 # a call with side effects is known to be running before it acts
-                await self.journal.append(ticket.call, now, wait=ticket.call.kind in (Kind.TOOL, Kind.PROCESS))
+                if ticket.call.kind in (Kind.TOOL, Kind.PROCESS):
+                    await self.journal.append(ticket.call, now)
+                else:
+                    self.journal.append_nowait(ticket.call, now)
                 self._publish_state(ticket)
                 result, usage = await self.handlers[ticket.call.kind](ticket)
                 outcome = (CallState.DONE, result, usage, None)
