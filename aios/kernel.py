@@ -9,6 +9,7 @@ terminal with its waiter woken, on every path (done, failure, cancel, kill, dead
 shutdown); a call's slot is released on every path."""
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import json
@@ -163,8 +164,12 @@ class Kernel:
         for ticket in list(self.tickets.values()):
             self._abort(ticket, Cancelled("the kernel shut down before this call finished",
                                           hint="submit it again once the kernel is back"))
-        for ticket in list(self.tickets.values()):
-            await ticket.done.wait()
+        with anyio.move_on_after(self.settings.drain_timeout_s) as scope:
+            for ticket in list(self.tickets.values()):
+                await ticket.done.wait()
+        if scope.cancelled_caught:
+            log.error("%d calls did not end within %g s of shutdown", len(self.tickets),
+                      self.settings.drain_timeout_s)
         await self.journal.flush()
 
     # ---- the syscall interface
@@ -374,7 +379,16 @@ class Kernel:
                 log.exception("syscall %s crashed", ticket.id)
                 outcome = (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}"))
         ticket.scope = None
-        # from here on nothing awaits, so nothing can interrupt the bookkeeping
+        try:
+            self._settle(ticket, res, outcome, preempted)
+        except Exception:   # a bug in the bookkeeping: end the call anyway, keep the kernel up
+            log.exception("syscall %s could not be settled", ticket.id)
+            self._drop(ticket, res)
+
+    def _settle(self, ticket: Ticket, res: Resource, outcome: tuple[CallState, Any, Usage, AiosError | None] | None,
+                preempted: bool) -> None:
+        """After a run: re-queue a preempted call, or make it terminal. Nothing here awaits,
+        so nothing can interrupt the bookkeeping."""
         now = self.clock.now()
         held = Usage(service_s=now - ticket.run_started)
         if preempted:
@@ -388,10 +402,21 @@ class Kernel:
             res.requeue(ticket, now)
             return
         if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
-            err = ticket.cancel_error or ticket.timeout_error or Cancelled("cancelled")
+            err = ticket.cancel_error or (ticket.timeout_error and ticket.timeout_error()) or Cancelled("cancelled")
             outcome = (_cancel_state(err), None, Usage(), err)
         state, result, usage, err = outcome
         self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
+
+    def _drop(self, ticket: Ticket, res: Resource) -> None:
+        """The last resort for a call the kernel failed to settle: free its slot and wake
+        its waiters (its journal record stays unfinished, so the next boot recovers it)."""
+        res.running.discard(ticket)
+        res.dispatch(self.clock.now())
+        self.tickets.pop(ticket.id, None)
+        if not ticket.call.is_terminal:
+            err = InternalError(f"the kernel failed while finishing syscall {ticket.id}")
+            ticket.call = replace(ticket.call, error=err.to_dict())
+        ticket.done.set()
 
     def _finish(self, ticket: Ticket, res: Resource | None, state: CallState, result: Any,
                 usage: Usage, err: AiosError | None) -> None:
@@ -454,9 +479,7 @@ class Kernel:
         # the run's own cancel scope carries the backend timeout (one scope, not two)
         assert ticket.scope is not None
         ticket.scope.deadline = anyio.current_time() + backend.timeout_s
-        ticket.timeout_error = BackendUnavailable(
-            f"backend {backend.name} did not answer within {backend.timeout_s:g} s",
-            hint="raise the backend's timeout_s, or check the provider")
+        ticket.timeout_error = functools.partial(_timed_out, backend)
         try:
             async with aclosing(backend.stream(request, resume)) as chunks:
                 async for chunk in chunks:
@@ -552,6 +575,11 @@ class Kernel:
             self.bus.publish(Event(EventKind.CALL_STATE, self.clock.now(), call.pid, call.id,
                                    {"state": call.state.value, "kind": call.kind.value,
                                     "resource": call.resource}))
+
+
+def _timed_out(backend: Backend) -> AiosError:
+    return BackendUnavailable(f"backend {backend.name} did not answer within {backend.timeout_s:g} s",
+                              hint="raise the backend's timeout_s, or check the provider")
 
 
 def _cancel_state(err: AiosError) -> CallState:

@@ -186,15 +186,22 @@ _PAYLOAD_FIELDS = {
     kind: (typing.get_type_hints(cls), {f.name: f for f in fields(cls) if f.name not in COMMON_FIELDS})
     for kind, cls in SYSCALL_TYPES.items()
 }
+_FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in SYSCALL_TYPES.values()}
 # What a caller may set when submitting; the rest is the kernel's to fill in.
 CALLER_FIELDS = frozenset({"priority", "timeout_s"})
 
 
 def advance(call: Syscall, to: CallState, **changes: Any) -> Syscall:
-    """The one way a syscall changes state; refuses moves the table does not allow."""
+    """The one way a syscall changes state; refuses moves the table does not allow.
+    Returns a copy with the changes, built slot by slot: this runs several times per
+    syscall, and dataclasses.replace re-runs __init__ with every field."""
     if to not in MOVES[call.state]:
         raise InvalidTransition(call.id, call.state, to)
-    return replace(call, state=to, **changes)
+    new = object.__new__(type(call))
+    for name in _FIELD_NAMES[type(call)]:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(call, name))
+    object.__setattr__(new, "state", to)
+    return new
 
 
 def check_priority(value: Any, field_name: str = "priority") -> int:

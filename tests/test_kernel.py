@@ -189,6 +189,29 @@ async def test_backend_timeout_fails_with_backend_unavailable(make_settings):
         raise AiosError.from_dict(call.error)
 
 
+@pytest.mark.anyio
+async def test_a_bug_while_settling_a_call_does_not_take_the_kernel_down(make_settings, monkeypatch):
+    async with Kernel(make_settings(**hw(1))) as k:
+        real_finish = k._finish
+        calls = 0
+
+        def broken_once(*args: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("bookkeeping bug")
+            real_finish(*args)
+
+        monkeypatch.setattr(k, "_finish", broken_once)
+        with anyio.fail_after(30):
+            victim = await k.submit(llm("first", 3))
+            with pytest.raises(AiosError) as err:
+                await victim.result()
+            assert err.value.code == "internal_error"
+            assert (await k.call(llm("second", 3)))["finish_reason"] == "stop"   # the slot came back
+        assert_idle(k)
+
+
 # ---- tools
 
 @pytest.mark.anyio

@@ -2,6 +2,7 @@
 call). Only kernel tasks on the event loop touch it; the caller holds it to wait."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -33,7 +34,7 @@ class Ticket:
         self.listeners: list[anyio.abc.ObjectSendStream[Chunk]] = []
         self.scope: anyio.CancelScope | None = None
         self.cancel_error: AiosError | None = None   # why the kernel cancelled it, if it did
-        self.timeout_error: AiosError | None = None  # what to report if the run's deadline fires
+        self.timeout_error: Callable[[], AiosError] | None = None  # the error if the run's deadline fires
         self.run_started = 0.0
 
     @property
