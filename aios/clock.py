@@ -60,6 +60,7 @@ class VirtualClock:
         self._num_busy = 0
         self._work_done = anyio.Event()
         self._timer_added = anyio.Event()
+        self._cancelled: set[int] = set()   # seqs of timers whose sleeper was cancelled
 
     def now(self) -> float:
         return self._now
@@ -69,9 +70,14 @@ class VirtualClock:
             await anyio.lowlevel.checkpoint()
             return
         wake = anyio.Event()
-        heapq.heappush(self._timers, (self._now + seconds, next(self._seq), wake))
+        seq = next(self._seq)
+        heapq.heappush(self._timers, (self._now + seconds, seq, wake))
         self._timer_added.set()
-        await wake.wait()
+        try:
+            await wake.wait()
+        except BaseException:   # a cancelled sleeper must not move time forward later
+            self._cancelled.add(seq)
+            raise
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -92,6 +98,8 @@ class VirtualClock:
             if self._num_busy:
                 await self._work_done.wait()
                 continue
+            while self._timers and self._timers[0][1] in self._cancelled:
+                self._cancelled.discard(heapq.heappop(self._timers)[1])
             if not self._timers:   # nothing to wake: wait for the next sleeper
                 await self._timer_added.wait()
                 self._timer_added = anyio.Event()
@@ -99,7 +107,11 @@ class VirtualClock:
             wake_at = self._timers[0][0]
             self._now = max(self._now, wake_at)
             while self._timers and self._timers[0][0] <= self._now:
-                heapq.heappop(self._timers)[2].set()
+                _, seq, wake = heapq.heappop(self._timers)
+                if seq in self._cancelled:
+                    self._cancelled.discard(seq)
+                else:
+                    wake.set()
 
 
 async def _all_tasks_blocked() -> None:

@@ -184,6 +184,11 @@ class Kernel:
         if isinstance(call, Syscall):
             check_priority(call.priority)
             check_payload(call)
+            try:
+                json.dumps(call.payload())
+            except (TypeError, ValueError) as e:
+                raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
+                                     hint="the journal stores payloads as JSON") from None
             call = replace(call, pid=pid or call.pid, state=CallState.QUEUED, created=now)
         else:
             call = decode(call, pid=pid, principal=principal, created=now)
@@ -436,6 +441,8 @@ class Kernel:
         if error is not None:
             log.error("could not journal the end of %s: %s", ticket.id, error)
         self.tickets.pop(ticket.id, None)
+        if ticket.expiry is not None:
+            ticket.expiry.cancel()
         for send in ticket.listeners:
             send.close()
         ticket.listeners.clear()
@@ -456,9 +463,13 @@ class Kernel:
             self._finish(ticket, None, _cancel_state(error), None, ticket.call.usage, error)
 
     async def _expire(self, ticket: Ticket) -> None:
+        """Fails the call at its deadline; cancelled (by `_finished`) when it ends first."""
         assert ticket.call.deadline is not None
-        await self.clock.sleep(ticket.call.deadline - self.clock.now())
-        if not ticket.done.is_set():
+        if ticket.done.is_set():
+            return
+        with anyio.CancelScope() as scope:
+            ticket.expiry = scope
+            await self.clock.sleep(ticket.call.deadline - self.clock.now())
             self._abort(ticket, DeadlineExceeded(
                 f"the call passed its deadline ({ticket.call.deadline - ticket.call.created:g} s after submit)",
                 hint="raise timeout_s, lower the load, or raise the call's priority"))

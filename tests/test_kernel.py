@@ -212,6 +212,16 @@ async def test_a_bug_while_settling_a_call_does_not_take_the_kernel_down(make_se
         assert_idle(k)
 
 
+@pytest.mark.anyio
+async def test_a_typed_syscall_whose_payload_is_not_json_is_refused(make_settings):
+    async with Kernel(make_settings()) as k:
+        bad = LLMSyscall(model="sim-llama-3-8b", messages=[{"role": "user", "content": "x", "extra": object()}])
+        with pytest.raises(InvalidSyscall, match="not JSON"):
+            await k.submit(bad)
+        assert not k.tickets
+        assert (await k.call(llm("after", 2)))["finish_reason"] == "stop"
+
+
 # ---- tools
 
 @pytest.mark.anyio
@@ -283,6 +293,20 @@ async def test_cancel_queued_and_running_calls(make_settings):
         sub.close()
         assert_idle(k)
         assert k.router.backends[0].num_running == 0
+
+
+@pytest.mark.anyio
+async def test_a_finished_call_drops_its_deadline_watcher(make_settings):
+    async with Kernel(make_settings()) as k:
+        with anyio.fail_after(10):
+            ticket = await k.submit(llm("quick", 4, timeout_s=1000))
+            await k.clock.sleep(0.001)   # the watcher is sleeping now
+            assert ticket.expiry is not None and not ticket.expiry.cancel_called
+            call = await ticket.wait()
+            assert call.state is CallState.DONE
+            assert ticket.expiry.cancel_called   # the watcher goes with the call
+            await k.clock.sleep(1.0)
+        assert k.clock.now() < 100   # time did not jump to the dropped deadline
 
 
 @pytest.mark.anyio

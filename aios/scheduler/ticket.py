@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Ticket:
     __slots__ = ("call", "seq", "done", "snapshot", "is_preemptible", "is_preempt_requested",
                  "num_slice_tokens", "text_parts", "num_tokens", "listeners", "scope",
-                 "cancel_error", "timeout_error", "run_started")
+                 "cancel_error", "timeout_error", "expiry", "run_started")
 
     def __init__(self, call: Syscall, seq: int):
         self.call = call                 # the current immutable record; replaced on each move
@@ -35,6 +35,7 @@ class Ticket:
         self.scope: anyio.CancelScope | None = None
         self.cancel_error: AiosError | None = None   # why the kernel cancelled it, if it did
         self.timeout_error: Callable[[], AiosError] | None = None  # the error if the run's deadline fires
+        self.expiry: anyio.CancelScope | None = None   # the deadline watcher, if any
         self.run_started = 0.0
 
     @property

@@ -109,6 +109,9 @@ class Journal:
             except JournalUnavailable as e:
                 log.error("journal commit of %d records failed: %s", len(batch), e)
                 flush.error = e
+            except Exception as e:   # a record that cannot be written must not stop the writer
+                log.exception("journal commit of %d records failed", len(batch))
+                flush.error = JournalUnavailable(f"the journal could not write a batch: {type(e).__name__}: {e}")
             finally:
                 flush.done.set()
                 for callback in flush.callbacks:
