@@ -26,7 +26,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from aios.clock import VirtualClock, WallClock
+from aios.clock import VirtualClock
 from aios.config import HardwareBackendSettings, Settings, load_settings
 from aios.errors import BackendBusy
 from aios.events import EventKind
@@ -139,7 +139,7 @@ async def through_kernel(home: Path, work: list[list[tuple[int, int]]], tick: Ca
                 service.append(done.usage.service_s)
                 tick(1)
 
-        await gather([lambda p=p, c=c: agent(p, c) for p, c in zip(pids, work)])
+        await gather([lambda p=p, c=c: agent(p, c) for p, c in zip(pids, work, strict=True)])
         makespan = k.clock.now() - start
     bound = sum(service) / NUM_SLOTS
     return {"makespan_s": makespan, "bound_s": bound}

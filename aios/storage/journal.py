@@ -103,7 +103,7 @@ class Journal:
             self._pending, self._flush = [], _Flush()
             try:
                 with anyio.CancelScope(shield=True):
-                    await self.db.run(lambda engine: _write(engine, batch))
+                    await self.db.run(functools.partial(_write, batch=batch))
                 self.num_commits += 1
                 self.num_records += len(batch)
             except JournalUnavailable as e:

@@ -9,15 +9,12 @@ terminal with its waiter woken, on every path (done, failure, cancel, kill, dead
 shutdown); a call's slot is released on every path."""
 from __future__ import annotations
 
-import functools
-import inspect
 import itertools
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -27,20 +24,20 @@ from aios.clock import Clock, VirtualClock, WallClock
 from aios.config import HardwareBackendSettings, LiteLLMBackendSettings, Settings
 from aios.context import ContextManager
 from aios.errors import (AiosError, BackendUnavailable, Cancelled, DeadlineExceeded, InternalError,
-                         InvalidSyscall, JournalUnavailable, NotFound, ToolError)
+                         InvalidSyscall, JournalUnavailable, NotFound)
 from aios.events import Event, EventBus, EventKind
-from aios.llm import Backend, Chunk, Request, Response, Router
+from aios.llm import Backend, Chunk, Router
 from aios.llm.hardware import HardwareBackend
 from aios.llm.provider import LiteLLMBackend
 from aios.memory import MemoryManager
 from aios.process import Process, ProcessTable, ProcState
+from aios.kernel.handlers import HANDLERS, Preempted, Tool
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
-from aios.syscall import (CallState, Kind, LLMSyscall, ProcessOp, ProcessSyscall, Syscall, ToolSyscall,
+from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall,
                           Usage, advance, check_payload, check_priority, decode)
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Ticket], Awaitable[tuple[Any, Usage]]]
 
 
 class _Worker:
@@ -49,18 +46,6 @@ class _Worker:
     def __init__(self) -> None:
         self.ticket: Ticket | None = None   # the next call to run, handed over by _start
         self.wake = anyio.Event()
-
-
-class _Preempted(Exception):
-    """Raised inside a run when the call gave up its slot at a token boundary."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    name: str
-    fn: Callable[..., Any]
-    max_concurrency: int
-    timeout_s: float | None = None
 
 
 def build_backends(settings: Settings, clock: Clock) -> list[Backend]:
@@ -87,10 +72,6 @@ class Kernel:
         self.processes = ProcessTable(self.db)
         self.tools: dict[str, Tool] = {}
         self.tickets: dict[str, Ticket] = {}     # calls in flight, by id
-        self.handlers: dict[Kind, Handler] = {
-            Kind.LLM: self._run_llm, Kind.TOOL: self._run_tool, Kind.MEMORY: self._run_memory,
-            Kind.STORAGE: self._run_storage, Kind.PROCESS: self._run_process,
-        }
         self.is_accepting = False
         self.num_submitted = 0
         self._seq = itertools.count()
@@ -131,7 +112,7 @@ class Kernel:
             self.db.close()
             raise
         self.is_accepting = True
-        self._publish(EventKind.KERNEL, data={"state": "booted"})
+        self.publish(EventKind.KERNEL, data={"state": "booted"})
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -153,7 +134,7 @@ class Kernel:
         if not self.is_accepting:
             return
         self.is_accepting = False
-        self._publish(EventKind.KERNEL, data={"state": "stopping", "drain": drain})
+        self.publish(EventKind.KERNEL, data={"state": "stopping", "drain": drain})
         if drain:
             # calls held for a suspended process cannot run: they are cancelled, not waited for
             for ticket in [t for t in self.tickets.values() if t.pid in self.scheduler.suspended_pids]:
@@ -260,7 +241,7 @@ class Kernel:
     def set_policy(self, name: str) -> None:
         self.scheduler.set_policy(name)
         for res in self.scheduler:
-            self._publish(EventKind.POLICY, data={"resource": res.name, "policy": name})
+            self.publish(EventKind.POLICY, data={"resource": res.name, "policy": name})
 
     def register_tool(self, name: str, fn: Callable[..., Any], *, max_concurrency: int | None = None,
                       timeout_s: float | None = None) -> None:
@@ -273,7 +254,7 @@ class Kernel:
         check_priority(priority)
         proc = await self.processes.spawn(name, principal, self.clock.now(), parent_pid=parent_pid,
                                           priority=priority)
-        self._publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
+        self.publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
         return proc
 
     async def suspend(self, pid: int) -> Process:
@@ -302,7 +283,7 @@ class Kernel:
 
     async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None) -> Process:
         proc = await self.processes.set_state(pid, state, self.clock.now(), reason)
-        self._publish(EventKind.PROCESS, pid=pid, data={"state": state.value})
+        self.publish(EventKind.PROCESS, pid=pid, data={"state": state.value})
         return proc
 
     # ---- dispatch
@@ -374,9 +355,9 @@ class Kernel:
                 else:
                     self.journal.append_nowait(ticket.call, now)
                 self._publish_state(ticket)
-                result, usage = await self.handlers[ticket.call.kind](ticket)
+                result, usage = await HANDLERS[ticket.call.kind](self, ticket)
                 outcome = (CallState.DONE, result, usage, None)
-            except _Preempted:
+            except Preempted:
                 preempted = True
             except AiosError as e:
                 outcome = (CallState.FAILED, None, Usage(), e)
@@ -474,108 +455,9 @@ class Kernel:
                 f"the call passed its deadline ({ticket.call.deadline - ticket.call.created:g} s after submit)",
                 hint="raise timeout_s, lower the load, or raise the call's priority"))
 
-    # ---- handlers, one per kind: each returns (result, usage)
-
-    async def _run_llm(self, ticket: Ticket) -> tuple[Any, Usage]:
-        call = ticket.call
-        assert isinstance(call, LLMSyscall)
-        backend = self.router.route(call.model)
-        res = self.scheduler.resources[call.resource]
-        request = Request.of(call)
-        resume = self.context.restore(ticket)
-        if resume is None:
-            res.policy.on_tokens(ticket, request.num_prompt_tokens, 0)
-        ticket.is_preemptible = backend.is_continuable
-        tool_calls, finish, usage = None, "stop", None
-        # the run's own cancel scope carries the backend timeout (one scope, not two)
-        assert ticket.scope is not None
-        ticket.scope.deadline = anyio.current_time() + backend.timeout_s
-        ticket.timeout_error = functools.partial(_timed_out, backend)
-        try:
-            async with aclosing(backend.stream(request, resume)) as chunks:
-                async for chunk in chunks:
-                    if chunk.num_tokens or chunk.text:
-                        self._emit(ticket, res, chunk)
-                    if chunk.tool_calls:
-                        tool_calls = (tool_calls or []) + chunk.tool_calls
-                    if chunk.finish_reason:
-                        finish = chunk.finish_reason
-                    if chunk.usage:
-                        usage = chunk.usage
-                    elif backend.is_continuable and (
-                            ticket.is_preempt_requested or res.policy.should_yield(ticket, self.clock.now())):
-                        self.context.snapshot(ticket, backend, request, self.clock.now())
-                        raise _Preempted
-        finally:
-            ticket.is_preemptible = False
-        if usage is None:
-            usage = Usage(request.num_prompt_tokens, ticket.num_tokens)
-        text = "".join(ticket.text_parts)
-        return Response(text, finish, usage, tool_calls, call.model).to_dict(), \
-            Usage(usage.tokens_in, usage.tokens_out, usage.cost_usd)
-
-    def _emit(self, ticket: Ticket, res: Resource, chunk: Chunk) -> None:
-        ticket.text_parts.append(chunk.text)
-        ticket.num_tokens += chunk.num_tokens
-        ticket.num_slice_tokens += chunk.num_tokens
-        res.policy.on_tokens(ticket, 0, chunk.num_tokens)
-        for send in ticket.listeners:
-            send.send_nowait(chunk)
-        if self.bus.has_subscribers:
-            self._publish(EventKind.CALL_TOKEN, pid=ticket.pid, call_id=ticket.id, data={"text": chunk.text})
-
-    async def _run_tool(self, ticket: Ticket) -> tuple[Any, Usage]:
-        call = ticket.call
-        assert isinstance(call, ToolSyscall)
-        tool = self.tools[call.tool]
-        try:
-            inspect.signature(tool.fn).bind(**call.arguments)
-        except TypeError as e:
-            raise InvalidSyscall(f"bad arguments for tool {call.tool!r}: {e}", field="arguments") from None
-        try:
-            with anyio.fail_after(tool.timeout_s):
-                if inspect.iscoroutinefunction(tool.fn):
-                    result = await tool.fn(**call.arguments)
-                else:
-                    with self.clock.busy():
-                        result = await anyio.to_thread.run_sync(lambda: tool.fn(**call.arguments))
-        except AiosError:
-            raise
-        except TimeoutError:
-            raise ToolError(f"tool {call.tool!r} did not finish within {tool.timeout_s:g} s") from None
-        except Exception as e:
-            raise ToolError(f"tool {call.tool!r} raised {type(e).__name__}: {e}") from None
-        try:
-            json.dumps(result)
-        except (TypeError, ValueError):
-            raise ToolError(f"tool {call.tool!r} returned a {type(result).__name__}, which is not JSON",
-                            hint="return str, numbers, lists or dicts") from None
-        return result, Usage()
-
-    async def _run_memory(self, ticket: Ticket) -> tuple[Any, Usage]:
-        return await self.memory.execute(ticket.call, self.clock.now()), Usage()   # type: ignore[arg-type]
-
-    async def _run_storage(self, ticket: Ticket) -> tuple[Any, Usage]:
-        return await self.files.execute(ticket.call, self.clock.now()), Usage()   # type: ignore[arg-type]
-
-    async def _run_process(self, ticket: Ticket) -> tuple[Any, Usage]:
-        call = ticket.call
-        assert isinstance(call, ProcessSyscall)
-        if call.op is ProcessOp.LIST:
-            return [_proc_dict(p) for p in self.processes.procs.values()
-                    if p.principal == call.principal], Usage()
-        target = self.processes.get(call.target_pid)   # type: ignore[arg-type]
-        if target.principal != call.principal:
-            raise NotFound(f"no process {call.target_pid}", field="target_pid")
-        if target.pid == call.pid and call.op is not ProcessOp.STATUS:
-            raise InvalidSyscall(f"a process cannot {call.op} itself", field="target_pid")
-        ops = {ProcessOp.SUSPEND: self.suspend, ProcessOp.RESUME: self.resume, ProcessOp.KILL: self.kill}
-        proc = target if call.op is ProcessOp.STATUS else await ops[call.op](target.pid)
-        return _proc_dict(proc), Usage()
-
     # ---- events
 
-    def _publish(self, kind: EventKind, *, pid: int | None = None, call_id: str | None = None,
+    def publish(self, kind: EventKind, *, pid: int | None = None, call_id: str | None = None,
                  data: dict[str, Any] | None = None) -> None:
         if self.bus.has_subscribers:
             self.bus.publish(Event(kind, self.clock.now(), pid, call_id, data or {}))
@@ -588,16 +470,6 @@ class Kernel:
                                     "resource": call.resource}))
 
 
-def _timed_out(backend: Backend) -> AiosError:
-    return BackendUnavailable(f"backend {backend.name} did not answer within {backend.timeout_s:g} s",
-                              hint="raise the backend's timeout_s, or check the provider")
-
-
 def _cancel_state(err: AiosError) -> CallState:
     return CallState.CANCELLED if isinstance(err, Cancelled) else CallState.FAILED
 
-
-def _proc_dict(p: Process) -> dict[str, Any]:
-    return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
-            "state": p.state.value, "created": p.created, "exited": p.exited,
-            "tokens_in": p.usage.tokens_in, "tokens_out": p.usage.tokens_out}
