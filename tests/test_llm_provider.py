@@ -265,6 +265,8 @@ async def test_error_in_mid_stream_is_mapped(make_settings: Callable[..., Settin
     (provider_error(litellm.Timeout, "timed out"), BackendUnavailable, True),
     (provider_error(litellm.ServiceUnavailableError, "down"), BackendUnavailable, True),
     (provider_error(litellm.InternalServerError, "oops"), BackendUnavailable, True),
+    (provider_error(litellm.InternalServerError, "OpenAIException - Missing credentials. Please pass an "
+                    "`api_key`"), PermissionDenied, False),
     (litellm.APIConnectionError(message="refused", llm_provider="openai", model="m"), BackendUnavailable, True),
     (ValueError("something else"), BackendError, False),
 ])

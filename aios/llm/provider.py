@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -40,6 +41,9 @@ _ERRORS: dict[str, tuple[type[AiosError], bool]] = {
 }
 
 
+_MISSING_KEY = re.compile(r"missing credentials|api_key client option must be set|no api key", re.I)
+
+
 def _litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no network fetch at import
     import litellm
@@ -49,6 +53,11 @@ def _litellm() -> Any:
 
 def map_error(e: Exception, model: str) -> tuple[AiosError, bool]:
     """The AiosError for a provider exception, and whether a retry may help."""
+    message = getattr(e, "message", None) or str(e)
+    if _MISSING_KEY.search(message):
+        # litellm reports a key that is not set as a server error; no retry will fix it
+        return PermissionDenied(f"{model}: {message}",
+                                hint="set the provider's API key in the environment, e.g. OPENAI_API_KEY"), False
     for cls in type(e).__mro__:
         if cls.__name__ in _ERRORS:
             kind, is_transient = _ERRORS[cls.__name__]
