@@ -213,6 +213,16 @@ async def test_a_bug_while_settling_a_call_does_not_take_the_kernel_down(make_se
 
 
 @pytest.mark.anyio
+async def test_the_same_typed_syscall_submitted_twice_runs_twice(make_settings):
+    async with Kernel(make_settings()) as k:
+        call = LLMSyscall(model="sim-llama-3-8b", messages=[{"role": "user", "content": "again"}], max_tokens=3)
+        with anyio.fail_after(10):
+            first, second = await k.submit(call), await k.submit(call)
+            assert first.id != second.id
+            assert (await first.wait()).state is (await second.wait()).state is CallState.DONE
+
+
+@pytest.mark.anyio
 async def test_a_typed_syscall_whose_payload_is_not_json_is_refused(make_settings):
     async with Kernel(make_settings()) as k:
         bad = LLMSyscall(model="sim-llama-3-8b", messages=[{"role": "user", "content": "x", "extra": object()}])

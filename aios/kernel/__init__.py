@@ -35,7 +35,7 @@ from aios.kernel.handlers import HANDLERS, Preempted, Tool
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
 from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall,
-                          Usage, advance, check_payload, check_priority, decode)
+                          Usage, advance, check_payload, check_priority, decode, new_id)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ class Kernel:
             except (TypeError, ValueError) as e:
                 raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
                                      hint="the journal stores payloads as JSON") from None
-            call = replace(call, pid=pid or call.pid, state=CallState.QUEUED, created=now)
+            # a fresh id: the same object may be submitted twice, and ids are never reused
+            call = replace(call, id=new_id(), pid=pid or call.pid, state=CallState.QUEUED, created=now)
         else:
             call = decode(call, pid=pid, principal=principal, created=now)
         if call.pid:
