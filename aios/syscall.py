@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from aios.errors import InvalidSyscall, InvalidTransition
@@ -187,6 +188,14 @@ _PAYLOAD_FIELDS = {
     for kind, cls in SYSCALL_TYPES.items()
 }
 _FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in SYSCALL_TYPES.values()}
+
+def _field_checkers(kind: Kind) -> tuple[dict[str, Callable[[Any], Any]], frozenset[str]]:
+    hints, payload_fields = _PAYLOAD_FIELDS[kind]
+    required = frozenset(n for n, f in payload_fields.items()
+                         if f.default is MISSING and f.default_factory is MISSING)
+    return {n: _checker(hints[n], n) for n in payload_fields}, required
+
+
 # What a caller may set when submitting; the rest is the kernel's to fill in.
 CALLER_FIELDS = frozenset({"priority", "timeout_s"})
 
@@ -228,17 +237,17 @@ def decode(data: Any, *, pid: int, principal: str, created: float) -> Syscall:
         raise InvalidSyscall(f"unknown syscall kind {raw_kind!r}", field="kind",
                              hint=f"one of: {', '.join(k.value for k in Kind)}") from None
     cls = SYSCALL_TYPES[kind]
-    hints, payload_fields = _PAYLOAD_FIELDS[kind]
-    unknown = set(data) - set(payload_fields) - CALLER_FIELDS - {"kind"}
+    checkers, required = _CHECKERS[kind]
+    unknown = data.keys() - checkers.keys() - CALLER_FIELDS - {"kind"}
     if unknown:
         name = sorted(unknown)[0]
         raise InvalidSyscall(f"unknown field {name!r} for a {kind} syscall", field=name,
-                             hint=f"{kind} syscalls take: {', '.join(sorted(payload_fields))}")
+                             hint=f"{kind} syscalls take: {', '.join(sorted(checkers))}")
     values: dict[str, Any] = {}
-    for name, f in payload_fields.items():
+    for name, check in checkers.items():
         if name in data:
-            values[name] = _coerce(data[name], hints[name], name)
-        elif f.default is MISSING and f.default_factory is MISSING:
+            values[name] = check(data[name])
+        elif name in required:
             raise InvalidSyscall(f"a {kind} syscall needs the field {name!r}", field=name)
     priority = check_priority(data.get("priority", 0))
     deadline = None
@@ -291,32 +300,37 @@ def check_payload(call: Syscall) -> None:
 
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Checks a JSON value against a field's type hint (the few shapes syscalls use)."""
+def _checker(hint: Any, name: str) -> Callable[[Any], Any]:
+    """Builds, once per field, the check of a JSON value against the field's type hint
+    (the few shapes syscalls use); the check returns the value, converted if need be."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        return _coerce(value, next(a for a in options if a is not type(None)), name)
+        inner = _checker(next(a for a in typing.get_args(hint) if a is not type(None)), name)
+        return lambda value: None if value is None else inner(value)
     if isinstance(hint, type) and issubclass(hint, StrEnum):
-        try:
-            return hint(value)
-        except ValueError:
-            raise InvalidSyscall(f"{name} must be one of {', '.join(v.value for v in hint)}, got {value!r}",
-                                 field=name) from None
+        def enum(value: Any) -> Any:
+            try:
+                return hint(value)
+            except ValueError:
+                raise InvalidSyscall(f"{name} must be one of {', '.join(v.value for v in hint)}, "
+                                     f"got {value!r}", field=name) from None
+        return enum
     expected = origin or hint
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise InvalidSyscall(f"{name} must be {_type_name(hint)}, got {type(value).__name__}", field=name)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        for i, v in enumerate(value):
-            if not isinstance(v, typing.get_origin(item) or item):
-                raise InvalidSyscall(f"{name}[{i}] must be {_type_name(item)}, got {type(v).__name__}",
-                                     field=f"{name}[{i}]")
-    return value
+    item = typing.get_args(hint)[0] if origin is list else None
+    item_type = (typing.get_origin(item) or item) if item is not None else None
+
+    def check(value: Any) -> Any:
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+            raise InvalidSyscall(f"{name} must be {_type_name(hint)}, got {type(value).__name__}", field=name)
+        if item_type is not None:
+            for i, v in enumerate(value):
+                if not isinstance(v, item_type):
+                    raise InvalidSyscall(f"{name}[{i}] must be {_type_name(item)}, got {type(v).__name__}",
+                                         field=f"{name}[{i}]")
+        return value
+    return check
 
 
 def _type_name(hint: Any) -> str:
@@ -328,3 +342,6 @@ def _type_name(hint: Any) -> str:
 def encode(call: Syscall) -> dict[str, Any]:
     """The JSON-shaped form of a syscall's payload, as `decode` takes it."""
     return {"kind": call.kind.value, **call.payload(), "priority": call.priority}
+
+
+_CHECKERS = {kind: _field_checkers(kind) for kind in Kind}
