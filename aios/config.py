@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aios.errors import ConfigError
-from aios.param import MAX_SLOTS
+from aios.param import MAX_PAYLOAD_BYTES, MAX_SLOTS
 
 
 class _Frozen(BaseModel):
@@ -69,6 +69,15 @@ class LiteLLMBackendSettings(_Frozen):
                                  "the partial reply as an assistant message (providers that honour it)")
 
 
+class ServerSettings(_Frozen):
+    """The daemon's REST endpoint (aios.server)."""
+    host: str = "127.0.0.1"
+    port: int = Field(8642, ge=0, le=65535)
+    tokens: dict[str, str] = Field(default_factory=dict, description="bearer token -> principal; "
+                                   "with none, the server refuses to listen beyond loopback")
+    max_body_bytes: int = Field(MAX_PAYLOAD_BYTES, gt=0, le=MAX_PAYLOAD_BYTES)
+
+
 BackendSettings = Annotated[HardwareBackendSettings | LiteLLMBackendSettings, Field(discriminator="kind")]
 
 
@@ -78,6 +87,7 @@ class Settings(_Frozen):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/aios.db")
     scheduler: SchedulerSettings = SchedulerSettings()
     clock: ClockSettings = ClockSettings()
+    server: ServerSettings = ServerSettings()
     backends: list[BackendSettings] = Field(default_factory=lambda: [HardwareBackendSettings()])
     shutdown: Literal["drain", "cancel"] = "drain"
     drain_timeout_s: float = Field(30.0, gt=0)

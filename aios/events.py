@@ -17,7 +17,8 @@ from aios.param import EVENT_QUEUE_DEPTH
 
 
 class EventKind(StrEnum):
-    CALL_STATE = "syscall.state"     # data: {"state", "kind", "resource"}
+    CALL_STATE = "syscall.state"     # data: {"state", "kind", "resource"}, and when terminal
+                                     # {"latency_s", "tokens_in", "tokens_out", "cost_usd", "service_s"}
     CALL_TOKEN = "syscall.token"     # data: {"text"}
     PROCESS = "process.state"        # data: {"state"}
     POLICY = "scheduler.policy"      # data: {"resource", "policy"}

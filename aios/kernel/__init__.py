@@ -466,9 +466,12 @@ class Kernel:
     def _publish_state(self, ticket: Ticket) -> None:
         if self.bus.has_subscribers:
             call = ticket.call
-            self.bus.publish(Event(EventKind.CALL_STATE, self.clock.now(), call.pid, call.id,
-                                   {"state": call.state.value, "kind": call.kind.value,
-                                    "resource": call.resource}))
+            data = {"state": call.state.value, "kind": call.kind.value, "resource": call.resource}
+            if call.is_terminal:   # what observers (metrics, ps) account for a finished call
+                u = call.usage
+                data.update(latency_s=call.finished - call.created, tokens_in=u.tokens_in,
+                            tokens_out=u.tokens_out, cost_usd=u.cost_usd, service_s=u.service_s)
+            self.bus.publish(Event(EventKind.CALL_STATE, self.clock.now(), call.pid, call.id, data))
 
 
 def _cancel_state(err: AiosError) -> CallState:

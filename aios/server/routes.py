@@ -1,0 +1,193 @@
+"""The /v1 syscall and process endpoints, /v1/models, /v1/tools and /healthz. Each route
+decodes, calls the kernel and encodes; the kernel decides."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from aios.errors import NotFound
+from aios.events import EventKind
+from aios.process import Process, ProcState
+from aios.server import schemas
+from aios.server.errors import HttpError
+from aios.server.http import caller_pid, kernel_of, owned_process, principal_of, read_json
+from aios.syscall import Syscall
+
+router = APIRouter()
+SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in
+              (schemas.LLMCall, schemas.ToolCall, schemas.MemoryCall, schemas.StorageCall, schemas.ProcessCall)],
+    "discriminator": {"propertyName": "kind"}}}}}}
+
+
+def call_json(call: Syscall) -> dict[str, Any]:
+    u = call.usage
+    return {"id": call.id, "kind": call.kind.value, "pid": call.pid, "principal": call.principal,
+            "state": call.state.value, "priority": call.priority, "deadline": call.deadline,
+            "created": call.created, "started": call.started, "finished": call.finished,
+            "num_preemptions": call.num_preemptions,
+            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
+                      "service_s": u.service_s},
+            "payload": call.payload(), "result": call.result, "error": call.error}
+
+
+def process_json(p: Process) -> dict[str, Any]:
+    u = p.usage
+    return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
+            "priority": p.priority, "state": p.state.value, "created": p.created, "exited": p.exited,
+            "exit_reason": p.exit_reason,
+            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
+                      "service_s": u.service_s}}
+
+
+async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
+    call = await kernel_of(request).lookup(call_id)
+    if call.principal != principal:
+        raise NotFound(f"no syscall {call_id!r}", field="id")
+    return call
+
+
+# ---- syscalls
+
+@router.post("/v1/syscalls", status_code=201, response_model=schemas.SyscallOut, responses=schemas.ERRORS,
+             openapi_extra=SYSCALL_BODY, tags=["syscalls"])
+async def submit(request: Request, wait: bool = Query(False, description="answer once the call is over")):
+    """Submits any syscall. The answer comes once its record is durable; with
+    `wait=true`, once the call is over."""
+    principal = principal_of(request)
+    pid = caller_pid(request, principal)
+    body = await read_json(request)
+    ticket = await kernel_of(request).submit(body, pid=pid, principal=principal)
+    call = await ticket.wait() if wait else ticket.call
+    return JSONResponse(call_json(call), status_code=201)
+
+
+@router.get("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
+            tags=["syscalls"])
+async def get_syscall(request: Request, call_id: str):
+    return call_json(await owned_call(request, call_id, principal_of(request)))
+
+
+@router.delete("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
+               tags=["syscalls"])
+async def cancel_syscall(request: Request, call_id: str):
+    """Cancels a call that is not over; a finished call is returned as it is."""
+    await owned_call(request, call_id, principal_of(request))
+    return call_json(await kernel_of(request).cancel(call_id))
+
+
+@router.get("/v1/syscalls/{call_id}/events", responses=schemas.ERRORS, tags=["syscalls"],
+            response_class=StreamingResponse)
+async def syscall_events(request: Request, call_id: str):
+    """Server-sent events: `state` (each state change, the last one terminal), `token`
+    (each piece of generated text), `lagged` (this client read too slowly and missed some)."""
+    call = await owned_call(request, call_id, principal_of(request))
+    k = kernel_of(request)
+    sub = k.bus.subscribe({EventKind.CALL_STATE, EventKind.CALL_TOKEN}, max_buffer=1024)
+    ticket = k.tickets.get(call_id)
+
+    async def events() -> AsyncIterator[str]:
+        with sub:
+            current = ticket.call if ticket is not None else call
+            yield _sse("state", call_json(current))
+            if current.is_terminal:
+                return
+            if ticket is not None and ticket.text_parts:
+                yield _sse("token", {"text": "".join(ticket.text_parts)})
+            num_dropped = 0
+            async for ev in sub:
+                if sub.num_dropped > num_dropped:
+                    num_dropped = sub.num_dropped
+                    yield _sse("lagged", {"num_dropped": num_dropped})
+                if ev.call_id != call_id:
+                    continue
+                if ev.kind is EventKind.CALL_TOKEN:
+                    yield _sse("token", ev.data)
+                elif ev.data["state"] in ("done", "failed", "cancelled"):
+                    yield _sse("state", call_json(await k.lookup(call_id)))
+                    return
+                else:
+                    yield _sse("state", {"id": call_id, "state": ev.data["state"], "at": ev.at})
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+# ---- processes
+
+@router.post("/v1/processes", status_code=201, response_model=schemas.ProcessOut, responses=schemas.ERRORS,
+             tags=["processes"])
+async def spawn(request: Request, body: schemas.ProcessIn):
+    principal = principal_of(request)
+    if body.parent_pid is not None:
+        owned_process(request, body.parent_pid, principal)
+    proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=body.parent_pid,
+                                          priority=body.priority)
+    return JSONResponse(process_json(proc), status_code=201)
+
+
+@router.get("/v1/processes", response_model=list[schemas.ProcessOut], responses=schemas.ERRORS,
+            tags=["processes"])
+async def list_processes(request: Request,
+                         include_exited: bool = Query(False, alias="all", description="exited ones too")):
+    principal = principal_of(request)
+    procs = kernel_of(request).processes.procs.values()
+    return [process_json(p) for p in procs
+            if p.principal == principal and (include_exited or p.state is not ProcState.EXITED)]
+
+
+@router.get("/v1/processes/{pid}", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
+            tags=["processes"])
+async def get_process(request: Request, pid: int):
+    return process_json(owned_process(request, pid, principal_of(request)))
+
+
+@router.post("/v1/processes/{pid}/signal", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
+             tags=["processes"])
+async def signal(request: Request, pid: int, body: schemas.SignalIn):
+    """suspend: its calls stop being scheduled; resume; terminate and kill: its calls in
+    flight are cancelled and it exits."""
+    proc = owned_process(request, pid, principal_of(request))
+    if proc.state is ProcState.EXITED:
+        raise HttpError("conflict", f"process {pid} has already exited", field="pid")
+    k = kernel_of(request)
+    match body.signal:
+        case "suspend":
+            proc = await k.suspend(pid)
+        case "resume":
+            proc = await k.resume(pid)
+        case "terminate" | "kill":
+            proc = await k.kill(pid, "terminated" if body.signal == "terminate" else "killed")
+    return process_json(proc)
+
+
+# ---- what the kernel serves
+
+@router.get("/v1/models", tags=["models"])
+async def models(request: Request):
+    principal_of(request)
+    k = kernel_of(request)
+    return {"object": "list", "data": [
+        {"id": m, "object": "model", "created": 0, "owned_by": k.router.route(m).name} for m in k.router.models]}
+
+
+@router.get("/v1/tools", tags=["tools"])
+async def tools(request: Request):
+    principal_of(request)
+    return {"tools": [{"name": t.name, "max_concurrency": t.max_concurrency, "timeout_s": t.timeout_s}
+                      for t in kernel_of(request).tools.values()]}
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz(request: Request):
+    k = kernel_of(request)
+    return {"status": "ok" if k.is_accepting else "stopping", "models": k.router.models,
+            "num_in_flight": len(k.tickets)}
