@@ -9,12 +9,14 @@ from typing import Annotated
 
 import typer
 
+from aios.cli import kernel as kernel_cli
 from aios.errors import AiosError
 
 app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on stdout.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(kernel_cli.app, name="kernel")
 
 
 @bench_app.command("kernel")
@@ -49,3 +51,7 @@ def main() -> None:
         if e.hint:
             typer.echo(f"hint: {e.hint}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":   # `python -m aios.cli.main`: how the detached daemon is started
+    main()

@@ -25,6 +25,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            owned = kernel is None
             k = kernel if kernel is not None else await stack.enter_async_context(Kernel(settings))
             app.state.kernel = k
             metrics = app.state.metrics = Metrics(k)
@@ -35,11 +36,16 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
                         yield
                     finally:
                         tg.cancel_scope.cancel()
+            if owned:   # drain or cancel as POST /v1/kernel/stop asked, else as configured
+                with anyio.CancelScope(shield=True):
+                    await k.shutdown(drain=app.state.drain)
 
     app = FastAPI(title="aios", version="1", lifespan=lifespan,
                   description="The aios kernel's syscall endpoint. Errors are "
                               '`{"error": {"code", "message", "field", "hint"}}`.')
     app.state.settings = settings
+    app.state.drain = settings.shutdown == "drain"
+    app.state.server = None   # the uvicorn server, when the daemon runs one
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(openai.router)

@@ -186,6 +186,18 @@ async def tools(request: Request):
                       for t in kernel_of(request).tools.values()]}
 
 
+@router.post("/v1/kernel/stop", status_code=202, responses=schemas.ERRORS, tags=["kernel"])
+async def stop_kernel(request: Request, body: schemas.StopIn):
+    """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked."""
+    principal_of(request)
+    server = request.app.state.server
+    if server is None:
+        raise HttpError("conflict", "this server does not own its kernel, so it cannot stop it")
+    request.app.state.drain = body.drain
+    server.should_exit = True
+    return {"stopping": True, "drain": body.drain}
+
+
 @router.get("/healthz", tags=["health"])
 async def healthz(request: Request):
     k = kernel_of(request)

@@ -112,6 +112,10 @@ class SignalIn(BaseModel):
     signal: Literal["suspend", "resume", "terminate", "kill"]
 
 
+class StopIn(BaseModel):
+    drain: bool = Field(True, description="finish the calls in flight (else cancel them)")
+
+
 class ErrorBody(BaseModel):
     error: ErrorOut
 

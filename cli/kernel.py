@@ -1,0 +1,66 @@
+"""`aios kernel start|status|stop`: the daemon's lifecycle. Decodes flags and calls
+aios.server.daemon; prints."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aios.config import load_settings
+from aios.server import daemon
+
+app = typer.Typer(help="Start, inspect and stop the kernel daemon.", no_args_is_help=True)
+
+
+def _settings(config: Path | None, overrides: dict[str, object]):
+    return load_settings(config, overrides={k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def start(
+    host: Annotated[str | None, typer.Option(help="address to listen on [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on [default: 8642]")] = None,
+    db: Annotated[str | None, typer.Option(help="database URL [default: sqlite:///$AIOS_HOME/aios.db]")] = None,
+    config: Annotated[Path | None, typer.Option(help="a TOML settings file")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+) -> None:
+    """Starts the kernel and its REST endpoint. With no configuration it serves the
+    simulated hardware-model backend, so everything works with no API key."""
+    settings = _settings(config, {"server.host": host, "server.port": port, "database_url": db})
+    host, port = settings.server.host, settings.server.port
+    if detach:
+        argv = ["kernel", "start", "--host", host, "--port", str(port)]
+        argv += ["--db", db] if db else []
+        argv += ["--config", str(config)] if config else []
+        os.environ.setdefault("AIOS_HOME", str(settings.home))
+        info = daemon.start_detached(argv, settings.home)
+        typer.echo(f"aios kernel started: {info.url} (pid {info.pid}); logs in {settings.home / 'logs'}")
+        return
+    daemon.serve(settings, host, port)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Whether a kernel is running, where, and how busy it is."""
+    settings = load_settings()
+    info, health = daemon.status(settings.home)
+    if as_json:
+        typer.echo(json.dumps({"pid": info.pid, "url": info.url, "started": info.started, **health}))
+        return
+    typer.echo(f"running: {info.url} (pid {info.pid}), {health['status']}, "
+               f"{health['num_in_flight']} calls in flight, models: {', '.join(health['models'])}")
+
+
+@app.command()
+def stop(
+    cancel: Annotated[bool, typer.Option("--cancel", help="cancel calls in flight instead of finishing them")] = False,
+) -> None:
+    """Stops the kernel gracefully: calls in flight are drained (or cancelled)."""
+    settings = load_settings()
+    info = daemon.stop(settings.home, drain=not cancel, token=os.environ.get("AIOS_TOKEN"))
+    typer.echo(f"aios kernel (pid {info.pid}) stopped{' (calls cancelled)' if cancel else ''}")
+    sys.stdout.flush()
