@@ -31,6 +31,9 @@ from aios.llm.hardware import HardwareBackend
 from aios.llm.provider import LiteLLMBackend
 from aios.memory import MemoryManager
 from aios.process import Process, ProcessTable, ProcState
+from aios.process.runners import (RUNNERS, Exit, InprocRunner, Program, SubprocessRunner, inproc_clients,
+                                  load_main, resolve)
+from aios.process.supervisor import Runner, Supervisor
 from aios.kernel.handlers import HANDLERS, Preempted, Tool
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
@@ -71,6 +74,9 @@ class Kernel:
         self.files = FileStore(self.db)
         self.processes = ProcessTable(self.db)
         self.tools: dict[str, Tool] = {}
+        self.agents: dict[str, str] = {}          # registered agent name -> file or module
+        self.endpoint: str | None = None          # the REST URL serving this kernel, if any
+        self.supervisor = Supervisor(settings.home / "logs", self._process_exited)
         self.tickets: dict[str, Ticket] = {}     # calls in flight, by id
         self.is_accepting = False
         self.num_submitted = 0
@@ -135,6 +141,8 @@ class Kernel:
             return
         self.is_accepting = False
         self.publish(EventKind.KERNEL, data={"state": "stopping", "drain": drain})
+        for pid in list(self.supervisor.runs):   # agent programs stop first: they would only call on
+            await self.supervisor.kill(pid, "stopped: the kernel shut down")
         if drain:
             # calls held for a suspended process cannot run: they are cancelled, not waited for
             for ticket in [t for t in self.tickets.values() if t.pid in self.scheduler.suspended_pids]:
@@ -251,39 +259,90 @@ class Kernel:
     # ---- processes
 
     async def spawn(self, name: str, *, principal: str = "local", parent_pid: int | None = None,
-                    priority: int = 0) -> Process:
+                    priority: int = 0, program: str | None = None, task: str = "",
+                    runner: str = "inproc") -> Process:
+        """Creates a process; with a program (a .py file, a module or a registered agent
+        name) it also starts running `main(task, os)` under the runner. A program that
+        cannot be found or imported is refused here, before anything is recorded."""
         check_priority(priority)
+        if runner not in RUNNERS:
+            raise InvalidSyscall(f"unknown runner {runner!r}", field="runner", hint=f"one of: {', '.join(RUNNERS)}")
+        if parent_pid is not None:
+            self.processes.check_live(parent_pid)
+        prog = resolve(program, self.agents) if program is not None else None
+        main = None
+        if prog is not None and runner == "inproc":
+            main = load_main(prog)
+        if prog is not None and runner == "subprocess" and self.endpoint is None:
+            raise BackendUnavailable("the subprocess runner needs the kernel's HTTP endpoint",
+                                     hint="run agents in subprocesses through the daemon (`aios kernel start`)")
         proc = await self.processes.spawn(name, principal, self.clock.now(), parent_pid=parent_pid,
-                                          priority=priority)
+                                          priority=priority, program=prog.target if prog else None,
+                                          runner=runner if prog else None)
         self.publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
+        if prog is not None:
+            assert self._tg is not None
+            self.supervisor.start(self._tg, proc.pid, self._runner(proc, prog, main), task)
         return proc
+
+    def _runner(self, proc: Process, prog: Program, main: Callable[..., Any] | None) -> Runner:
+        if main is not None:
+            return InprocRunner(main, *inproc_clients(self, proc.pid, proc.principal))
+        env = {"AIOS_URL": self.endpoint or "", "AIOS_PID": str(proc.pid)}
+        token = next((t for t, p in self.settings.server.tokens.items() if p == proc.principal), None)
+        if token is not None:
+            env["AIOS_TOKEN"] = token
+        return SubprocessRunner(prog, env)
+
+    def register_agent(self, name: str, program: str) -> None:
+        """Makes `aios run NAME` and spawn(program=NAME) run `program` (a file or module)."""
+        self.agents[name] = program
 
     async def suspend(self, pid: int) -> Process:
         self.processes.check_live(pid)
         self.scheduler.suspend(pid)
+        self.supervisor.suspend(pid)
         return await self._set_process_state(pid, ProcState.SUSPENDED)
 
     async def resume(self, pid: int) -> Process:
         self.processes.check_live(pid)
+        self.supervisor.resume(pid)
         self.scheduler.resume(pid)
         return await self._set_process_state(pid, ProcState.RUNNING)
 
     async def kill(self, pid: int, reason: str = "killed") -> Process:
-        """Cancels the process's calls in flight (their slots are released) and marks it exited."""
+        """Stops its program, cancels its calls in flight (their slots are released) and
+        marks it exited."""
         self.processes.check_live(pid)
+        self.supervisor.resume(pid)   # a stopped OS process must run to die
+        if await self.supervisor.kill(pid, reason) is None:
+            await self._end_calls(pid, f"was {reason}")
+            await self._set_process_state(pid, ProcState.EXITED, reason)
+        return self.processes.get(pid)
+
+    async def wait(self, pid: int) -> Process:
+        """Waits until the process's program ends (at once for a process without one)."""
+        self.processes.get(pid)
+        await self.supervisor.wait(pid)
+        return self.processes.get(pid)
+
+    async def _process_exited(self, pid: int, end: Exit) -> None:
+        """The supervisor's report: the program ended; its calls end with it."""
+        await self._end_calls(pid, f"ended: {end.reason}")
+        await self._set_process_state(pid, ProcState.EXITED, end.reason, exit_code=end.code,
+                                      cpu_s=end.cpu_s, max_rss_kib=end.max_rss_kib)
+
+    async def _end_calls(self, pid: int, reason: str) -> None:
         self.scheduler.resume(pid)   # held calls go back to their queues, to be cancelled there
         doomed = [t for t in self.tickets.values() if t.pid == pid]
         for ticket in doomed:
-            self._abort(ticket, Cancelled(f"process {pid} was {reason}"))
+            self._abort(ticket, Cancelled(f"process {pid} {reason}"))
         for ticket in doomed:
             await ticket.done.wait()
-        return await self._set_process_state(pid, ProcState.EXITED, reason)
 
-    async def exit(self, pid: int, reason: str = "exited") -> Process:
-        return await self.kill(pid, reason)
-
-    async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None) -> Process:
-        proc = await self.processes.set_state(pid, state, self.clock.now(), reason)
+    async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None,
+                                 **ended: Any) -> Process:
+        proc = await self.processes.set_state(pid, state, self.clock.now(), reason, **ended)
         self.publish(EventKind.PROCESS, pid=pid, data={"state": state.value})
         return proc
 

@@ -28,6 +28,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
             owned = kernel is None
             k = kernel if kernel is not None else await stack.enter_async_context(Kernel(settings))
             app.state.kernel = k
+            k.endpoint = app.state.endpoint
             metrics = app.state.metrics = Metrics(k)
             with metrics.subscribe() as sub:
                 async with anyio.create_task_group() as tg:
@@ -46,6 +47,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.drain = settings.shutdown == "drain"
     app.state.server = None   # the uvicorn server, when the daemon runs one
+    app.state.endpoint = None  # its URL, which agents in subprocesses call back
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(openai.router)

@@ -112,6 +112,7 @@ def serve(settings: Settings, host: str, port: int, *, on_ready: object = None) 
                                            timeout_graceful_shutdown=int(settings.drain_timeout_s)))
     app.state.server = server
     info = DaemonInfo(os.getpid(), host, sock.getsockname()[1], time.time())
+    app.state.endpoint = info.url
     print(f"aios kernel listening on {info.url} (pid {info.pid}; {exposure})", flush=True)
     print(f"state in {home}; database {settings.db_url}", flush=True)
     state_path(home).write_text(json.dumps(asdict(info)))

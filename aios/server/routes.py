@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -39,7 +41,8 @@ def process_json(p: Process) -> dict[str, Any]:
     u = p.usage
     return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
             "priority": p.priority, "state": p.state.value, "created": p.created, "exited": p.exited,
-            "exit_reason": p.exit_reason,
+            "exit_reason": p.exit_reason, "exit_code": p.exit_code, "program": p.program, "runner": p.runner,
+            "cpu_s": p.cpu_s, "max_rss_kib": p.max_rss_kib,
             "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
                       "service_s": u.service_s}}
 
@@ -130,8 +133,45 @@ async def spawn(request: Request, body: schemas.ProcessIn):
     if body.parent_pid is not None:
         owned_process(request, body.parent_pid, principal)
     proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=body.parent_pid,
-                                          priority=body.priority)
+                                          priority=body.priority, program=body.program, task=body.task,
+                                          runner=body.runner)
     return JSONResponse(process_json(proc), status_code=201)
+
+
+@router.get("/v1/processes/{pid}/logs", responses=schemas.ERRORS, tags=["processes"],
+            response_class=StreamingResponse)
+async def process_logs(request: Request, pid: int, follow: bool = Query(False, description="keep streaming "
+                       "until the process exits")):
+    """The process's output (its program's stdout and stderr, or an in-process agent's
+    result and traceback), as plain text."""
+    owned_process(request, pid, principal_of(request))
+    k = kernel_of(request)
+    path = k.supervisor.log_path(pid)
+
+    async def lines() -> AsyncIterator[bytes]:
+        offset = 0
+        while True:
+            running = pid in k.supervisor.runs
+            chunk = await anyio.to_thread.run_sync(_read_from, path, offset)
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+            elif not (follow and running):
+                return
+            else:
+                with anyio.move_on_after(0.25):   # wake when it exits, else look again
+                    await k.supervisor.wait(pid)
+
+    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except FileNotFoundError:
+        return b""
 
 
 @router.get("/v1/processes", response_model=list[schemas.ProcessOut], responses=schemas.ERRORS,

@@ -93,6 +93,10 @@ class ProcessIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     priority: int = Field(0, ge=0, le=MAX_PRIORITY)
     parent_pid: int | None = None
+    program: str | None = Field(None, description="a .py file, a module or a registered agent name; "
+                                "none makes a bare process (an account to charge calls to)")
+    task: str = Field("", description="passed to the program's main(task, os)")
+    runner: Literal["inproc", "subprocess"] = "inproc"
 
 
 class ProcessOut(BaseModel):
@@ -105,6 +109,11 @@ class ProcessOut(BaseModel):
     created: float
     exited: float | None
     exit_reason: str | None
+    exit_code: int | None = None
+    program: str | None = None
+    runner: str | None = None
+    cpu_s: float = 0.0
+    max_rss_kib: int = 0
     usage: UsageOut
 
 

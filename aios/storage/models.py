@@ -30,6 +30,11 @@ class ProcessRow(Base):
     tokens_out: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     service_s: Mapped[float] = mapped_column(Float, default=0.0)
+    program: Mapped[str | None] = mapped_column(Text)
+    runner: Mapped[str | None] = mapped_column(String(16))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    cpu_s: Mapped[float] = mapped_column(Float, default=0.0)
+    max_rss_kib: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class SyscallRow(Base):

@@ -1,6 +1,5 @@
-"""Agent processes: the table of who is running, their state and what they used.
-(The daemon issue adds runners, signals to OS processes and logs; this is the kernel's
-table that syscalls are charged to.)
+"""Agent processes: the table of who is running, their state, what they used and how
+they ended. The runners that execute agent programs are in aios.process.runners.
 
 Invariant: pids are never reused, across restarts too; a process that was alive when
 the kernel died is marked exited on the next boot."""
@@ -8,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
@@ -35,6 +35,11 @@ class Process:
     exited: float | None = None
     exit_reason: str | None = None
     usage: Usage = Usage()
+    program: str | None = None     # what it runs (a file, a module, a registered name); None: a bare account
+    runner: str | None = None      # "inproc" | "subprocess"
+    exit_code: int | None = None
+    cpu_s: float = 0.0             # CPU time of its OS process (subprocess runner)
+    max_rss_kib: int = 0
 
 
 class ProcessTable:
@@ -52,8 +57,9 @@ class ProcessTable:
         self._next_pid = await self.db.run(read) + 1
 
     async def spawn(self, name: str, principal: str, now: float, *, parent_pid: int | None = None,
-                    priority: int = 0) -> Process:
-        proc = Process(self._next_pid, name, principal, parent_pid, priority, ProcState.RUNNING, now)
+                    priority: int = 0, program: str | None = None, runner: str | None = None) -> Process:
+        proc = Process(self._next_pid, name, principal, parent_pid, priority, ProcState.RUNNING, now,
+                       program=program, runner=runner)
         self._next_pid += 1
         self.procs[proc.pid] = proc
 
@@ -61,7 +67,7 @@ class ProcessTable:
             with engine.begin() as conn:
                 conn.execute(insert(ProcessRow).values(
                     pid=proc.pid, name=name, principal=principal, parent_pid=parent_pid,
-                    priority=priority, state=proc.state.value, created=now))
+                    priority=priority, state=proc.state.value, created=now, program=program, runner=runner))
         await self.db.run(write)
         return proc
 
@@ -82,10 +88,12 @@ class ProcessTable:
         if proc is not None:
             self.procs[pid] = replace(proc, usage=proc.usage + usage)
 
-    async def set_state(self, pid: int, state: ProcState, now: float, reason: str | None = None) -> Process:
+    async def set_state(self, pid: int, state: ProcState, now: float, reason: str | None = None,
+                        **ended: Any) -> Process:
+        """Moves a process to `state`; `ended` may carry exit_code, cpu_s and max_rss_kib."""
         proc = self.get(pid)
         exited = now if state is ProcState.EXITED else None
-        proc = replace(proc, state=state, exited=exited, exit_reason=reason)
+        proc = replace(proc, state=state, exited=exited, exit_reason=reason, **ended)
         self.procs[pid] = proc
         u = proc.usage
 
@@ -93,6 +101,7 @@ class ProcessTable:
             with engine.begin() as conn:
                 conn.execute(update(ProcessRow).where(ProcessRow.pid == pid).values(
                     state=state.value, exited=exited, exit_reason=reason, tokens_in=u.tokens_in,
-                    tokens_out=u.tokens_out, cost_usd=u.cost_usd, service_s=u.service_s))
+                    tokens_out=u.tokens_out, cost_usd=u.cost_usd, service_s=u.service_s,
+                    exit_code=proc.exit_code, cpu_s=proc.cpu_s, max_rss_kib=proc.max_rss_kib))
         await self.db.run(write)
         return proc

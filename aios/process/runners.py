@@ -1,0 +1,180 @@
+"""Runners: how an agent program runs. `inproc` runs it as a task in the kernel (trusted,
+light: thousands fit); `subprocess` runs it as its own OS process that talks to the
+kernel over HTTP, with its output in a log file and its exit code and resource use kept.
+
+An agent program is a Python file or module with `def main(task: str, os: Client) -> str`
+or `async def main(task: str, os: AsyncClient) -> str` (see aios.sdk). What main returns
+is the process's result; an exception makes it exit with code 1.
+
+Invariant: a runner's `run` returns an Exit on every path but cancellation, and a
+cancelled subprocess runner has killed its OS process group before it returns."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import signal
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from aios.errors import AiosError, InvalidSyscall, NotFound
+
+RUNNERS = ("inproc", "subprocess")
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+class ProgramError(AiosError):
+    """An agent program that cannot be loaded (it raises at import, or has no main)."""
+    code = "invalid_program"
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    target: str     # an absolute file path, or a module name
+    is_file: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    code: int
+    reason: str
+    cpu_s: float = 0.0
+    max_rss_kib: int = 0
+
+
+def resolve(program: str, registry: Mapping[str, str]) -> Program:
+    """A registered name, a .py file, or an importable module; refuses what is none."""
+    target = registry.get(program, program)
+    if target.endswith(".py") or "/" in target:
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise NotFound(f"no agent program at {target}", field="program",
+                           hint="give a .py file, a module (pkg.mod) or a registered agent name")
+        return Program(str(path), True)
+    if not _MODULE.fullmatch(target):
+        raise InvalidSyscall(f"{program!r} is not a file, a module name or a registered agent", field="program")
+    try:
+        found = importlib.util.find_spec(target) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise NotFound(f"no agent module or registered agent named {program!r}", field="program",
+                       hint=f"registered agents: {', '.join(sorted(registry)) or 'none'}")
+    return Program(target, False)
+
+
+def load_main(program: Program) -> Callable[..., Any]:
+    """Imports the program and returns its `main`; raises ProgramError saying why not."""
+    try:
+        if program.is_file:
+            name = "aios_agent_" + hashlib.blake2b(program.target.encode(), digest_size=6).hexdigest()
+            spec = importlib.util.spec_from_file_location(name, program.target)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(program.target)
+    except Exception as e:
+        raise ProgramError(f"{program.target} raised {type(e).__name__} at import: {e}",
+                           field="program", hint="run it with python to see the traceback") from None
+    main = getattr(module, "main", None)
+    if not callable(main):
+        raise ProgramError(f"{program.target} has no main(task, os) function", field="program")
+    return main
+
+
+class InprocRunner:
+    """Runs `main` in the kernel's own event loop (async main) or a worker thread (sync
+    main), with a client that calls the kernel directly."""
+    name = "inproc"
+
+    def __init__(self, main: Callable[..., Any], async_client: Any, make_sync_client: Callable[[], Any]):
+        self.main = main
+        self.async_client = async_client
+        self.make_sync_client = make_sync_client
+
+    async def run(self, task: str, log_path: Path) -> Exit:
+        try:
+            if inspect.iscoroutinefunction(self.main):
+                result = await self.main(task, self.async_client)
+            else:
+                result = await anyio.to_thread.run_sync(self.main, task, self.make_sync_client(),
+                                                        abandon_on_cancel=True)
+        except Exception as e:
+            _append(log_path, traceback.format_exc())
+            return Exit(1, f"raised {type(e).__name__}: {e}")
+        _append(log_path, f"{result}\n" if result is not None else "")
+        return Exit(0, "exited")
+
+    def suspend(self) -> None:
+        """Nothing to stop beyond its syscalls, which the scheduler holds."""
+
+    def resume(self) -> None:
+        """See suspend."""
+
+
+class SubprocessRunner:
+    """Runs `python -m aios.agents.run PROGRAM TASK` in its own session, with the kernel's
+    URL, a token and its pid in the environment (AIOS_URL, AIOS_TOKEN, AIOS_PID)."""
+    name = "subprocess"
+
+    def __init__(self, program: Program, env: Mapping[str, str]):
+        self.program = program
+        self.env = env
+        self.os_pid: int | None = None
+
+    async def run(self, task: str, log_path: Path) -> Exit:
+        cmd = [sys.executable, "-m", "aios.agents.run", self.program.target, task]
+        def start() -> subprocess.Popen[bytes]:
+            with open(log_path, "ab") as log:
+                return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, **self.env}, start_new_session=True)
+        popen = await anyio.to_thread.run_sync(start)
+        self.os_pid = popen.pid
+        try:
+            _, status, usage = await anyio.to_thread.run_sync(os.wait4, popen.pid, 0, abandon_on_cancel=True)
+        except BaseException:   # cancelled: a kill, or the kernel going down
+            with anyio.CancelScope(shield=True):
+                self._signal(signal.SIGKILL)
+                await anyio.to_thread.run_sync(popen.wait)
+            raise
+        code = os.waitstatus_to_exitcode(status)
+        reason = "exited" if code == 0 else (f"killed by signal {-code}" if code < 0 else f"exited with code {code}")
+        return Exit(code, reason, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.os_pid is not None:
+            try:
+                os.killpg(self.os_pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def suspend(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as log:
+        log.write(text)
+
+
+def inproc_clients(kernel: Any, pid: int, principal: str) -> tuple[Any, Callable[[], Any]]:
+    """The clients an in-process agent gets: an AsyncClient on the kernel, and a maker of
+    sync Clients for a sync main running in a worker thread. This is the one place where
+    the kernel meets the SDK (DESIGN.md)."""
+    from aios.sdk import AsyncClient, Client
+    return (AsyncClient(kernel=kernel, pid=pid, principal=principal),
+            lambda: Client(kernel=kernel, pid=pid, principal=principal))
