@@ -7,7 +7,12 @@ HTTP statuses, the SDK raises again and the CLI prints with the hint.
     │   ├── InvalidTransition     a state change the syscall state machine forbids
     │   ├── ConfigError           a bad settings file, variable or flag (names the field)
     │   ├── PermissionDenied
-    │   └── NotFound              an unknown syscall id, model, tool or process
+    │   │   └── Unauthorized      no bearer token, or one the server does not know (HTTP 401)
+    │   ├── NotFound              an unknown syscall id, model, tool or process
+    │   ├── Conflict              the thing is not in a state for that (a signal to an exited process)
+    │   ├── ProgramError          an agent program that cannot be loaded (raises at import, no main)
+    │   ├── MalformedRequest      a request that is not JSON, or not the JSON asked for
+    │   └── PayloadTooLarge       a request body over the configured limit
     ├── a resource's fault
     │   ├── BackendUnavailable    a backend is down, busy, or timed out
     │   ├── BackendError          a provider refused or failed the call (keeps its message)
@@ -70,8 +75,28 @@ class PermissionDenied(AiosError):
     code = "permission_denied"
 
 
+class Unauthorized(PermissionDenied):
+    code = "unauthorized"
+
+
 class NotFound(AiosError):
     code = "not_found"
+
+
+class Conflict(AiosError):
+    code = "conflict"
+
+
+class ProgramError(AiosError):
+    code = "invalid_program"
+
+
+class MalformedRequest(AiosError):
+    code = "malformed_request"
+
+
+class PayloadTooLarge(AiosError):
+    code = "payload_too_large"
 
 
 class BackendUnavailable(AiosError):
@@ -113,7 +138,8 @@ class InternalError(AiosError):
 
 ERRORS_BY_CODE: dict[str, type[AiosError]] = {
     cls.code: cls for cls in (
-        InvalidSyscall, InvalidTransition, ConfigError, PermissionDenied, NotFound,
+        InvalidSyscall, InvalidTransition, ConfigError, PermissionDenied, Unauthorized, NotFound,
+        Conflict, ProgramError, MalformedRequest, PayloadTooLarge,
         BackendUnavailable, BackendBusy, BackendError, ToolError, QuotaExceeded, DeadlineExceeded,
         JournalUnavailable, Cancelled, InternalError,
     )

@@ -339,6 +339,18 @@ def _type_name(hint: Any) -> str:
     return names.get(typing.get_origin(hint) or hint, str(hint))
 
 
+def syscall_json(call: Syscall) -> dict[str, Any]:
+    """A syscall as the REST API shows it (GET /v1/syscalls/{id}), and the SDK reads it."""
+    u = call.usage
+    return {"id": call.id, "kind": call.kind.value, "pid": call.pid, "principal": call.principal,
+            "state": call.state.value, "priority": call.priority, "deadline": call.deadline,
+            "created": call.created, "started": call.started, "finished": call.finished,
+            "num_preemptions": call.num_preemptions,
+            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
+                      "service_s": u.service_s},
+            "payload": call.payload(), "result": call.result, "error": call.error}
+
+
 def encode(call: Syscall) -> dict[str, Any]:
     """The JSON-shaped form of a syscall's payload, as `decode` takes it."""
     return {"kind": call.kind.value, **call.payload(), "priority": call.priority}

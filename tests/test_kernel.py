@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from aios.clock import Clock, VirtualClock
-from aios.errors import (AiosError, BackendError, BackendUnavailable, Cancelled, InvalidSyscall, NotFound,
+from aios.errors import (AiosError, Conflict, BackendError, BackendUnavailable, Cancelled, InvalidSyscall, NotFound,
                          ToolError)
 from aios.events import EventKind
 from aios.kernel import Kernel
@@ -356,7 +356,7 @@ async def test_kill_cancels_the_process_calls_and_frees_their_slots(make_setting
                 assert t.call.state is CallState.CANCELLED
                 assert f"process {victim} was killed" in t.call.error["message"]
             assert (await theirs.wait()).state is CallState.DONE
-            with pytest.raises(InvalidSyscall) as info:
+            with pytest.raises(Conflict) as info:     # an exited process makes no more calls
                 await k.submit(llm(), pid=victim)
             assert info.value.field == "pid"
             await k.kill(held)                                        # its held call goes too

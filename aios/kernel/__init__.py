@@ -265,6 +265,8 @@ class Kernel:
         name) it also starts running `main(task, os)` under the runner. A program that
         cannot be found or imported is refused here, before anything is recorded."""
         check_priority(priority)
+        if not 0 < len(name) <= 200:
+            raise InvalidSyscall("a process name needs 1 to 200 characters", field="name")
         if runner not in RUNNERS:
             raise InvalidSyscall(f"unknown runner {runner!r}", field="runner", hint=f"one of: {', '.join(RUNNERS)}")
         if parent_pid is not None:

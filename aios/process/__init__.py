@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
-from aios.errors import InvalidSyscall, NotFound
+from aios.errors import Conflict, NotFound
 from aios.storage.db import Database
 from aios.storage.models import ProcessRow
 from aios.syscall import Usage
@@ -40,6 +40,17 @@ class Process:
     exit_code: int | None = None
     cpu_s: float = 0.0             # CPU time of its OS process (subprocess runner)
     max_rss_kib: int = 0
+
+
+def process_json(p: Process) -> dict[str, Any]:
+    """A process as the REST API shows it (GET /v1/processes/{pid}), and the SDK reads it."""
+    u = p.usage
+    return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
+            "priority": p.priority, "state": p.state.value, "created": p.created, "exited": p.exited,
+            "exit_reason": p.exit_reason, "exit_code": p.exit_code, "program": p.program, "runner": p.runner,
+            "cpu_s": p.cpu_s, "max_rss_kib": p.max_rss_kib,
+            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
+                      "service_s": u.service_s}}
 
 
 class ProcessTable:
@@ -80,7 +91,7 @@ class ProcessTable:
     def check_live(self, pid: int) -> Process:
         proc = self.get(pid)
         if proc.state is ProcState.EXITED:
-            raise InvalidSyscall(f"process {pid} has exited", field="pid")
+            raise Conflict(f"process {pid} has exited", field="pid")
         return proc
 
     def charge(self, pid: int, usage: Usage) -> None:

@@ -27,15 +27,10 @@ from typing import Any
 
 import anyio
 
-from aios.errors import AiosError, InvalidSyscall, NotFound
+from aios.errors import InvalidSyscall, NotFound, ProgramError
 
 RUNNERS = ("inproc", "subprocess")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-class ProgramError(AiosError):
-    """An agent program that cannot be loaded (it raises at import, or has no main)."""
-    code = "invalid_program"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,69 @@
+"""The agent SDK: one client, blocking (`Client`) or async (`AsyncClient`), over HTTP to a
+kernel's REST endpoint or in-process to a Kernel object, with the same verbs, results and
+errors either way.
+
+    client.llm.chat(messages, model=None, max_tokens=None, tools=None, temperature=None,
+                    priority=0, timeout_s=None) -> ChatResult
+    client.llm.stream(...same...)            -> pieces of text (iterator / async iterator)
+    client.tools.call(tool, **arguments)     -> the tool's result;  client.tools.list() -> [ToolInfo]
+    client.memory.add(content, key=None) -> key;  .get(key) -> MemoryEntry;  .search(query, k=5),
+        .list() -> [MemoryEntry];  .delete(key)
+    client.storage.read(path) -> str;  .write(path, data) -> bytes written;  .list(prefix="") -> [path];
+        .delete(path)
+    client.processes.spawn(name, priority=0, program=None, task="", runner="inproc"), .get(pid),
+        .suspend(pid), .resume(pid), .kill(pid) -> ProcessInfo;  .list(include_exited=False)
+    client.models() -> [model];  client.syscall(dict, wait=True) -> SyscallInfo;  client.cancel(id)
+
+Failures raise the aios.errors classes (NotFound, InvalidSyscall, PermissionDenied, ...), with
+code, message, hint and field; a kernel that does not answer raises BackendUnavailable.
+
+The agent program contract. An agent is a Python file or module that defines
+
+    def main(task: str, os: Client) -> str            # or
+    async def main(task: str, os: AsyncClient) -> str
+
+The kernel starts it as a process and calls `main` with the task; `os` is a client already
+bound to that process, so every syscall is charged to it. What main returns is the
+process's result; an exception makes it exit with code 1. An agent reaches the kernel only
+through `os`. Under the "inproc" runner `os` calls the kernel directly (a sync main runs in
+a worker thread); under "subprocess" it comes from `connect()` / `connect_async()`, which read:
+
+    AIOS_URL     the kernel's endpoint (default http://127.0.0.1:8642)
+    AIOS_TOKEN   the bearer token, if the kernel requires one
+    AIOS_PID     the agent's pid, sent as X-Aios-Pid on every request
+
+Invariant: a verb's request building and answer parsing live once, in the sans-I/O core
+(aios.sdk._core); transports only carry requests. This package never imports aios.server."""
+from __future__ import annotations
+
+import os
+
+from aios.errors import (AiosError, BackendBusy, BackendError, BackendUnavailable, Cancelled, ConfigError,
+                         Conflict, DeadlineExceeded, InternalError, InvalidSyscall, JournalUnavailable,
+                         MalformedRequest, NotFound, PayloadTooLarge, PermissionDenied, ProgramError,
+                         QuotaExceeded, ToolError, Unauthorized)
+from aios.process import ProcState
+from aios.sdk._core import DEFAULT_URL, from_env
+from aios.sdk.client import AsyncClient, Client
+from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolCall, ToolInfo
+from aios.syscall import CallState, Kind, Usage
+
+__all__ = [
+    "Client", "AsyncClient", "connect", "connect_async", "DEFAULT_URL",
+    "ChatResult", "ToolCall", "Usage", "SyscallInfo", "ProcessInfo", "MemoryEntry", "ToolInfo",
+    "CallState", "Kind", "ProcState",
+    "AiosError", "InvalidSyscall", "ConfigError", "PermissionDenied", "Unauthorized", "NotFound", "Conflict",
+    "ProgramError", "MalformedRequest", "PayloadTooLarge", "BackendUnavailable",
+    "BackendBusy", "BackendError", "ToolError", "QuotaExceeded", "DeadlineExceeded", "JournalUnavailable",
+    "Cancelled", "InternalError",
+]
+
+
+def connect() -> Client:
+    """A blocking client configured from AIOS_URL, AIOS_TOKEN and AIOS_PID."""
+    return Client(**from_env(os.environ))
+
+
+def connect_async() -> AsyncClient:
+    """An async client configured from AIOS_URL, AIOS_TOKEN and AIOS_PID."""
+    return AsyncClient(**from_env(os.environ))

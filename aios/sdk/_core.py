@@ -1,0 +1,362 @@
+"""The sans-I/O core of both clients (httpx's BaseClient): what each verb asks the kernel
+and how it reads the answers, written once.
+
+A verb is a generator: it yields requests (the small dataclasses below, one per thing the
+kernel answers), receives each answer in the wire's JSON shape, and returns the typed
+result. `Client` drives verbs with blocking I/O and `AsyncClient` with awaits; a transport
+(HTTP or in-process) turns one request into one answer. A verb may take several round
+trips (chat asks for the default model first), and still has one body.
+
+Invariant: no I/O here; transports do no parsing beyond JSON."""
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aios.errors import BackendUnavailable, ConfigError, NotFound
+from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolInfo
+from aios.syscall import CallState
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+DEFAULT_URL = "http://127.0.0.1:8642"
+HTTP_SCHEMES = ("http://", "https://")
+INPROC_URL = "inproc://"
+
+
+# ---- requests: each one round trip to the kernel; transports map them to HTTP or kernel calls
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    body: dict[str, Any]
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    name: str
+    priority: int
+    parent_pid: int | None
+    program: str | None
+    task: str
+    runner: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListProcesses:
+    include_exited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GetProcess:
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    pid: int
+    signal: str   # suspend | resume | kill
+
+
+@dataclass(frozen=True, slots=True)
+class ListModels:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ListTools:
+    pass
+
+
+Request = Submit | Cancel | Spawn | ListProcesses | GetProcess | Signal | ListModels | ListTools
+Verb = Generator[Request, Any, T]
+
+
+def ask(request: Request, parse: Callable[[Any], T]) -> Verb[T]:
+    """A verb of one round trip."""
+    return parse((yield request))
+
+
+def then(verb: Verb[T], fn: Callable[[T], U]) -> Verb[U]:
+    return fn((yield from verb))
+
+
+def syscall(body: Mapping[str, Any], wait: bool = True) -> Verb[SyscallInfo]:
+    """Submits a syscall; fields set to None are left out (the kernel's defaults apply)."""
+    data = yield Submit({k: v for k, v in body.items() if v is not None}, wait)
+    return SyscallInfo.from_json(data)
+
+
+def result(body: Mapping[str, Any]) -> Verb[Any]:
+    """Submits, waits, and returns the result, or raises the call's error."""
+    call = yield from syscall(body)
+    return call.raise_for_error().result
+
+
+# ---- the client state both clients share
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a client sends its requests, and as whom."""
+    url: str
+    token: str | None
+    pid: int | None           # the calling process, sent as X-Aios-Pid; None: the principal's own account
+    principal: str            # in-process only; over HTTP the token names the principal
+
+
+def target(url: str | None, token: str | None, pid: int | None, principal: str, has_kernel: bool) -> Target:
+    """Checks the URL against the transport it implies."""
+    url = url if url is not None else (INPROC_URL if has_kernel else DEFAULT_URL)
+    if url.startswith(HTTP_SCHEMES):
+        if has_kernel:
+            raise ConfigError(f"a client for {url} speaks HTTP; it cannot also take a kernel", field="url",
+                              hint="pass url='inproc://' (or no url) with kernel=")
+    elif url.startswith(INPROC_URL):
+        if not has_kernel:
+            raise ConfigError("an inproc:// client needs the kernel object", field="kernel",
+                              hint="pass kernel=<the Kernel> (in-process), or an http:// url")
+    else:
+        raise ConfigError(f"unknown kind of aios url {url!r}", field="url",
+                          hint="http://host:port, https://host:port, or inproc:// with kernel=")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
+        raise ConfigError(f"pid must be a process id, got {pid!r}", field="pid")
+    return Target(url.rstrip("/") if url.startswith(HTTP_SCHEMES) else url, token, pid or None, principal)
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The client settings a spawned agent finds in its environment."""
+    raw_pid = environ.get("AIOS_PID", "").strip()
+    if raw_pid and not raw_pid.isdigit():
+        raise ConfigError(f"AIOS_PID must be a process id, got {raw_pid!r}", field="AIOS_PID")
+    return {"url": environ.get("AIOS_URL") or DEFAULT_URL, "token": environ.get("AIOS_TOKEN") or None,
+            "pid": int(raw_pid) if raw_pid else None}
+
+
+class BaseClient:
+    """The state and verbs shared by Client and AsyncClient. Subclasses supply `_run`,
+    which drives a verb over their transport (returning the value, or an awaitable of it)."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self._default_model: str | None = None   # the first model the kernel serves, once asked
+        self.llm = LLM(self)
+        self.tools = Tools(self)
+        self.memory = Memory(self)
+        self.storage = Storage(self)
+        self.processes = Processes(self)
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.target.pid
+
+    def _run(self, verb: Verb[Any]) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, verb: Verb[SyscallInfo]) -> Any:
+        """Submits with `verb`, then yields the call's text as it comes (see TextStream)."""
+        raise NotImplementedError
+
+    def syscall(self, call: Mapping[str, Any], wait: bool = True):
+        """Submits any syscall dict (see aios.syscall); -> SyscallInfo, once the call is over
+        if `wait`, else once it is queued. A failed call is returned, not raised."""
+        return self._run(syscall(call, wait))
+
+    def cancel(self, call_id: str):
+        """Cancels a call that is not over; -> SyscallInfo (a finished call as it ended)."""
+        return self._run(ask(Cancel(call_id), SyscallInfo.from_json))
+
+    def models(self):
+        """-> list[str], the models the kernel serves; the first is the default."""
+        return self._run(self._models())
+
+    def _models(self) -> Verb[list[str]]:
+        return (yield from ask(ListModels(), lambda data: [m["id"] for m in data["data"]]))
+
+    def _model(self, model: str | None) -> Verb[str]:
+        if model is not None:
+            return model
+        if self._default_model is None:
+            models = yield from self._models()
+            if not models:
+                raise NotFound("the kernel serves no model", field="model",
+                               hint="configure a backend in the kernel's settings")
+            self._default_model = models[0]
+        return self._default_model
+
+
+class _Namespace:
+    def __init__(self, client: BaseClient):
+        self._client = client
+
+    def _run(self, verb: Verb[Any]) -> Any:
+        return self._client._run(verb)
+
+
+class LLM(_Namespace):
+    def chat(self, messages: str | list[dict[str, Any]], model: str | None = None, max_tokens: int | None = None,
+             tools: list[dict[str, Any]] | None = None, temperature: float | None = None, priority: int = 0,
+             timeout_s: float | None = None):
+        """One completion; -> ChatResult. `messages` are OpenAI-shaped (a string is one
+        user message); `model` defaults to the first the kernel serves; `timeout_s` fails the
+        call with DeadlineExceeded if it is not over by then."""
+        return self._run(then(self._submit(messages, model, True, max_tokens=max_tokens, tools=tools,
+                                           temperature=temperature, priority=priority, timeout_s=timeout_s),
+                              ChatResult.from_call))
+
+    def stream(self, messages: str | list[dict[str, Any]], model: str | None = None, max_tokens: int | None = None,
+               tools: list[dict[str, Any]] | None = None, temperature: float | None = None, priority: int = 0,
+               timeout_s: float | None = None):
+        """The reply as pieces of text, as they are generated: an iterator (Client) or an
+        async iterator (AsyncClient); the pieces join to the reply's text. The call's error
+        is raised at the end if it failed. Leaving early does not cancel the call."""
+        return self._client._stream(self._submit(messages, model, False, max_tokens=max_tokens, tools=tools,
+                                                 temperature=temperature, priority=priority, timeout_s=timeout_s))
+
+    def _submit(self, messages: str | list[dict[str, Any]], model: str | None, wait: bool,
+                **fields: Any) -> Verb[SyscallInfo]:
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        model = yield from self._client._model(model)
+        return (yield from syscall({"kind": "llm", "model": model, "messages": messages, **fields}, wait))
+
+
+class Tools(_Namespace):
+    def call(self, tool: str, /, **arguments: Any):
+        """Runs a tool the kernel has registered; -> its JSON result."""
+        return self._run(result({"kind": "tool", "tool": tool, "arguments": arguments}))
+
+    def list(self):
+        """-> list[ToolInfo]"""
+        return self._run(ask(ListTools(), lambda data: [ToolInfo(t["name"], t["max_concurrency"], t["timeout_s"])
+                                                        for t in data["tools"]]))
+
+
+def _entries(data: dict[str, Any]) -> list[MemoryEntry]:
+    return [MemoryEntry(e["key"], e["content"], e.get("score")) for e in data["entries"]]
+
+
+class Memory(_Namespace):
+    """The calling process's own memory entries."""
+
+    def add(self, content: str, key: str | None = None):
+        """-> str, the entry's key (the one given, else a new one)."""
+        return self._run(then(result({"kind": "memory", "op": "add", "content": content, "key": key}),
+                              lambda r: r["key"]))
+
+    def get(self, key: str):
+        """-> MemoryEntry; NotFound if there is none."""
+        return self._run(then(result({"kind": "memory", "op": "get", "key": key}),
+                              lambda r: MemoryEntry(r["key"], r["content"])))
+
+    def search(self, query: str, k: int = 5):
+        """-> list[MemoryEntry], at most k, best first."""
+        return self._run(then(result({"kind": "memory", "op": "search", "query": query, "k": k}), _entries))
+
+    def list(self):
+        """-> list[MemoryEntry], oldest first."""
+        return self._run(then(result({"kind": "memory", "op": "list"}), _entries))
+
+    def delete(self, key: str):
+        """-> None; NotFound if there is no such entry."""
+        return self._run(then(result({"kind": "memory", "op": "delete", "key": key}), lambda r: None))
+
+
+class Storage(_Namespace):
+    """The calling process's own files (relative paths)."""
+
+    def read(self, path: str):
+        """-> str; NotFound if there is no such file."""
+        return self._run(then(result({"kind": "storage", "op": "read", "path": path}), lambda r: r["data"]))
+
+    def write(self, path: str, data: str):
+        """-> int, the number of bytes written (UTF-8)."""
+        return self._run(then(result({"kind": "storage", "op": "write", "path": path, "data": data}),
+                              lambda r: r["bytes"]))
+
+    def list(self, prefix: str = ""):
+        """-> list[str], the paths under `prefix`, sorted."""
+        return self._run(then(result({"kind": "storage", "op": "list", "path": prefix}), lambda r: r["paths"]))
+
+    def delete(self, path: str):
+        """-> None; NotFound if there is no such file."""
+        return self._run(then(result({"kind": "storage", "op": "delete", "path": path}), lambda r: None))
+
+
+def _processes(data: list[dict[str, Any]]) -> list[ProcessInfo]:
+    return [ProcessInfo.from_json(p) for p in data]
+
+
+class Processes(_Namespace):
+    """The principal's processes. A process a client spawns is a child of the client's pid."""
+
+    def spawn(self, name: str, priority: int = 0, program: str | None = None, task: str = "",
+              runner: str = "inproc"):
+        """-> ProcessInfo of the new process. With a `program` (a .py file, a module or a
+        registered agent name, as the kernel sees it) the process runs its `main(task, os)`
+        under the runner ("inproc" or "subprocess"); without one it is an account to charge
+        calls to."""
+        return self._run(ask(Spawn(name, priority, self._client.pid, program, task, runner), ProcessInfo.from_json))
+
+    def list(self, include_exited: bool = False):
+        """-> list[ProcessInfo]"""
+        return self._run(ask(ListProcesses(include_exited), _processes))
+
+    def get(self, pid: int):
+        """-> ProcessInfo; NotFound for a pid of another principal, or none."""
+        return self._run(ask(GetProcess(pid), ProcessInfo.from_json))
+
+    def suspend(self, pid: int):
+        """Its calls stop being scheduled until resumed; -> ProcessInfo."""
+        return self._run(ask(Signal(pid, "suspend"), ProcessInfo.from_json))
+
+    def resume(self, pid: int):
+        """-> ProcessInfo"""
+        return self._run(ask(Signal(pid, "resume"), ProcessInfo.from_json))
+
+    def kill(self, pid: int):
+        """Cancels its calls in flight and marks it exited; -> ProcessInfo."""
+        return self._run(ask(Signal(pid, "kill"), ProcessInfo.from_json))
+
+
+# ---- streams
+
+class TextStream:
+    """Reads a call's events (`state`, `token`, `lagged`, as the SSE endpoint sends them)
+    into pieces of text. `finish` returns what the events did not carry (all of it, if the
+    call was over before the stream opened) and raises the call's error."""
+
+    def __init__(self, call_id: str):
+        self.call_id = call_id
+        self.parts: list[str] = []
+        self.is_lagged = False   # events were dropped: the rest of the text comes from the result
+        self.final: SyscallInfo | None = None
+
+    def feed(self, event: str, data: dict[str, Any]) -> str:
+        match event:
+            case "token" if not self.is_lagged:
+                self.parts.append(data["text"])
+                return data["text"]
+            case "lagged":
+                self.is_lagged = True
+            case "state" if CallState(data["state"]) in (CallState.DONE, CallState.FAILED, CallState.CANCELLED):
+                self.final = SyscallInfo.from_json(data)
+        return ""
+
+    def finish(self) -> str:
+        if self.final is None:
+            raise BackendUnavailable(f"the events of syscall {self.call_id} ended before the call did",
+                                     hint="the kernel may have stopped; see client.syscall and client.cancel")
+        text = ChatResult.from_call(self.final).text
+        received = "".join(self.parts)
+        return text[len(received):] if text.startswith(received) else ""
