@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from aios.cli import kernel as kernel_cli
+from aios.cli import procs
 from aios.errors import AiosError
 
 app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
@@ -17,6 +18,7 @@ app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.",
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on stdout.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(kernel_cli.app, name="kernel")
+procs.install(app)
 
 
 @bench_app.command("kernel")

@@ -1,0 +1,217 @@
+"""`aios run`, `ps`, `top`, `kill`, `suspend`, `resume`, `logs`, `models`, `tools`: the
+docker-like face of the kernel. Each decodes its flags, asks the kernel through the SDK
+(or, for streams, its REST endpoint) and prints; `--json` on every listing."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.tree import Tree
+
+from aios.cli.connect import auth_headers, client, kernel_url
+from aios.errors import AiosError
+from aios.sdk import ProcessInfo
+
+console = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def _program(program: str) -> str:
+    """A file the user names is resolved here, where they named it; the daemon's own
+    working directory may be elsewhere."""
+    path = Path(program).expanduser()
+    return str(path.resolve()) if path.is_file() else program
+
+
+def follow_logs(pid: int, follow: bool) -> None:
+    with httpx.stream("GET", f"{kernel_url()}/v1/processes/{pid}/logs", params={"follow": follow},
+                      headers=auth_headers(), timeout=None) as r:
+        if r.status_code >= 400:
+            r.read()
+            raise AiosError.from_dict(r.json()["error"])
+        for chunk in r.iter_bytes():
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+
+
+def run(
+    program: Annotated[str, typer.Argument(help="a .py file, a module, or a registered agent name")],
+    task: Annotated[str, typer.Argument(help="what the agent is asked to do")] = "",
+    priority: Annotated[int, typer.Option(help="0 (lowest) to 99")] = 0,
+    runner: Annotated[str, typer.Option(help="inproc (a task in the kernel) or subprocess")] = "subprocess",
+    name: Annotated[str | None, typer.Option(help="process name [default: the program's]")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="print the pid and return")] = False,
+) -> None:
+    """Runs an agent as a kernel process, streams its output, and exits with its exit code."""
+    with client() as os:
+        proc = os.processes.spawn(name or Path(program).stem or program, priority=priority,
+                                  program=_program(program), task=task, runner=runner)
+        if detach:
+            typer.echo(proc.pid)
+            return
+        try:
+            follow_logs(proc.pid, follow=True)
+        except KeyboardInterrupt:
+            os.processes.kill(proc.pid)
+            typer.echo(f"\naios: killed process {proc.pid}", err=True)
+            raise typer.Exit(130) from None
+        ended = os.processes.get(proc.pid)
+    code = ended.exit_code if ended.exit_code is not None else 0
+    if code != 0:
+        typer.echo(f"aios: process {proc.pid} {ended.exit_reason}", err=True)
+    raise typer.Exit(code if 0 <= code < 256 else 1)
+
+
+def _row(p: ProcessInfo) -> list[str]:
+    exit_ = "" if p.exit_code is None else str(p.exit_code)
+    return [str(p.pid), "" if p.parent_pid is None else str(p.parent_pid), p.name, p.state.value,
+            str(p.priority), p.runner or "-", f"{p.usage.tokens_in}/{p.usage.tokens_out}", exit_,
+            p.program or ""]
+
+
+def ps(
+    all_: Annotated[bool, typer.Option("--all", "-a", help="exited processes too")] = False,
+    tree: Annotated[bool, typer.Option("--tree", help="show who spawned whom")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Lists processes."""
+    with client() as os:
+        procs = os.processes.list(include_exited=all_)
+    if as_json:
+        typer.echo(json.dumps([_json(p) for p in procs]))
+        return
+    if tree:
+        console.print(_tree(procs))
+        return
+    table = Table("PID", "PPID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS in/out", "EXIT", "PROGRAM",
+                  box=None, header_style="bold")
+    for p in procs:
+        table.add_row(*_row(p))
+    console.print(table)
+
+
+def _json(p: ProcessInfo) -> dict[str, Any]:
+    d = asdict(p)
+    d["state"] = p.state.value
+    return d
+
+
+def _tree(procs: list[ProcessInfo]) -> Tree:
+    root = Tree("[bold]processes")
+    nodes: dict[int, Tree] = {}
+    pids = {p.pid for p in procs}
+    for p in sorted(procs, key=lambda p: p.pid):
+        parent = nodes.get(p.parent_pid) if p.parent_pid in pids else root
+        nodes[p.pid] = (parent or root).add(f"{p.pid} {p.name} [dim]{p.state.value}[/]")
+    return root
+
+
+def _signal(pid: int, verb: str) -> None:
+    with client() as os:
+        proc = getattr(os.processes, verb)(pid)
+    typer.echo(f"{proc.pid} {proc.state.value}")
+
+
+def kill(pid: Annotated[int, typer.Argument()]) -> None:
+    """Stops a process: its program and its calls in flight."""
+    _signal(pid, "kill")
+
+
+def suspend(pid: Annotated[int, typer.Argument()]) -> None:
+    """Stops scheduling a process's calls (and stops its OS process)."""
+    _signal(pid, "suspend")
+
+
+def resume(pid: Annotated[int, typer.Argument()]) -> None:
+    """Resumes a suspended process."""
+    _signal(pid, "resume")
+
+
+def logs(pid: Annotated[int, typer.Argument()],
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until it exits")] = False) -> None:
+    """Prints a process's output."""
+    follow_logs(pid, follow)
+
+
+def models(as_json: JsonFlag = False) -> None:
+    """Lists the models the kernel serves."""
+    with client() as os:
+        names = os.models()
+    typer.echo(json.dumps(names) if as_json else "\n".join(names))
+
+
+def tools(as_json: JsonFlag = False) -> None:
+    """Lists the tools the kernel offers."""
+    with client() as os:
+        found = os.tools.list()
+    if as_json:
+        typer.echo(json.dumps([asdict(t) for t in found]))
+        return
+    table = Table("TOOL", "MAX CONCURRENCY", "TIMEOUT (s)", box=None, header_style="bold")
+    for t in found:
+        table.add_row(t.name, str(t.max_concurrency), "-" if t.timeout_s is None else f"{t.timeout_s:g}")
+    console.print(table if found else "no tools registered")
+
+
+def top(
+    interval_s: Annotated[float, typer.Option("--interval", help="seconds between refreshes")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A live view of the kernel: processes, queues, slots, tokens per second."""
+    url, headers = kernel_url(), auth_headers()
+
+    def snapshot() -> dict[str, Any]:
+        r = httpx.get(f"{url}/v1/kernel/stats", headers=headers, timeout=5.0)
+        r.raise_for_status()
+        return r.json()
+
+    if as_json:
+        typer.echo(json.dumps(snapshot()))
+        return
+    last = snapshot()
+    last_t = time.monotonic()
+    if once:
+        console.print(_frame(last, 0.0))
+        return
+    with Live(_frame(last, 0.0), console=console, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval_s)
+                now, now_t = snapshot(), time.monotonic()
+                rate = (now["tokens_out"] - last["tokens_out"]) / max(1e-9, now_t - last_t)
+                live.update(_frame(now, rate))
+                last, last_t = now, now_t
+        except KeyboardInterrupt:
+            pass
+
+
+def _frame(stats: dict[str, Any], tokens_per_s: float) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(f"[bold]aios[/]  policy {stats['policy']}  in flight {stats['num_in_flight']}  "
+                 f"tokens {stats['tokens_in']} in / {stats['tokens_out']} out  {tokens_per_s:.1f} tok/s")
+    res = Table("RESOURCE", "POLICY", "SLOTS BUSY", "QUEUED", "HELD", box=None, header_style="bold")
+    for r in stats["resources"]:
+        res.add_row(r["name"], r["policy"], f"{r['num_running']}/{r['num_slots']}", str(r["num_queued"]),
+                    str(r["num_held"]))
+    procs = Table("PID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS in/out", box=None, header_style="bold")
+    for p in stats["processes"]:
+        procs.add_row(str(p["pid"]), p["name"], p["state"], str(p["priority"]), p["runner"] or "-",
+                      f"{p['usage']['tokens_in']}/{p['usage']['tokens_out']}")
+    grid.add_row(res)
+    grid.add_row(procs)
+    return grid
+
+
+def install(app: typer.Typer) -> None:
+    for command in (run, ps, top, kill, suspend, resume, logs, models, tools):
+        app.command()(command)
