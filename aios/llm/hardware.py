@@ -60,9 +60,17 @@ class ScriptedResponder:
         num_tokens = request.max_tokens or self.default_tokens
         seed = hashlib.blake2b(json.dumps([request.model, request.messages], sort_keys=True,
                                           default=str).encode(), digest_size=8).digest()
-        words = [_WORDS[(int.from_bytes(seed, "little") * 2654435761 + i * 40503) % 2**32 % len(_WORDS)]
-                 for i in range(num_tokens)]
+        base = int.from_bytes(seed, "little")
+        words = [_WORDS[_mix(base + i) % len(_WORDS)] for i in range(num_tokens)]
         return Reply(tuple(w if i == 0 else " " + w for i, w in enumerate(words)))
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: consecutive inputs give unrelated outputs."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
 
 
 def _read_replies(path: Path) -> list[dict[str, Any]]:
