@@ -21,6 +21,13 @@ app.add_typer(kernel_cli.app, name="kernel")
 procs.install(app)
 
 
+@app.command()
+def shell() -> None:
+    """An interactive shell: built-in commands and plain-language tasks for the default agent."""
+    from aios.cli.shell import run_shell   # readline is only for the interactive face
+    run_shell()
+
+
 @bench_app.command("kernel")
 def bench_kernel(
     as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,

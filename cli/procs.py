@@ -25,7 +25,7 @@ console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
-def _program(program: str) -> str:
+def program_path(program: str) -> str:
     """A file the user names is resolved here, where they named it; the daemon's own
     working directory may be elsewhere."""
     path = Path(program).expanduser()
@@ -54,7 +54,7 @@ def run(
     """Runs an agent as a kernel process, streams its output, and exits with its exit code."""
     with client() as os:
         proc = os.processes.spawn(name or Path(program).stem or program, priority=priority,
-                                  program=_program(program), task=task, runner=runner)
+                                  program=program_path(program), task=task, runner=runner)
         if detach:
             typer.echo(proc.pid)
             return

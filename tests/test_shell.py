@@ -1,0 +1,121 @@
+"""`aios shell` driven through a pseudo-terminal, as a person types at it: built-ins,
+a plain-language task for the default agent, a background job, and Ctrl-C stopping the
+foreground agent but not the shell."""
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+SLOW_AGENT = '''
+import anyio
+
+async def main(task, os):
+    print("slow agent started", flush=True)
+    await anyio.sleep(60)
+    return "finished"
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Terminal:
+    """A child process on a pty: write keystrokes, read until a text appears (bounded)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:   # the child: the pty is its controlling terminal
+            os.execve(argv[0], argv, env)
+        self.output = ""
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def expect(self, text: str, timeout_s: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"did not see {text!r}; the terminal shows:\n{self.output[-2000:]}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    self.output += os.read(self.fd, 65536).decode(errors="replace")
+                except OSError:   # the child closed the pty
+                    break
+        assert text in self.output, self.output[-2000:]
+        seen, self.output = self.output, self.output[self.output.index(text) + len(text):]
+        return seen
+
+    def close(self) -> int:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        finally:
+            os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    env = {**os.environ, "AIOS_HOME": str(tmp_path), "NO_COLOR": "1", "TERM": "dumb"}
+    port = free_port()
+    subprocess.run([sys.executable, "-m", "aios.cli.main", "kernel", "start", "--detach", "--port", str(port)],
+                   env=env, check=True, capture_output=True, timeout=60)
+    yield env
+    subprocess.run([sys.executable, "-m", "aios.cli.main", "kernel", "stop", "--cancel"], env=env,
+                   capture_output=True, timeout=60)
+
+
+def test_shell_through_a_pty(daemon, tmp_path: Path):
+    slow = tmp_path / "slow.py"
+    slow.write_text(SLOW_AGENT)
+    term = Terminal([sys.executable, "-m", "aios.cli.main", "shell"], daemon)
+    try:
+        term.expect("aios> ")
+        term.send("models\n")
+        assert "sim-llama-3-8b" in term.expect("aios> ")
+
+        term.send("what does a kernel do\n")          # plain language: the default agent answers
+        answer = term.expect("aios> ")
+        assert len(answer.split()) > 5
+
+        term.send(f"run {slow} &\n")                  # a background job
+        term.expect("[1] ")
+        term.expect("aios> ")
+        term.send("jobs\n")
+        assert "running" in term.expect("aios> ")
+
+        term.send("fg 1\n")                           # to the foreground, then Ctrl-C
+        term.expect("slow agent started")
+        term.send("\x03")
+        assert "stopped process" in term.expect("aios> ")
+        term.send("jobs\n")
+        assert "exited" in term.expect("aios> ")      # the agent died, the shell did not
+
+        term.send("kill abc\n")
+        assert "expected a process id" in term.expect("aios> ")
+        term.send("\x03")                             # Ctrl-C at the prompt drops the line
+        term.expect("aios> ")
+        term.send("ps --all\n")
+        assert "slow" in term.expect("aios> ")
+        term.send("exit\n")
+        assert term.close() == 0
+    finally:
+        try:
+            os.kill(term.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert (Path(daemon["AIOS_HOME"]) / "shell_history").read_text().count("\n") >= 5
