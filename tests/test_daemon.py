@@ -76,3 +76,56 @@ def test_status_and_stop_without_a_daemon(tmp_path):
     for command in ("status", "stop"):
         r = aios(tmp_path, "kernel", command)
         assert r.returncode != 0 and "no aios kernel is running" in r.stderr
+
+
+def test_a_daemon_killed_mid_load_keeps_every_acknowledged_syscall(tmp_path):
+    """SIGKILL while clients submit over HTTP; after a restart, every syscall that got a
+    2xx answer is there (queued ones are re-queued and finish)."""
+    import signal
+    import threading
+
+    port = free_port()
+    config = tmp_path / "aios.toml"
+    config.write_text("[clock]\nspeed = 50.0\n")   # simulated calls 50x faster than real time
+    start = ("kernel", "start", "--detach", "--port", str(port), "--config", str(config))
+    assert aios(tmp_path, *start).returncode == 0
+    url = f"http://127.0.0.1:{port}"
+    pid = json.loads((tmp_path / "daemon.json").read_text())["pid"]
+    acked: list[str] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=url, timeout=5.0) as c:
+            for i in range(200):
+                try:
+                    r = c.post("/v1/syscalls", json={"kind": "llm", "model": "sim-llama-3-8b", "max_tokens": 64,
+                                                     "messages": [{"role": "user", "content": f"c{n} {i}"}]})
+                except httpx.HTTPError:
+                    return   # the daemon is gone
+                if 200 <= r.status_code < 300:
+                    with lock:
+                        acked.append(r.json()["id"])
+                        if len(acked) >= 60:
+                            enough.set()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    assert enough.wait(30), "the clients never got 60 answers"
+    os.kill(pid, signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    with lock:
+        acknowledged = list(acked)
+
+    assert aios(tmp_path, *start).returncode == 0
+    try:
+        with httpx.Client(base_url=url, timeout=60.0) as c:
+            states = {cid: c.get(f"/v1/syscalls/{cid}").json()["state"] for cid in acknowledged}
+            assert all(s in ("queued", "running", "done") for s in states.values()), states
+            last = acknowledged[-1]
+            assert c.get(f"/v1/syscalls/{last}/events").status_code == 200   # it finishes after the restart
+            assert c.get(f"/v1/syscalls/{last}").json()["state"] == "done"
+    finally:
+        aios(tmp_path, "kernel", "stop", "--cancel")
