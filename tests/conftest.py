@@ -1,12 +1,17 @@
 """Shared fixtures: a kernel on SQLite in tmp_path, on a virtual clock by default, with
-the hardware-model backend as the fake LLM."""
+the hardware-model backend as the fake LLM; `serve` runs an app under a real uvicorn
+server on a loopback port."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+import uvicorn
 
 from aios.config import Settings, load_settings
 
@@ -29,3 +34,45 @@ def llm(prompt: str = "hello", max_tokens: int = 8, **extra: Any) -> dict[str, A
     """An LLM syscall dict for the default simulated model."""
     return {"kind": "llm", "model": "sim-llama-3-8b", "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, **extra}
+
+
+@asynccontextmanager
+async def serve(app: Any, *, sock: socket.socket | None = None,
+                sndbuf_bytes: int | None = None) -> AsyncIterator[str]:
+    """Runs `app` under a real uvicorn server in this event loop, on `sock` or else on
+    127.0.0.1 port 0; yields its base URL and stops it on the way out. `sndbuf_bytes`
+    shrinks the send buffer of the accepted connections (they inherit the listener's),
+    so that a client that does not read makes the server feel back-pressure quickly."""
+    if sock is None:
+        # proto given, so asyncio sets TCP_NODELAY on the accepted sockets (it checks
+        # proto); without it each response waits ~40 ms for a delayed ACK
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+    if sndbuf_bytes is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf_bytes)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    app.state.server = server   # lets POST /v1/kernel/stop stop it, as the daemon does
+    is_over = anyio.Event()
+
+    async def run() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            is_over.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            with anyio.fail_after(10):
+                while not server.started and not is_over.is_set():
+                    await anyio.sleep(0.01)
+            if not server.started:
+                raise RuntimeError("the test server did not start")
+            try:
+                yield f"http://127.0.0.1:{port}"
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()

@@ -73,7 +73,9 @@ def bind(host: str, port: int) -> socket.socket:
     """Binds the listening socket before anything else starts, so a port in use is said
     plainly (and no other daemon's files are touched)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto given, so asyncio sets TCP_NODELAY on accepted connections (it checks proto);
+    # with 0, Nagle holds each response body behind its headers until a delayed ACK (~40 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

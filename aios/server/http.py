@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
+import math
+import re
+from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 
 from aios.kernel import Kernel
 from aios.process import Process
@@ -33,11 +36,49 @@ async def read_json(request: Request) -> Any:
     if not body:
         raise HttpError("malformed_request", "the request has no body; it needs a JSON object")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise HttpError("malformed_request", f"the body is not valid JSON{where}",
+        value = json.loads(body.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
+        if _SURROGATE_ESCAPE.search(body):   # a lone one cannot be stored or sent back as UTF-8
+            json.dumps(value, ensure_ascii=False).encode()
+        return value
+    except (ValueError, RecursionError) as e:   # JSONDecodeError and UnicodeError are ValueErrors
+        match e:
+            case json.JSONDecodeError():
+                why = f" at line {e.lineno} column {e.colno}"
+            case UnicodeError():
+                why = ": it is not UTF-8 text, or it holds a lone surrogate (\\ud800-\\udfff)"
+            case RecursionError():
+                why = ": it is nested too deeply"
+            case _:   # NaN, Infinity, a number out of range or with too many digits
+                why = f": {e}"
+        raise HttpError("malformed_request", f"the body is not valid JSON{why}",
                         hint="send a JSON object with Content-Type: application/json") from None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+M = TypeVar("M", bound=BaseModel)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+async def read_model(request: Request, model: type[M]) -> M:
+    """The body (read as `read_json` does) checked against a pydantic model; the error
+    names the first bad field."""
+    data = await read_json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise HttpError("invalid_syscall", f"{field or 'body'}: {first['msg']}", field=field or None) from None
 
 
 def principal_of(request: Request) -> str:
@@ -62,7 +103,7 @@ def caller_pid(request: Request, principal: str) -> int:
     raw = request.headers.get("x-aios-pid")
     if raw is None:
         return 0
-    if not raw.strip().isdigit():
+    if not (raw.strip().isascii() and raw.strip().isdigit()):   # '²' is a digit to isdigit()
         raise HttpError("malformed_request", f"X-Aios-Pid must be a process id, got {raw!r}", field="X-Aios-Pid")
     pid = int(raw)
     owned_process(request, pid, principal)

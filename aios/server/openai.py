@@ -28,6 +28,10 @@ def to_syscall(body: Any) -> dict[str, Any]:
         raise HttpError("malformed_request", "the body must be a JSON object")
     if body.get("n", 1) != 1:
         raise HttpError("invalid_syscall", "only n=1 is supported", field="n")
+    if not isinstance(body.get("stream", False), bool):
+        raise HttpError("invalid_syscall", "stream must be true or false", field="stream")
+    if not isinstance(body.get("stream_options") or {}, dict):
+        raise HttpError("invalid_syscall", "stream_options must be an object", field="stream_options")
     call: dict[str, Any] = {"kind": "llm", **{k: body[k] for k in _PASSED if k in body}}
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:

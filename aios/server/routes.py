@@ -10,13 +10,14 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
 from aios.errors import NotFound
 from aios.events import EventKind
 from aios.process import Process, ProcState
 from aios.server import schemas
 from aios.server.errors import HttpError
-from aios.server.http import caller_pid, kernel_of, owned_process, principal_of, read_json
+from aios.server.http import caller_pid, kernel_of, owned_process, principal_of, read_json, read_model
 from aios.syscall import Syscall
 
 router = APIRouter()
@@ -24,6 +25,11 @@ SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json"
     "oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in
               (schemas.LLMCall, schemas.ToolCall, schemas.MemoryCall, schemas.StorageCall, schemas.ProcessCall)],
     "discriminator": {"propertyName": "kind"}}}}}}
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """The documented body of a route that reads its own (bounded, once the caller is known)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def call_json(call: Syscall) -> dict[str, Any]:
@@ -88,24 +94,30 @@ async def cancel_syscall(request: Request, call_id: str):
 async def syscall_events(request: Request, call_id: str):
     """Server-sent events: `state` (each state change, the last one terminal), `token`
     (each piece of generated text), `lagged` (this client read too slowly and missed some)."""
-    call = await owned_call(request, call_id, principal_of(request))
+    await owned_call(request, call_id, principal_of(request))
     k = kernel_of(request)
-    sub = k.bus.subscribe({EventKind.CALL_STATE, EventKind.CALL_TOKEN}, max_buffer=1024)
-    ticket = k.tickets.get(call_id)
 
     async def events() -> AsyncIterator[str]:
-        with sub:
-            current = ticket.call if ticket is not None else call
+        # subscribed here, not in the handler, so a stream that never starts leaves no
+        # subscription behind; and with what came before it read at once (no await between),
+        # so each token is sent once: in the catch-up text or as its event
+        with k.bus.subscribe({EventKind.CALL_STATE, EventKind.CALL_TOKEN}, max_buffer=1024) as sub:
+            ticket = k.tickets.get(call_id)
+            text_so_far = "".join(ticket.text_parts) if ticket is not None else ""
+            current = ticket.call if ticket is not None else await k.lookup(call_id)   # over, if not in flight
             yield _sse("state", call_json(current))
             if current.is_terminal:
                 return
-            if ticket is not None and ticket.text_parts:
-                yield _sse("token", {"text": "".join(ticket.text_parts)})
+            if text_so_far:
+                yield _sse("token", {"text": text_so_far})
             num_dropped = 0
             async for ev in sub:
                 if sub.num_dropped > num_dropped:
                     num_dropped = sub.num_dropped
                     yield _sse("lagged", {"num_dropped": num_dropped})
+                    if ticket is None or ticket.done.is_set():   # its last event may be one of those missed
+                        yield _sse("state", call_json(await k.lookup(call_id)))
+                        return
                 if ev.call_id != call_id:
                     continue
                 if ev.kind is EventKind.CALL_TOKEN:
@@ -127,9 +139,10 @@ def _sse(event: str, data: Any) -> str:
 # ---- processes
 
 @router.post("/v1/processes", status_code=201, response_model=schemas.ProcessOut, responses=schemas.ERRORS,
-             tags=["processes"])
-async def spawn(request: Request, body: schemas.ProcessIn):
+             openapi_extra=_body(schemas.ProcessIn), tags=["processes"])
+async def spawn(request: Request):
     principal = principal_of(request)
+    body = await read_model(request, schemas.ProcessIn)
     if body.parent_pid is not None:
         owned_process(request, body.parent_pid, principal)
     proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=body.parent_pid,
@@ -191,11 +204,13 @@ async def get_process(request: Request, pid: int):
 
 
 @router.post("/v1/processes/{pid}/signal", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
-             tags=["processes"])
-async def signal(request: Request, pid: int, body: schemas.SignalIn):
+             openapi_extra=_body(schemas.SignalIn), tags=["processes"])
+async def signal(request: Request, pid: int):
     """suspend: its calls stop being scheduled; resume; terminate and kill: its calls in
     flight are cancelled and it exits."""
-    proc = owned_process(request, pid, principal_of(request))
+    principal = principal_of(request)
+    body = await read_model(request, schemas.SignalIn)
+    proc = owned_process(request, pid, principal)
     if proc.state is ProcState.EXITED:
         raise HttpError("conflict", f"process {pid} has already exited", field="pid")
     k = kernel_of(request)
@@ -226,16 +241,32 @@ async def tools(request: Request):
                       for t in kernel_of(request).tools.values()]}
 
 
-@router.post("/v1/kernel/stop", status_code=202, responses=schemas.ERRORS, tags=["kernel"])
-async def stop_kernel(request: Request, body: schemas.StopIn):
+@router.post("/v1/kernel/stop", status_code=202, responses=schemas.ERRORS, openapi_extra=_body(schemas.StopIn),
+             tags=["kernel"])
+async def stop_kernel(request: Request):
     """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked."""
     principal_of(request)
+    body = await read_model(request, schemas.StopIn)
     server = request.app.state.server
     if server is None:
         raise HttpError("conflict", "this server does not own its kernel, so it cannot stop it")
     request.app.state.drain = body.drain
     server.should_exit = True
     return {"stopping": True, "drain": body.drain}
+
+
+@router.get("/v1/kernel/stats", tags=["kernel"])
+async def kernel_stats(request: Request):
+    """A snapshot for `aios top`: each resource's policy, queue and slots, calls in
+    flight, tokens so far, and the caller's live processes."""
+    principal = principal_of(request)
+    k = kernel_of(request)
+    metrics = request.app.state.metrics
+    return {"now": k.clock.now(), "policy": k.scheduler.policy_name, "num_in_flight": len(k.tickets),
+            "tokens_in": metrics.num_tokens["in"], "tokens_out": metrics.num_tokens["out"],
+            "resources": [res.stats._asdict() for res in k.scheduler],
+            "processes": [process_json(p) for p in k.processes.procs.values()
+                          if p.principal == principal and p.state is not ProcState.EXITED]}
 
 
 @router.get("/healthz", tags=["health"])
