@@ -14,11 +14,11 @@ from pydantic import BaseModel
 
 from aios.errors import NotFound
 from aios.events import EventKind
-from aios.process import Process, ProcState
+from aios.process import ProcState, process_json
 from aios.server import schemas
 from aios.server.errors import HttpError
 from aios.server.http import caller_pid, kernel_of, owned_process, principal_of, read_json, read_model
-from aios.syscall import Syscall
+from aios.syscall import Syscall, syscall_json
 
 router = APIRouter()
 SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -30,27 +30,6 @@ SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json"
 def _body(model: type[BaseModel]) -> dict[str, Any]:
     """The documented body of a route that reads its own (bounded, once the caller is known)."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-def call_json(call: Syscall) -> dict[str, Any]:
-    u = call.usage
-    return {"id": call.id, "kind": call.kind.value, "pid": call.pid, "principal": call.principal,
-            "state": call.state.value, "priority": call.priority, "deadline": call.deadline,
-            "created": call.created, "started": call.started, "finished": call.finished,
-            "num_preemptions": call.num_preemptions,
-            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
-                      "service_s": u.service_s},
-            "payload": call.payload(), "result": call.result, "error": call.error}
-
-
-def process_json(p: Process) -> dict[str, Any]:
-    u = p.usage
-    return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
-            "priority": p.priority, "state": p.state.value, "created": p.created, "exited": p.exited,
-            "exit_reason": p.exit_reason, "exit_code": p.exit_code, "program": p.program, "runner": p.runner,
-            "cpu_s": p.cpu_s, "max_rss_kib": p.max_rss_kib,
-            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
-                      "service_s": u.service_s}}
 
 
 async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
@@ -72,13 +51,13 @@ async def submit(request: Request, wait: bool = Query(False, description="answer
     body = await read_json(request)
     ticket = await kernel_of(request).submit(body, pid=pid, principal=principal)
     call = await ticket.wait() if wait else ticket.call
-    return JSONResponse(call_json(call), status_code=201)
+    return JSONResponse(syscall_json(call), status_code=201)
 
 
 @router.get("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
             tags=["syscalls"])
 async def get_syscall(request: Request, call_id: str):
-    return call_json(await owned_call(request, call_id, principal_of(request)))
+    return syscall_json(await owned_call(request, call_id, principal_of(request)))
 
 
 @router.delete("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
@@ -86,7 +65,7 @@ async def get_syscall(request: Request, call_id: str):
 async def cancel_syscall(request: Request, call_id: str):
     """Cancels a call that is not over; a finished call is returned as it is."""
     await owned_call(request, call_id, principal_of(request))
-    return call_json(await kernel_of(request).cancel(call_id))
+    return syscall_json(await kernel_of(request).cancel(call_id))
 
 
 @router.get("/v1/syscalls/{call_id}/events", responses=schemas.ERRORS, tags=["syscalls"],
@@ -105,7 +84,7 @@ async def syscall_events(request: Request, call_id: str):
             ticket = k.tickets.get(call_id)
             text_so_far = "".join(ticket.text_parts) if ticket is not None else ""
             current = ticket.call if ticket is not None else await k.lookup(call_id)   # over, if not in flight
-            yield _sse("state", call_json(current))
+            yield _sse("state", syscall_json(current))
             if current.is_terminal:
                 return
             if text_so_far:
@@ -116,14 +95,14 @@ async def syscall_events(request: Request, call_id: str):
                     num_dropped = sub.num_dropped
                     yield _sse("lagged", {"num_dropped": num_dropped})
                     if ticket is None or ticket.done.is_set():   # its last event may be one of those missed
-                        yield _sse("state", call_json(await k.lookup(call_id)))
+                        yield _sse("state", syscall_json(await k.lookup(call_id)))
                         return
                 if ev.call_id != call_id:
                     continue
                 if ev.kind is EventKind.CALL_TOKEN:
                     yield _sse("token", ev.data)
                 elif ev.data["state"] in ("done", "failed", "cancelled"):
-                    yield _sse("state", call_json(await k.lookup(call_id)))
+                    yield _sse("state", syscall_json(await k.lookup(call_id)))
                     return
                 else:
                     yield _sse("state", {"id": call_id, "state": ev.data["state"], "at": ev.at})
