@@ -16,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 from aios.config import Settings
 from aios.kernel import Kernel
 from aios.server import errors, openai, routes, schemas
+from aios.server.http import principal_of
 from aios.server.metrics import Metrics
 
 __all__ = ["create_app"]
@@ -68,6 +69,8 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics(request: Request) -> PlainTextResponse:
+        """Needs a token when tokens are configured: it names every principal's processes."""
+        principal_of(request)
         return PlainTextResponse(request.app.state.metrics.render(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
