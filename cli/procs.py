@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from aios.cli.connect import auth_headers, client, kernel_url
-from aios.errors import AiosError
 from aios.sdk import ProcessInfo
+from aios.sdk._http import TIMEOUT, read_response, unreachable
 
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -33,14 +33,17 @@ def program_path(program: str) -> str:
 
 
 def follow_logs(pid: int, follow: bool) -> None:
-    with httpx.stream("GET", f"{kernel_url()}/v1/processes/{pid}/logs", params={"follow": follow},
-                      headers=auth_headers(), timeout=None) as r:
-        if r.status_code >= 400:
-            r.read()
-            raise AiosError.from_dict(r.json()["error"])
-        for chunk in r.iter_bytes():
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+    url = kernel_url()
+    try:
+        with httpx.stream("GET", f"{url}/v1/processes/{pid}/logs", params={"follow": follow},
+                          headers=auth_headers(), timeout=TIMEOUT) as r:
+            if r.status_code >= 400:
+                read_response(url, r.status_code, r.read())
+            for chunk in r.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+    except httpx.TransportError as e:
+        raise unreachable(url, e) from None
 
 
 def run(
@@ -92,8 +95,10 @@ def ps(
     if tree:
         console.print(_tree(procs))
         return
-    table = Table("PID", "PPID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS in/out", "EXIT", "PROGRAM",
-                  box=None, header_style="bold")
+    table = Table(box=None, header_style="bold")
+    for header in ("PID", "PPID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS in/out", "EXIT"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("PROGRAM")   # in a narrow terminal only this one is cut short
     for p in procs:
         table.add_row(*_row(p))
     console.print(table)
@@ -171,9 +176,11 @@ def top(
     url, headers = kernel_url(), auth_headers()
 
     def snapshot() -> dict[str, Any]:
-        r = httpx.get(f"{url}/v1/kernel/stats", headers=headers, timeout=5.0)
-        r.raise_for_status()
-        return r.json()
+        try:
+            r = httpx.get(f"{url}/v1/kernel/stats", headers=headers, timeout=5.0)
+        except httpx.TransportError as e:
+            raise unreachable(url, e) from None
+        return read_response(url, r.status_code, r.content)
 
     if as_json:
         typer.echo(json.dumps(snapshot()))

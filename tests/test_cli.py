@@ -1,0 +1,354 @@
+"""The `aios` commands against one real daemon for the module: in-process through typer's
+CliRunner (AIOS_URL), and as the real command in a subprocess (the daemon found through
+$AIOS_HOME/daemon.json): run, ps [--tree], top, kill, suspend, resume, logs [-f], models,
+tools, their --json, and the errors a user meets."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from aios.cli.main import app
+from aios.errors import AiosError, BackendUnavailable, ProgramError
+from aios.sdk import Client
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+CHAT = REPO / "agents" / "examples" / "chat.py"
+NOTES = REPO / "agents" / "examples" / "notes.py"
+SLOW_AGENT = '''
+import os as system
+import anyio
+
+async def main(task, os):
+    print("slow agent started in", system.getpid(), flush=True)
+    await anyio.sleep(60)
+    return "finished"
+'''
+RAISING_AGENT = '''
+def main(task, os):
+    raise RuntimeError("boom: " + task)
+'''
+BROKEN_AT_IMPORT = '''
+raise ValueError("broken at import")
+
+def main(task, os):
+    return "never"
+'''
+PROCESS_FIELDS = {"pid", "name", "principal", "parent_pid", "priority", "state", "created", "exited",
+                  "exit_reason", "exit_code", "program", "runner", "cpu_s", "max_rss_kib", "usage"}
+
+
+@dataclass(frozen=True)
+class Daemon:
+    home: Path
+    url: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_for(home: Path) -> dict[str, str]:
+    """The user's environment with no AIOS_URL or AIOS_TOKEN: the daemon is found through home."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AIOS_URL", "AIOS_TOKEN")}
+    return {**env, "AIOS_HOME": str(home), "NO_COLOR": "1"}
+
+
+def aios(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """The real command, run from the repository root."""
+    return subprocess.run([sys.executable, "-m", "aios.cli.main", *args], capture_output=True, text=True,
+                          check=False, env=env_for(home), cwd=REPO, timeout=timeout)
+
+
+def cli(daemon: Daemon, *args: str) -> Result:
+    """The same command in this process, through typer's CliRunner."""
+    return CliRunner().invoke(app, list(args), env={"AIOS_URL": daemon.url, "AIOS_HOME": str(daemon.home),
+                                                    "AIOS_TOKEN": None, "NO_COLOR": "1"})
+
+
+def plain(result: Result) -> str:
+    """Its stdout without the styles rich adds when pytest runs with -s on a terminal (the
+    console decided on colour at import, before CliRunner swapped stdout)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+
+
+def processes(daemon: Daemon) -> dict[int, dict]:
+    result = cli(daemon, "ps", "--all", "--json")
+    assert result.exit_code == 0, result.output
+    return {p["pid"]: p for p in json.loads(result.stdout)}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("aios-home")
+    config = home / "aios.toml"
+    config.write_text("[clock]\nspeed = 20.0\n")   # simulated calls 20x faster than real time
+    port = free_port()
+    # started from home, so only the CLI can resolve a path relative to the user's directory
+    started = subprocess.run([sys.executable, "-m", "aios.cli.main", "kernel", "start", "--detach",
+                              "--port", str(port), "--config", str(config)],
+                             capture_output=True, text=True, check=False, env=env_for(home), cwd=home,
+                             timeout=30)
+    assert started.returncode == 0, started.stderr
+    yield Daemon(home, f"http://127.0.0.1:{port}")
+    aios(home, "kernel", "stop", "--cancel")
+
+
+# ---- aios run
+
+def test_run_prints_the_answer_and_exits_0(daemon):
+    r = aios(daemon.home, "run", "agents/examples/chat.py", "What does a kernel do?")   # relative to the user
+    assert r.returncode == 0, r.stderr
+    answer = r.stdout.strip()
+    assert len(answer.split()) > 5
+    (proc,) = [p for p in processes(daemon).values() if p["name"] == "chat" and p["runner"] == "subprocess"]
+    assert proc["program"] == str(CHAT)   # resolved where the user named it, not in the daemon's directory
+    assert proc["state"] == "exited" and proc["exit_code"] == 0 and proc["usage"]["tokens_out"] > 0
+    assert cli(daemon, "logs", str(proc["pid"])).stdout.strip() == answer
+
+
+@pytest.mark.parametrize("program, task, expected", [
+    (CHAT, "What does a kernel do?", None),                                 # sync main
+    (NOTES, "plan a trip to Lisbon", "wrote notes/plan-a-trip-to.md"),      # async main
+])
+def test_run_inproc(daemon, program, task, expected):
+    result = cli(daemon, "run", str(program), task, "--runner", "inproc")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+    if expected:
+        assert expected in result.stdout
+
+
+def test_run_detach_prints_a_pid_that_ps_lists(daemon):
+    result = cli(daemon, "run", str(CHAT), "hello", "--detach", "--name", "detached-chat")
+    assert result.exit_code == 0, result.output
+    pid = int(result.stdout.strip())
+    listed = processes(daemon)[pid]
+    assert listed["name"] == "detached-chat" and listed["program"] == str(CHAT)
+
+
+def test_an_agent_that_raises_exits_non_zero_and_its_traceback_is_in_its_logs(daemon, tmp_path):
+    agent = tmp_path / "boom.py"
+    agent.write_text(RAISING_AGENT)
+    r = aios(daemon.home, "run", str(agent), "now")
+    assert r.returncode == 1
+    pid = int(re.search(r"aios: process (\d+) exited with code 1", r.stderr).group(1))
+    logs = aios(daemon.home, "logs", str(pid))
+    assert logs.returncode == 0
+    assert "Traceback (most recent call last)" in logs.stdout and "RuntimeError: boom: now" in logs.stdout
+
+
+def test_an_inproc_agent_that_raises(daemon, tmp_path):
+    agent = tmp_path / "boom.py"
+    agent.write_text(RAISING_AGENT)
+    result = cli(daemon, "run", str(agent), "now", "--runner", "inproc")
+    assert result.exit_code == 1
+    pid = int(re.search(r"aios: process (\d+) raised RuntimeError: boom: now", result.stderr).group(1))
+    assert "Traceback (most recent call last)" in cli(daemon, "logs", str(pid)).stdout
+
+
+def test_an_agent_file_that_does_not_exist(daemon, tmp_path):
+    missing = tmp_path / "missing.py"
+    r = aios(daemon.home, "run", str(missing), "hello")
+    assert r.returncode == 2
+    assert f"error: no agent program at {missing}" in r.stderr and "hint:" in r.stderr
+
+
+def test_an_agent_that_raises_at_import_is_refused_inproc(daemon, tmp_path):
+    agent = tmp_path / "broken.py"
+    agent.write_text(BROKEN_AT_IMPORT)
+    result = cli(daemon, "run", str(agent), "--runner", "inproc")
+    assert isinstance(result.exception, ProgramError) and result.exception.code == "invalid_program"
+
+    r = aios(daemon.home, "run", str(agent), "--runner", "inproc")
+    assert r.returncode == 2
+    assert f"error: {agent} raised ValueError at import: broken at import" in r.stderr
+    assert "hint: run it with python" in r.stderr
+    assert all(p["program"] != str(agent) for p in processes(daemon).values())   # refused before recorded
+
+
+# ---- ps, top, models, tools
+
+def test_ps_table_tree_and_json(daemon, tmp_path):
+    agent = tmp_path / "a-program-with-a-long-path" / "slow.py"
+    agent.parent.mkdir()
+    agent.write_text(SLOW_AGENT)
+    with Client(daemon.url) as c:
+        parent = c.processes.spawn("tree-parent")
+        long = c.processes.spawn("a-long-path", program=str(agent), runner="subprocess")
+    with Client(daemon.url, pid=parent.pid) as c:
+        child = c.processes.spawn("tree-child")
+    try:
+        table = cli(daemon, "ps")   # 80 columns: the PROGRAM column gives way, no other
+        assert table.exit_code == 0, table.output
+        header = plain(table).splitlines()[0].split()
+        assert header[:9] == ["PID", "PPID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS", "in/out", "EXIT"]
+        assert header[9].startswith("PROG")
+        rows = {line.split()[0]: line.split() for line in plain(table).splitlines()[1:] if line.strip()}
+        assert rows[str(child.pid)][1:4] == [str(parent.pid), "tree-child", "running"]
+        assert rows[str(parent.pid)][1:3] == ["tree-parent", "running"]   # no PPID
+        assert rows[str(long.pid)][1:4] == ["a-long-path", "running", "0"]
+
+        tree = plain(cli(daemon, "ps", "--tree")).splitlines()
+        p_line = next(i for i, line in enumerate(tree) if f"{parent.pid} tree-parent running" in line)
+        c_line = tree[p_line + 1]
+        assert f"{child.pid} tree-child running" in c_line
+        assert c_line.index(str(child.pid)) > tree[p_line].index(str(parent.pid))   # nested under it
+
+        listed = {p["pid"]: p for p in json.loads(cli(daemon, "ps", "--json").stdout)}
+        assert set(listed[child.pid]) == PROCESS_FIELDS
+        assert listed[child.pid]["parent_pid"] == parent.pid and listed[child.pid]["state"] == "running"
+    finally:
+        with Client(daemon.url) as c:
+            for p in (child, parent, long):
+                c.processes.kill(p.pid)
+
+
+def test_top(daemon):
+    frame = cli(daemon, "top", "--once")
+    assert frame.exit_code == 0, frame.output
+    assert "policy" in plain(frame) and "llm:sim-llama-3-8b" in plain(frame) and "RESOURCE" in plain(frame)
+    stats = json.loads(cli(daemon, "top", "--json").stdout)
+    assert {"policy", "num_in_flight", "tokens_in", "tokens_out", "resources", "processes"} <= set(stats)
+    assert any(r["name"] == "llm:sim-llama-3-8b" for r in stats["resources"])
+
+
+def test_models_and_tools(daemon):
+    assert "sim-llama-3-8b" in json.loads(cli(daemon, "models", "--json").stdout)
+    assert "sim-llama-3-8b" in cli(daemon, "models").stdout.split()
+    assert isinstance(json.loads(cli(daemon, "tools", "--json").stdout), list)
+
+
+@pytest.mark.parametrize("args", [
+    ["ps", "--json"], ["ps", "--all", "--json"], ["ps", "--tree", "--json"], ["top", "--json"],
+    ["models", "--json"], ["tools", "--json"], ["kernel", "status", "--json"],
+])
+def test_every_listing_prints_only_json(daemon, args):
+    r = aios(daemon.home, *args)
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout)
+
+
+# ---- signals and logs
+
+def read_until(fd: int, text: str, timeout_s: float = 20.0) -> str:
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"did not see {text!r}; got {seen!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the stream ended before {text!r}; got {seen!r}"
+            seen += chunk.decode()
+    return seen
+
+
+def os_state(os_pid: int) -> str:
+    """The kernel's view of an OS process: R, S, T (stopped), ..."""
+    return Path(f"/proc/{os_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_suspend_resume_and_kill_a_running_agent_while_following_its_logs(daemon, tmp_path):
+    agent = tmp_path / "slow.py"
+    agent.write_text(SLOW_AGENT)
+    started = cli(daemon, "run", str(agent), "--detach")
+    assert started.exit_code == 0, started.output
+    pid = started.stdout.strip()
+    follower = subprocess.Popen([sys.executable, "-m", "aios.cli.main", "logs", pid, "-f"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(daemon.home))
+    try:
+        seen = read_until(follower.stdout.fileno(), "\n")
+        os_pid = int(re.search(r"slow agent started in (\d+)", seen).group(1))
+
+        assert cli(daemon, "suspend", pid).stdout.strip() == f"{pid} suspended"
+        assert processes(daemon)[int(pid)]["state"] == "suspended"
+        deadline = time.monotonic() + 5   # SIGSTOP is delivered asynchronously: no event to wait on
+        while os_state(os_pid) != "T":
+            assert time.monotonic() < deadline, f"the agent's OS process is {os_state(os_pid)}, not stopped"
+            time.sleep(0.01)
+
+        assert cli(daemon, "resume", pid).stdout.strip() == f"{pid} running"
+        assert processes(daemon)[int(pid)]["state"] == "running"
+        assert follower.poll() is None   # still following
+
+        assert cli(daemon, "kill", pid).stdout.strip() == f"{pid} exited"
+        out, _ = follower.communicate(timeout=10)   # logs -f returns once the process has exited
+        assert follower.returncode == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(5)
+    assert "finished" not in (seen + out.decode())
+    ended = processes(daemon)[int(pid)]
+    assert ended["state"] == "exited" and ended["exit_reason"] == "killed"
+    with pytest.raises(ProcessLookupError):
+        os.kill(os_pid, 0)   # its OS process is gone, not just stopped
+
+    again = aios(daemon.home, "kill", pid)
+    assert again.returncode == 2
+    assert f"error: process {pid} has already exited" in again.stderr
+
+
+# ---- no daemon
+
+def test_without_a_daemon_the_commands_say_how_to_start_one(tmp_path):
+    r = aios(tmp_path, "ps")
+    assert r.returncode == 2
+    assert "error: no aios kernel is running" in r.stderr
+    assert "hint: start it with `aios kernel start`" in r.stderr
+
+
+class NotAios(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>not here</html>")
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def not_aios():
+    """An HTTP server on loopback that is not an aios kernel."""
+    server = HTTPServer(("127.0.0.1", 0), NotAios)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("args", [
+    ["ps"], ["top", "--once"], ["top", "--json"], ["logs", "1"], ["logs", "1", "-f"], ["kill", "1"], ["models"],
+    ["tools"], ["run", str(CHAT), "hello"],
+])
+def test_a_wrong_aios_url_is_an_aios_error_for_every_command(args, not_aios):
+    """A port where nothing listens, and a server that is not aios: each command ends in an
+    AiosError (printed as error/hint, exit 2), never a traceback from httpx or json."""
+    for url, says in ((f"http://127.0.0.1:{free_port()}", "no aios kernel answers at"),
+                      (not_aios, "without an aios body")):
+        result = CliRunner().invoke(app, args, env={"AIOS_URL": url, "AIOS_TOKEN": None})
+        assert isinstance(result.exception, AiosError), (url, repr(result.exception))
+        assert says in result.exception.message
+        if says.startswith("no aios kernel"):
+            assert isinstance(result.exception, BackendUnavailable)
