@@ -51,13 +51,23 @@ def read_info(home: Path) -> DaemonInfo | None:
         info = DaemonInfo(**json.loads(state_path(home).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+    return info if is_alive(info.pid) else None
+
+
+def is_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped by its new parent,
+    as a detached daemon's is) counts as gone."""
     try:
-        os.kill(info.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        pass
-    return info
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True   # no /proc: trust the signal
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def is_loopback(host: str) -> bool:
@@ -182,9 +192,7 @@ def stop(home: Path, *, drain: bool, token: str | None = None, timeout_s: float 
         os.kill(info.pid, signal.SIGTERM)   # not answering: the signal drains as the config says
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(info.pid, 0)
-        except ProcessLookupError:
+        if not is_alive(info.pid):
             return info
         time.sleep(0.05)
     raise DaemonError(f"the kernel (pid {info.pid}) is still running after {timeout_s:g} s",
