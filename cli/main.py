@@ -40,6 +40,18 @@ def bench_kernel(
     print(json.dumps(result, indent=None if as_json else 2))
 
 
+@bench_app.command("server")
+def bench_server(
+    as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="smaller workloads, for a smoke test")] = False,
+    seed: Annotated[int, typer.Option(help="random seed of the workloads")] = 7,
+) -> None:
+    """The daemon over HTTP: throughput, HTTP overhead, spawn latency, start time, memory."""
+    from aios.benchmarks.bench_server import run
+    result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty())
+    print(json.dumps(result, indent=None if as_json else 2))
+
+
 @app.command()
 def demo(
     speed: Annotated[float, typer.Option(help="simulated seconds per wall second")] = 20.0,

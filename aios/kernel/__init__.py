@@ -30,10 +30,11 @@ from aios.llm import Backend, Chunk, Router
 from aios.llm.hardware import HardwareBackend
 from aios.llm.provider import LiteLLMBackend
 from aios.memory import MemoryManager
-from aios.process import Process, ProcessTable, ProcState
+from aios.process import Process, ProcState
 from aios.process.runners import (RUNNERS, Exit, InprocRunner, Program, SubprocessRunner, inproc_clients,
                                   load_main, resolve)
 from aios.process.supervisor import Runner, Supervisor
+from aios.process.table import ProcessTable
 from aios.kernel.handlers import HANDLERS, Preempted, Tool
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal

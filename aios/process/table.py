@@ -1,0 +1,81 @@
+"""The process table: live processes in memory, every process in the database.
+
+Invariant: pids are never reused, across restarts too; a process that was alive when
+the kernel died is marked exited on the next boot."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+
+from aios.errors import Conflict, NotFound
+from aios.process import Process, ProcState
+from aios.storage.db import Database
+from aios.storage.models import ProcessRow
+from aios.syscall import Usage
+
+
+class ProcessTable:
+    def __init__(self, db: Database):
+        self.db = db
+        self.procs: dict[int, Process] = {}
+        self._next_pid = 1
+
+    async def load(self, now: float) -> None:
+        def read(engine: Engine) -> int:
+            with engine.begin() as conn:
+                conn.execute(update(ProcessRow).where(ProcessRow.state != ProcState.EXITED.value)
+                             .values(state=ProcState.EXITED.value, exited=now, exit_reason="kernel restarted"))
+                return conn.execute(select(func.max(ProcessRow.pid))).scalar() or 0
+        self._next_pid = await self.db.run(read) + 1
+
+    async def spawn(self, name: str, principal: str, now: float, *, parent_pid: int | None = None,
+                    priority: int = 0, program: str | None = None, runner: str | None = None) -> Process:
+        proc = Process(self._next_pid, name, principal, parent_pid, priority, ProcState.RUNNING, now,
+                       program=program, runner=runner)
+        self._next_pid += 1
+        self.procs[proc.pid] = proc
+
+        def write(engine: Engine) -> None:
+            with engine.begin() as conn:
+                conn.execute(insert(ProcessRow).values(
+                    pid=proc.pid, name=name, principal=principal, parent_pid=parent_pid,
+                    priority=priority, state=proc.state.value, created=now, program=program, runner=runner))
+        await self.db.run(write)
+        return proc
+
+    def get(self, pid: int) -> Process:
+        try:
+            return self.procs[pid]
+        except KeyError:
+            raise NotFound(f"no process {pid}", field="pid") from None
+
+    def check_live(self, pid: int) -> Process:
+        proc = self.get(pid)
+        if proc.state is ProcState.EXITED:
+            raise Conflict(f"process {pid} has exited", field="pid")
+        return proc
+
+    def charge(self, pid: int, usage: Usage) -> None:
+        proc = self.procs.get(pid)
+        if proc is not None:
+            self.procs[pid] = replace(proc, usage=proc.usage + usage)
+
+    async def set_state(self, pid: int, state: ProcState, now: float, reason: str | None = None,
+                        **ended: Any) -> Process:
+        """Moves a process to `state`; `ended` may carry exit_code, cpu_s and max_rss_kib."""
+        proc = self.get(pid)
+        exited = now if state is ProcState.EXITED else None
+        proc = replace(proc, state=state, exited=exited, exit_reason=reason, **ended)
+        self.procs[pid] = proc
+        u = proc.usage
+
+        def write(engine: Engine) -> None:
+            with engine.begin() as conn:
+                conn.execute(update(ProcessRow).where(ProcessRow.pid == pid).values(
+                    state=state.value, exited=exited, exit_reason=reason, tokens_in=u.tokens_in,
+                    tokens_out=u.tokens_out, cost_usd=u.cost_usd, service_s=u.service_s,
+                    exit_code=proc.exit_code, cpu_s=proc.cpu_s, max_rss_kib=proc.max_rss_kib))
+        await self.db.run(write)
+        return proc
