@@ -163,7 +163,7 @@ async def run_policy(k: Kernel, policy: str, plans: list[AgentPlan],
     async def run_agent(plan: AgentPlan) -> None:
         proc = await k.spawn(f"{policy}/{plan.name}", priority=plan.priority)
         calls = await AGENTS[plan.agent_class](k, proc.pid, plan, tick)
-        await k.exit(proc.pid)
+        await k.kill(proc.pid, "exited")   # the agent is done: its process ends
         results.append((plan, calls))
 
     async with anyio.create_task_group() as tg:
