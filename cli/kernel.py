@@ -17,6 +17,10 @@ app = typer.Typer(help="Start, inspect and stop the kernel daemon.", no_args_is_
 
 
 def _settings(config: Path | None, overrides: dict[str, object]):
+    """--config FILE, else $AIOS_HOME/config.toml when it exists, then AIOS_* and flags."""
+    if config is None:
+        default = load_settings().home / "config.toml"
+        config = default if default.is_file() else None
     return load_settings(config, overrides={k: v for k, v in overrides.items() if v is not None})
 
 
@@ -25,7 +29,7 @@ def start(
     host: Annotated[str | None, typer.Option(help="address to listen on [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on [default: 8642]")] = None,
     db: Annotated[str | None, typer.Option(help="database URL [default: sqlite:///$AIOS_HOME/aios.db]")] = None,
-    config: Annotated[Path | None, typer.Option(help="a TOML settings file")] = None,
+    config: Annotated[Path | None, typer.Option(help="a TOML settings file [default: $AIOS_HOME/config.toml]")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
 ) -> None:
     """Starts the kernel and its REST endpoint. With no configuration it serves the

@@ -129,3 +129,14 @@ def test_a_daemon_killed_mid_load_keeps_every_acknowledged_syscall(tmp_path):
             assert c.get(f"/v1/syscalls/{last}").json()["state"] == "done"
     finally:
         aios(tmp_path, "kernel", "stop", "--cancel")
+
+
+def test_the_daemon_reads_config_toml_in_its_home(tmp_path):
+    (tmp_path / "config.toml").write_text('[scheduler]\npolicy = "fair"\n')
+    port = free_port()
+    assert aios(tmp_path, "kernel", "start", "--detach", "--port", str(port)).returncode == 0
+    try:
+        stats = httpx.get(f"http://127.0.0.1:{port}/v1/kernel/stats", timeout=10).json()
+        assert stats["policy"] == "fair"
+    finally:
+        aios(tmp_path, "kernel", "stop", "--cancel")
