@@ -18,6 +18,7 @@ from aios.kernel import Kernel
 from aios.server import errors, openai, routes, schemas
 from aios.server.http import principal_of
 from aios.server.metrics import Metrics
+from aios.tools import BUILTIN_TOOLS
 
 __all__ = ["create_app"]
 
@@ -30,6 +31,9 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
             k = kernel if kernel is not None else await stack.enter_async_context(Kernel(settings))
             app.state.kernel = k
             k.endpoint = app.state.endpoint
+            if owned:   # the daemon offers the built-in tools; an embedder chooses its own
+                for name, fn in BUILTIN_TOOLS.items():
+                    k.register_tool(name, fn)
             metrics = app.state.metrics = Metrics(k)
             with metrics.subscribe() as sub:
                 async with anyio.create_task_group() as tg:
