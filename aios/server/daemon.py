@@ -114,7 +114,7 @@ def serve(settings: Settings, host: str, port: int, *, on_ready: object = None) 
     """Runs the daemon in this process until SIGTERM or SIGINT (or POST /v1/kernel/stop)."""
     import uvicorn   # the daemon's own dependency: `aios` commands that only talk to it skip it
 
-    from aios.server import create_app
+    from aios.server.app import create_app
     exposure = check_exposure(settings, host)
     sock = bind(host, port)
     home = settings.home

@@ -1,0 +1,81 @@
+"""The app of the REST syscall endpoint: /v1 syscalls, processes, models, tools, the
+OpenAI-compatible chat endpoint, /healthz and /metrics, over one kernel.
+
+Invariant: the server decodes and encodes; every decision is the kernel's. An app
+either boots its own kernel (the daemon) or serves one it is given (tests, embedding)."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
+
+from aios.config import Settings
+from aios.kernel import Kernel
+from aios.server import errors, openai, routes, schemas
+from aios.server.http import principal_of
+from aios.server.metrics import Metrics
+from aios.tools import BUILTIN_TOOLS
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            owned = kernel is None
+            k = kernel if kernel is not None else await stack.enter_async_context(Kernel(settings))
+            app.state.kernel = k
+            k.endpoint = app.state.endpoint
+            if owned:   # the daemon offers the built-in tools; an embedder chooses its own
+                for name, fn in BUILTIN_TOOLS.items():
+                    k.register_tool(name, fn)
+            metrics = app.state.metrics = Metrics(k)
+            with metrics.subscribe() as sub:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(metrics.run, sub)
+                    try:
+                        yield
+                    finally:
+                        tg.cancel_scope.cancel()
+            if owned:   # drain or cancel as POST /v1/kernel/stop asked, else as configured
+                with anyio.CancelScope(shield=True):
+                    await k.shutdown(drain=app.state.drain)
+
+    app = FastAPI(title="aios", version="1", lifespan=lifespan,
+                  description="The aios kernel's syscall endpoint. Errors are "
+                              '`{"error": {"code", "message", "field", "hint"}}`.')
+    app.state.settings = settings
+    app.state.drain = settings.shutdown == "drain"
+    app.state.server = None   # the uvicorn server, when the daemon runs one
+    app.state.endpoint = None  # its URL, which agents in subprocesses call back
+    errors.install(app)
+    app.include_router(routes.router)
+    app.include_router(openai.router)
+
+    def openapi() -> dict:
+        """The generated document, plus the syscall bodies that POST /v1/syscalls refers to."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (schemas.LLMCall, schemas.ToolCall, schemas.MemoryCall, schemas.StorageCall,
+                          schemas.ProcessCall):
+                components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Needs a token when tokens are configured: it names every principal's processes."""
+        principal_of(request)
+        return PlainTextResponse(request.app.state.metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
