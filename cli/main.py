@@ -2,6 +2,7 @@
 no policy. Errors print their message and hint and exit non-zero."""
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -28,28 +29,27 @@ def shell() -> None:
     run_shell()
 
 
-@bench_app.command("kernel")
-def bench_kernel(
-    as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="smaller workloads, for a smoke test")] = False,
-    seed: Annotated[int, typer.Option(help="random seed of the workloads")] = 7,
-) -> None:
-    """Kernel overhead, scheduling speedup, fairness, priority latency, context switch cost."""
-    from aios.benchmarks.bench_kernel import run
-    result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty())
-    print(json.dumps(result, indent=None if as_json else 2))
+BENCHES = {
+    "kernel": "Kernel overhead, scheduling speedup, fairness, priority latency, context switch cost.",
+    "server": "The daemon over HTTP: throughput, HTTP overhead, spawn latency, start time, memory.",
+}
 
 
-@bench_app.command("server")
-def bench_server(
-    as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="smaller workloads, for a smoke test")] = False,
-    seed: Annotated[int, typer.Option(help="random seed of the workloads")] = 7,
-) -> None:
-    """The daemon over HTTP: throughput, HTTP overhead, spawn latency, start time, memory."""
-    from aios.benchmarks.bench_server import run
-    result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty())
-    print(json.dumps(result, indent=None if as_json else 2))
+def _bench_command(name: str, help_text: str) -> None:
+    """Registers `aios bench NAME`, which runs aios.benchmarks.bench_NAME.run and prints its JSON."""
+    @bench_app.command(name, help=help_text)
+    def command(
+        as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,
+        quick: Annotated[bool, typer.Option("--quick", help="smaller workloads, for a smoke test")] = False,
+        seed: Annotated[int, typer.Option(help="random seed of the workloads")] = 7,
+    ) -> None:
+        run = importlib.import_module(f"aios.benchmarks.bench_{name}").run   # loaded only when asked for
+        result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty())
+        print(json.dumps(result, indent=None if as_json else 2))
+
+
+for _name, _help in BENCHES.items():
+    _bench_command(_name, _help)
 
 
 @app.command()
