@@ -78,6 +78,19 @@ class ServerSettings(_Frozen):
     max_body_bytes: int = Field(MAX_PAYLOAD_BYTES, gt=0, le=MAX_PAYLOAD_BYTES)
 
 
+class ToolsSettings(_Frozen):
+    """The built-in tools and the MCP servers whose tools are imported (aios.tools)."""
+    corpus: Path | None = Field(None, description="folder of .md/.txt documents the `search` tool "
+                                "indexes (BM25); default: the documentation aios ships")
+    http_allow: list[str] = Field(default_factory=list, description="hosts `http_fetch` may reach "
+                                  "(`example.com`, `*.example.com`); empty: http_fetch is off")
+    http_timeout_s: float = Field(10.0, gt=0)
+    http_max_bytes: int = Field(1 << 20, gt=0, description="the most bytes of a page http_fetch reads")
+    mcp: dict[str, str] = Field(default_factory=dict, description="MCP servers to import tools from, "
+                                "one line each: name = \"command args\" (stdio) or name = \"http://host/mcp\" "
+                                "(streamable HTTP); their tools are registered as name.tool")
+
+
 BackendSettings = Annotated[HardwareBackendSettings | LiteLLMBackendSettings, Field(discriminator="kind")]
 
 
@@ -91,6 +104,7 @@ class Settings(_Frozen):
     backends: list[BackendSettings] = Field(default_factory=lambda: [HardwareBackendSettings()])
     shutdown: Literal["drain", "cancel"] = "drain"
     drain_timeout_s: float = Field(30.0, gt=0)
+    tools: ToolsSettings = ToolsSettings()
     tool_slots: int = Field(16, gt=0, le=MAX_SLOTS, description="concurrent calls per tool")
     memory_slots: int = Field(8, gt=0, le=MAX_SLOTS)
     storage_slots: int = Field(8, gt=0, le=MAX_SLOTS)

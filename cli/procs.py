@@ -20,6 +20,7 @@ from rich.tree import Tree
 from aios.cli.connect import auth_headers, client, kernel_url
 from aios.sdk import ProcessInfo
 from aios.sdk._http import TIMEOUT, read_response, unreachable
+from aios.tools.registry import describe_arguments
 
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -155,16 +156,24 @@ def models(as_json: JsonFlag = False) -> None:
 
 
 def tools(as_json: JsonFlag = False) -> None:
-    """Lists the tools the kernel offers."""
+    """Lists the tools the kernel offers, with their arguments (--json: full JSON schemas)."""
     with client() as os:
         found = os.tools.list()
     if as_json:
         typer.echo(json.dumps([asdict(t) for t in found]))
         return
-    table = Table("TOOL", "MAX CONCURRENCY", "TIMEOUT (s)", box=None, header_style="bold")
+    table = Table("TOOL", "ARGUMENTS", "DESCRIPTION", "FLAGS", "SLOTS", "TIMEOUT (s)", box=None,
+                  header_style="bold")
     for t in found:
-        table.add_row(t.name, str(t.max_concurrency), "-" if t.timeout_s is None else f"{t.timeout_s:g}")
+        flags = [f for f, on in (("irreversible", t.irreversible), ("network", t.needs_network)) if on]
+        if t.cost_usd:
+            flags.append(f"${t.cost_usd:g}/call")
+        if t.source != "python":
+            flags.append(t.source)
+        table.add_row(t.name, describe_arguments(t.parameters), t.description, " ".join(flags), str(t.max_concurrency),
+                      "-" if t.timeout_s is None else f"{t.timeout_s:g}")
     console.print(table if found else "no tools registered")
+
 
 
 def top(

@@ -255,10 +255,10 @@ async def test_tools(make_settings):
             assert await k.call(tool("div", a=1, b=4)) == 0.25       # a sync tool, in a thread
             assert await k.call(tool("add", a=2, b=3)) == 5
             raised = await (await k.submit(tool("div", a=1, b=0))).wait()
-            for bad in ({"a": 1}, {"a": 1, "b": 2, "c": 3}):
-                with pytest.raises(InvalidSyscall) as info:
+            for bad, field in (({"a": 1}, "arguments.b"), ({"a": 1, "b": 2, "c": 3}, "arguments.c")):
+                with pytest.raises(InvalidSyscall) as info:   # refused at submit, naming the argument
                     await k.call(tool("div", **bad))
-                assert info.value.field == "arguments" and "div" in info.value.message
+                assert info.value.field == field and "div" in info.value.message
             with pytest.raises(ToolError) as info:
                 await k.call(tool("opaque"))
             assert "not JSON" in info.value.message

@@ -250,7 +250,7 @@ async def test_tools(client: AsyncClient):
         await client.tools.call("crash")
     with pytest.raises(InvalidSyscall) as bad:
         await client.tools.call("add", a=1)
-    assert bad.value.field == "arguments"
+    assert bad.value.field == "arguments.b" and "add(a: any, b: any)" in bad.value.hint
 
 
 @pytest.mark.anyio

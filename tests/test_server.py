@@ -164,8 +164,9 @@ async def test_submit_every_kind_plain_and_waiting(wall) -> None:
 
         summed = await submit(c, {"kind": "tool", "tool": "add", "arguments": {"a": 2, "b": 3}}, wait=True)
         assert (summed["state"], summed["result"]) == ("done", 5)
-        bad_args = await submit(c, {"kind": "tool", "tool": "add", "arguments": {"a": 2}}, wait=True)
-        assert bad_args["state"] == "failed" and bad_args["error"]["code"] == "invalid_syscall"
+        bad_args = await c.post("/v1/syscalls", json={"kind": "tool", "tool": "add", "arguments": {"a": 2}})
+        assert bad_args.status_code == 422   # refused before it is recorded, naming the argument
+        assert bad_args.json()["error"]["field"] == "arguments.b"
 
         proc = await spawn(c, "lister")
         listed = await submit(c, {"kind": "process", "op": "list"}, wait=True, pid=proc["pid"])
@@ -316,6 +317,8 @@ async def test_models_tools_healthz(wall) -> None:
         assert all(m["object"] == "model" and m["owned_by"] == "hw" for m in models["data"])
         tools = (await c.get("/v1/tools")).json()["tools"]
         assert {t["name"]: t["max_concurrency"] for t in tools} == {"add": 16, "hang": 1}
+        add = next(t for t in tools if t["name"] == "add")
+        assert add["parameters"]["required"] == ["a", "b"] and add["parameters"]["properties"]["a"]["type"] == "integer"
         health = (await c.get("/healthz")).json()
         assert health == {"status": "ok", "models": ["sim-llama-3-8b", "sim-mistral-7b"], "num_in_flight": 0}
 

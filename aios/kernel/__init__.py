@@ -35,9 +35,10 @@ from aios.process.runners import (RUNNERS, Exit, InprocRunner, Program, Subproce
                                   load_main, resolve)
 from aios.process.supervisor import Runner, Supervisor
 from aios.process.table import ProcessTable
-from aios.kernel.handlers import HANDLERS, Preempted, Tool
+from aios.kernel.handlers import HANDLERS, Preempted
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
+from aios.tools.registry import ToolRegistry, ToolSpec
 from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall,
                           Usage, advance, check_payload, check_priority, decode, new_id)
 
@@ -74,7 +75,7 @@ class Kernel:
         self.memory = MemoryManager(self.db)
         self.files = FileStore(self.db)
         self.processes = ProcessTable(self.db)
-        self.tools: dict[str, Tool] = {}
+        self.tools = ToolRegistry()
         self.agents: dict[str, str] = {}          # registered agent name -> file or module
         self.endpoint: str | None = None          # the REST URL serving this kernel, if any
         self.supervisor = Supervisor(settings.home / "logs", self._process_exited)
@@ -103,8 +104,8 @@ class Kernel:
                     call = replace(call, pid=0)   # its process died with the old kernel
                 ticket = Ticket(call, next(self._seq))
                 try:
-                    self._resource_of(call)
-                except NotFound as e:   # a tool not registered before boot, a model no longer served
+                    self._admit(call)
+                except (NotFound, InvalidSyscall) as e:   # a tool not registered before boot, a model no longer served
                     self.tickets[call.id] = ticket
                     self._finish(ticket, None, CallState.FAILED, None, call.usage, e)
                     await ticket.done.wait()
@@ -185,7 +186,7 @@ class Kernel:
             call = decode(call, pid=pid, principal=principal, created=now)
         if call.pid:
             self.processes.check_live(call.pid)
-        self._resource_of(call)   # an unknown model or tool is refused here
+        self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
         ticket = Ticket(call, next(self._seq))
         self.tickets[call.id] = ticket
         # the call is queued by the journal once its record is durable, whether or not
@@ -253,9 +254,20 @@ class Kernel:
         for res in self.scheduler:
             self.publish(EventKind.POLICY, data={"resource": res.name, "policy": name})
 
-    def register_tool(self, name: str, fn: Callable[..., Any], *, max_concurrency: int | None = None,
-                      timeout_s: float | None = None) -> None:
-        self.tools[name] = Tool(name, fn, max_concurrency or self.settings.tool_slots, timeout_s)
+    def register_tool(self, target: Any, fn: Callable[..., Any] | None = None, **meta: Any) -> ToolSpec:
+        """Offers a tool to agents: a ToolSpec, a typed function or class (see aios.tools),
+        or `register_tool("name", fn, timeout_s=..., max_concurrency=...)`. A name registered
+        again is replaced."""
+        if isinstance(target, str):
+            if fn is None:
+                raise InvalidSyscall("register_tool(name, fn): fn is missing", field="fn")
+            return self.tools.add(fn, name=target, replace=True, **meta)
+        return self.tools.add(target, replace=True, **meta)
+
+    def tool_listing(self) -> list[dict[str, Any]]:
+        """The tools as /v1/tools lists them: name, description, JSON schema, metadata."""
+        return [{**t.to_json(), "max_concurrency": t.max_concurrency or self.settings.tool_slots}
+                for t in self.tools.values()]
 
     # ---- processes
 
@@ -351,6 +363,11 @@ class Kernel:
 
     # ---- dispatch
 
+    def _admit(self, call: Syscall) -> None:
+        self._resource_of(call)
+        if isinstance(call, ToolSyscall):
+            self.tools[call.tool].bind(call.arguments)
+
     def _resource_of(self, call: Syscall) -> Resource:
         match call:
             case LLMSyscall():
@@ -360,7 +377,7 @@ class Kernel:
                 if tool is None:
                     raise NotFound(f"unknown tool {call.tool!r}", field="tool",
                                    hint=f"tools: {', '.join(sorted(self.tools)) or 'none registered'}")
-                slots = tool.max_concurrency
+                slots = tool.max_concurrency or self.settings.tool_slots
             case ProcessSyscall():
                 slots = 64
             case _:

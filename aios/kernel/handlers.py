@@ -4,11 +4,9 @@ the journal; a handler only does the work, and raises an AiosError when it canno
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,6 +16,7 @@ from aios.events import EventKind
 from aios.llm import Backend, Chunk, Request, Response
 from aios.process import Process
 from aios.scheduler import Resource, Ticket
+from aios.tools.registry import ToolContext
 from aios.syscall import Kind, LLMSyscall, ProcessOp, ProcessSyscall, ToolSyscall, Usage
 
 if TYPE_CHECKING:
@@ -26,14 +25,6 @@ if TYPE_CHECKING:
 
 class Preempted(Exception):
     """Raised inside a run when the call gave up its slot at a token boundary."""
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    name: str
-    fn: Callable[..., Any]
-    max_concurrency: int
-    timeout_s: float | None = None
 
 
 async def run_llm(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
@@ -88,21 +79,21 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     call = ticket.call
     assert isinstance(call, ToolSyscall)
     tool = k.tools[call.tool]
-    try:
-        inspect.signature(tool.fn).bind(**call.arguments)
-    except TypeError as e:
-        raise InvalidSyscall(f"bad arguments for tool {call.tool!r}: {e}", field="arguments") from None
+    kwargs = tool.bind(call.arguments)
+    if tool.context_param is not None:
+        kwargs[tool.context_param] = ToolContext(call.pid, call.principal, call.id, k)
     try:
         with anyio.fail_after(tool.timeout_s):
-            if inspect.iscoroutinefunction(tool.fn):
-                result = await tool.fn(**call.arguments)
+            if tool.is_async:
+                result = await tool.fn(**kwargs)
             else:
                 with k.clock.busy():
-                    result = await anyio.to_thread.run_sync(lambda: tool.fn(**call.arguments))
+                    result = await anyio.to_thread.run_sync(lambda: tool.fn(**kwargs))
     except AiosError:
         raise
     except TimeoutError:
-        raise ToolError(f"tool {call.tool!r} did not finish within {tool.timeout_s:g} s") from None
+        raise ToolError(f"tool {call.tool!r} did not finish within {tool.timeout_s:g} s",
+                        hint="the tool's timeout_s is set where it is registered") from None
     except Exception as e:
         raise ToolError(f"tool {call.tool!r} raised {type(e).__name__}: {e}") from None
     try:
@@ -110,7 +101,7 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     except (TypeError, ValueError):
         raise ToolError(f"tool {call.tool!r} returned a {type(result).__name__}, which is not JSON",
                         hint="return str, numbers, lists or dicts") from None
-    return result, Usage()
+    return result, Usage(cost_usd=tool.cost_usd)
 
 async def run_memory(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     return await k.memory.execute(ticket.call, k.clock.now()), Usage()   # type: ignore[arg-type]

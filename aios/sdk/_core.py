@@ -238,8 +238,7 @@ class Tools(_Namespace):
 
     def list(self):
         """-> list[ToolInfo]"""
-        return self._run(ask(ListTools(), lambda data: [ToolInfo(t["name"], t["max_concurrency"], t["timeout_s"])
-                                                        for t in data["tools"]]))
+        return self._run(ask(ListTools(), lambda data: [ToolInfo.from_json(t) for t in data["tools"]]))
 
 
 def _entries(data: dict[str, Any]) -> list[MemoryEntry]:

@@ -54,8 +54,7 @@ class KernelTransport:
             case ListModels():
                 return {"data": [{"id": m} for m in k.router.models]}
             case ListTools():
-                return {"tools": [{"name": t.name, "max_concurrency": t.max_concurrency, "timeout_s": t.timeout_s}
-                                  for t in k.tools.values()]}
+                return {"tools": k.tool_listing()}
         raise TypeError(f"not a request: {request!r}")
 
     async def events(self, call_id: str) -> AsyncIterator[Event]:

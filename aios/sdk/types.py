@@ -136,6 +136,24 @@ class MemoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class ToolInfo:
+    """A tool the kernel offers: `parameters` is the JSON schema of its arguments."""
     name: str
+    description: str
+    parameters: dict[str, Any]
     max_concurrency: int
     timeout_s: float | None
+    irreversible: bool
+    needs_network: bool
+    cost_usd: float
+    source: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ToolInfo:
+        return cls(data["name"], data["description"], data["parameters"], data["max_concurrency"],
+                   data["timeout_s"], data["irreversible"], data["needs_network"], data["cost_usd"],
+                   data["source"])
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The tool as an OpenAI `tools=[...]` entry, for function calling."""
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": self.parameters}}

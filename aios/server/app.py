@@ -18,7 +18,7 @@ from aios.kernel import Kernel
 from aios.server import errors, openai, routes, schemas
 from aios.server.http import principal_of
 from aios.server.metrics import Metrics
-from aios.tools import BUILTIN_TOOLS
+from aios.tools import builtin_tools
 
 __all__ = ["create_app"]
 
@@ -28,12 +28,15 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             owned = kernel is None
-            k = kernel if kernel is not None else await stack.enter_async_context(Kernel(settings))
+            if kernel is None:   # the daemon offers the built-in tools; an embedder chooses its own
+                k = Kernel(settings)
+                for spec in builtin_tools(settings):   # before boot, so recovered tool calls find them
+                    k.register_tool(spec)
+                await stack.enter_async_context(k)
+            else:
+                k = kernel
             app.state.kernel = k
             k.endpoint = app.state.endpoint
-            if owned:   # the daemon offers the built-in tools; an embedder chooses its own
-                for name, fn in BUILTIN_TOOLS.items():
-                    k.register_tool(name, fn)
             metrics = app.state.metrics = Metrics(k)
             with metrics.subscribe() as sub:
                 async with anyio.create_task_group() as tg:

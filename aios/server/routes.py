@@ -216,8 +216,7 @@ async def models(request: Request):
 @router.get("/v1/tools", tags=["tools"])
 async def tools(request: Request):
     principal_of(request)
-    return {"tools": [{"name": t.name, "max_concurrency": t.max_concurrency, "timeout_s": t.timeout_s}
-                      for t in kernel_of(request).tools.values()]}
+    return {"tools": kernel_of(request).tool_listing()}
 
 
 @router.post("/v1/kernel/stop", status_code=202, responses=schemas.ERRORS, openapi_extra=_body(schemas.StopIn),
