@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -128,3 +131,29 @@ async def _all_tasks_blocked() -> None:
                 break
         else:
             return
+
+
+async def within(clock: Clock, seconds: float | None, fn: Callable[[], Awaitable[T]]) -> T:
+    """`await fn()`, unless `seconds` of `clock` time pass first: then TimeoutError. On a
+    virtual clock, `seconds` of real time bound it too (work in a thread keeps virtual
+    time still, so a thread that never returns is caught by the real bound)."""
+    if seconds is None:
+        return await fn()
+    done: list[T] = []
+    real_bound = seconds if clock.is_virtual else math.inf
+    try:
+        with anyio.fail_after(real_bound):
+            async with anyio.create_task_group() as tg:
+                async def work() -> None:
+                    done.append(await fn())
+                    tg.cancel_scope.cancel()
+                tg.start_soon(work)
+                await clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:   # fn's own error, as it was raised
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    if not done:
+        raise TimeoutError
+    return done[0]

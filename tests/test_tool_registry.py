@@ -123,7 +123,7 @@ async def test_kernel_runs_typed_tools_with_context_cost_and_slots(make_settings
         seen.append(ctx)
         running += 1
         most = max(most, running)
-        await anyio.sleep(0.05)
+        await ctx.kernel.clock.sleep(0.05)   # tool time is kernel time (virtual here)
         running -= 1
         return {"pid": ctx.pid, "principal": ctx.principal, "note": note}
 

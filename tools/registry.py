@@ -15,7 +15,10 @@ A parameter annotated `ToolContext` is not part of the schema: the kernel passes
 calling process's identity and services there (the file tools use it to stay inside the
 agent's own storage space). Tools run only through tool syscalls, so the kernel
 schedules them (`max_concurrency` slots each), meters them (`cost_usd` per call) and
-will authorize them (the access issue reads `irreversible` and `needs_network`)."""
+will authorize them (the access issue reads `irreversible` and `needs_network`).
+
+`timeout_s` is kernel time, like syscall deadlines: on a virtual clock (simulations) a tool
+that simulates latency sleeps on `ctx.kernel.clock`; real I/O belongs on the wall clock."""
 from __future__ import annotations
 
 import inspect

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from aios.agents import BUILTIN_AGENTS
 from aios.clock import Clock, VirtualClock, WallClock
 from aios.config import HardwareBackendSettings, LiteLLMBackendSettings, Settings
 from aios.context import ContextManager
@@ -76,7 +77,7 @@ class Kernel:
         self.files = FileStore(self.db)
         self.processes = ProcessTable(self.db)
         self.tools = ToolRegistry()
-        self.agents: dict[str, str] = {}          # registered agent name -> file or module
+        self.agents: dict[str, str] = dict(BUILTIN_AGENTS)   # registered agent name -> file or module
         self.endpoint: str | None = None          # the REST URL serving this kernel, if any
         self.supervisor = Supervisor(settings.home / "logs", self._process_exited)
         self.tickets: dict[str, Ticket] = {}     # calls in flight, by id

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from aios.clock import within
 from aios.errors import AiosError, BackendUnavailable, InvalidSyscall, NotFound, ToolError
 from aios.events import EventKind
 from aios.llm import Backend, Chunk, Request, Response
@@ -82,13 +83,13 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     kwargs = tool.bind(call.arguments)
     if tool.context_param is not None:
         kwargs[tool.context_param] = ToolContext(call.pid, call.principal, call.id, k)
+    async def work() -> Any:
+        if tool.is_async:
+            return await tool.fn(**kwargs)
+        with k.clock.busy():
+            return await anyio.to_thread.run_sync(lambda: tool.fn(**kwargs), abandon_on_cancel=True)
     try:
-        with anyio.fail_after(tool.timeout_s):
-            if tool.is_async:
-                result = await tool.fn(**kwargs)
-            else:
-                with k.clock.busy():
-                    result = await anyio.to_thread.run_sync(lambda: tool.fn(**kwargs))
+        result = await within(k.clock, tool.timeout_s, work)   # the kernel's time, as deadlines are
     except AiosError:
         raise
     except TimeoutError:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aios.clock import Clock
 from aios.config import HardwareBackendSettings
@@ -40,6 +40,12 @@ class SavedKV:
     mode: str   # "swap" | "recompute"
 
 
+class Responder(Protocol):
+    """Decides what a simulated call says; the engine decides when each token arrives."""
+
+    def reply(self, request: Request) -> Reply: ...
+
+
 class ScriptedResponder:
     """Scripted text of the requested length (max_tokens, else a default), or a canned
     reply when the last user message contains an entry's `match` string.
@@ -63,6 +69,19 @@ class ScriptedResponder:
         base = int.from_bytes(seed, "little")
         words = [_WORDS[_mix(base + i) % len(_WORDS)] for i in range(num_tokens)]
         return Reply(tuple(w if i == 0 else " " + w for i, w in enumerate(words)))
+
+
+class FunctionResponder:
+    """Replies computed from the request by `fn`: the reply's text, or (text, tool_calls).
+    Tests script a model with it; the compiler benchmark's replay model is one."""
+
+    def __init__(self, fn: Callable[[Request], str | tuple[str, list[dict[str, Any]] | None]]):
+        self.fn = fn
+
+    def reply(self, request: Request) -> Reply:
+        out = self.fn(request)
+        text, tool_calls = out if isinstance(out, tuple) else (out, None)
+        return Reply(tuple(_TOKEN.findall(text)), tool_calls)
 
 
 def _mix(x: int) -> int:
@@ -97,14 +116,14 @@ class HardwareBackend:
     is_continuable = True
 
     def __init__(self, settings: HardwareBackendSettings, clock: Clock,
-                 responder: ScriptedResponder | None = None):
+                 responder: Responder | None = None):
         self.settings = settings
         self.name = settings.name
         self.models: Sequence[str] = settings.models
         self.num_slots = settings.num_slots
         self.timeout_s = settings.timeout_s
         self.clock = clock
-        self.responder = responder or ScriptedResponder(settings.default_output_tokens, settings.replies_file)
+        self.responder: Responder = responder or ScriptedResponder(settings.default_output_tokens, settings.replies_file)
         self.num_running = 0
         self.num_swapped_kv_tokens = 0   # KV held in host memory for preempted calls
 

@@ -1,0 +1,127 @@
+"""What the LLMCompiler, ReAct and parallel function calling agents share: the tools the
+kernel offers them, tool calls as tool syscalls (so the kernel schedules, meters and
+authorizes each), LLM calls with a span in the trace, and the run's token budget."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aios.agents.trace import Span, Trace
+from aios.errors import AiosError, NotFound, QuotaExceeded
+from aios.llm import count_tokens
+from aios.sdk import AsyncClient, ToolInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits of one run. Tokens are the LLM's, prompt plus output, of this run's calls."""
+    max_tokens: int | None = 200_000
+    max_cost_usd: float | None = None
+
+
+class Toolbox:
+    def __init__(self, os: AsyncClient, tools: Sequence[ToolInfo], trace: Trace, budget: Budget,
+                 model: str | None = None, task_timeout_s: float = 60.0):
+        self.os = os
+        self.tools = list(tools)
+        self.by_name = {t.name: t for t in self.tools}
+        self.params = {t.name: list(t.parameters.get("properties", {})) for t in self.tools}
+        self.trace = trace
+        self.budget = budget
+        self.model = model
+        self.task_timeout_s = task_timeout_s
+        self.tokens_used = 0
+        self.cost_used = 0.0
+
+    @classmethod
+    async def load(cls, os: AsyncClient, trace: Trace, budget: Budget, *, only: Sequence[str] | None = None,
+                   model: str | None = None, task_timeout_s: float = 60.0) -> Toolbox:
+        tools = await os.tools.list()
+        if only is not None:
+            missing = sorted(set(only) - {t.name for t in tools})
+            if missing:
+                raise NotFound(f"the kernel has no tool(s) {', '.join(missing)}", field="tools",
+                               hint=f"tools: {', '.join(t.name for t in tools)}")
+            tools = [t for t in tools if t.name in only]
+        return cls(os, tools, trace, budget, model, task_timeout_s)
+
+    def check_budget(self) -> None:
+        b = self.budget
+        if b.max_tokens is not None and self.tokens_used >= b.max_tokens:
+            raise QuotaExceeded(f"the run's LLM token budget ({b.max_tokens}) is spent ({self.tokens_used} used)",
+                                hint="raise max_tokens, or ask a smaller question")
+        if b.max_cost_usd is not None and self.cost_used >= b.max_cost_usd:
+            raise QuotaExceeded(f"the run's cost budget (${b.max_cost_usd:g}) is spent (${self.cost_used:.4f})",
+                                hint="raise max_cost_usd")
+
+    async def stream(self, name: str, messages: list[dict[str, Any]], max_tokens: int,
+                     round: int = 0) -> AsyncIterator[str]:
+        """The LLM's reply in pieces, with a span; the budget is checked first and charged
+        after (with the kernel's count when the call's usage is known, else an estimate)."""
+        self.check_budget()
+        span = self.trace.open("llm", name, round=round)
+        text: list[str] = []
+        error = None
+        try:
+            async for piece in self.os.llm.stream(messages, model=self.model, max_tokens=max_tokens):
+                text.append(piece)
+                yield piece
+        except AiosError as e:
+            error = e.message
+            raise
+        finally:
+            self.trace.close(span, error)
+            self.tokens_used += count_tokens(messages) + (len("".join(text)) + 3) // 4
+
+    async def chat(self, name: str, messages: list[dict[str, Any]], max_tokens: int, round: int = 0,
+                   tools: list[dict[str, Any]] | None = None) -> Any:
+        """One LLM call (with `tools` for function calling); -> ChatResult."""
+        self.check_budget()
+        span = self.trace.open("llm", name, round=round)
+        try:
+            reply = await self.os.llm.chat(messages, model=self.model, max_tokens=max_tokens, tools=tools)
+        except AiosError as e:
+            self.trace.close(span, e.message)
+            raise
+        span.call_id = reply.call_id
+        self.trace.close(span)
+        self.tokens_used += reply.usage.tokens_in + reply.usage.tokens_out
+        self.cost_used += reply.usage.cost_usd
+        return reply
+
+    async def call(self, tool: str, arguments: dict[str, Any], span: Span) -> tuple[Any, str | None]:
+        """Runs a tool as a tool syscall; -> (result, None) or (None, the error's text)."""
+        info = self.by_name.get(tool)
+        if info is not None:
+            arguments = as_schema_types(arguments, info.parameters)
+        try:
+            call = await self.os.syscall({"kind": "tool", "tool": tool, "arguments": arguments,
+                                          "timeout_s": self.task_timeout_s})
+        except AiosError as e:   # refused at submit: unknown tool, bad arguments
+            self.trace.close(span, _error_text(e))
+            return None, _error_text(e)
+        span.call_id = call.id
+        self.cost_used += call.usage.cost_usd
+        if call.error is not None:
+            self.trace.close(span, _error_text(call.error))
+            return None, _error_text(call.error)
+        self.trace.close(span)
+        return call.result, None
+
+
+def as_schema_types(arguments: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """A result passed on to a string parameter is passed as its text (JSON for
+    structured results), since tools' earlier results are often lists or numbers."""
+    props = schema.get("properties", {})
+    out = {}
+    for name, value in arguments.items():
+        if props.get(name, {}).get("type") == "string" and not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)
+        out[name] = value
+    return out
+
+
+def _error_text(e: AiosError) -> str:
+    return f"{e.code}: {e.message}" + (f" ({e.hint})" if e.hint else "")
