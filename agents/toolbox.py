@@ -103,6 +103,8 @@ class Toolbox:
             self.trace.close(span, _error_text(e))
             return None, _error_text(e)
         span.call_id = call.id
+        if call.started is not None and call.finished is not None:
+            span.run_s = call.finished - call.started
         self.cost_used += call.usage.cost_usd
         if call.error is not None:
             self.trace.close(span, _error_text(call.error))

@@ -21,6 +21,7 @@ class Span:
     released: float | None = None   # when the action's line was read (it could start from then on)
     deps: tuple[int, ...] = ()
     error: str | None = None
+    run_s: float | None = None      # a tool call's time in the kernel, from start to finish of its run
 
     @property
     def duration(self) -> float:

@@ -3,6 +3,7 @@ no policy. Errors print their message and hint and exit non-zero."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -12,7 +13,7 @@ import typer
 
 from aios.cli import kernel as kernel_cli
 from aios.cli import procs
-from aios.errors import AiosError
+from aios.errors import AiosError, ConfigError
 
 app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,19 +33,29 @@ def shell() -> None:
 BENCHES = {
     "kernel": "Kernel overhead, scheduling speedup, fairness, priority latency, context switch cost.",
     "server": "The daemon over HTTP: throughput, HTTP overhead, spawn latency, start time, memory.",
+    "compiler": "LLMCompiler vs ReAct vs parallel function calling: latency, tokens, critical path (--plot: Gantt).",
 }
 
 
 def _bench_command(name: str, help_text: str) -> None:
-    """Registers `aios bench NAME`, which runs aios.benchmarks.bench_NAME.run and prints its JSON."""
+    """Registers `aios bench NAME`, which runs aios.benchmarks.bench_NAME.run and prints its
+    JSON. --plot and --model go to the benchmarks whose run takes them."""
     @bench_app.command(name, help=help_text)
     def command(
         as_json: Annotated[bool, typer.Option("--json", help="print only the JSON object on stdout")] = False,
         quick: Annotated[bool, typer.Option("--quick", help="smaller workloads, for a smoke test")] = False,
         seed: Annotated[int, typer.Option(help="random seed of the workloads")] = 7,
+        plot: Annotated[str | None, typer.Option(help="write the benchmark's chart to this file (.png, .svg, .pdf)")] = None,
+        model: Annotated[str | None, typer.Option(help="a real model (litellm name) instead of the simulated one")] = None,
     ) -> None:
         run = importlib.import_module(f"aios.benchmarks.bench_{name}").run   # loaded only when asked for
-        result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty())
+        extra = {k: v for k, v in (("plot", plot), ("model", model)) if v is not None}
+        accepted = inspect.signature(run).parameters
+        for option in extra:
+            if option not in accepted:
+                raise ConfigError(f"aios bench {name} has no --{option}", field=option,
+                                  hint=f"see aios bench {name} --help")
+        result = run(quick=quick, seed=seed, show_progress=not as_json or sys.stderr.isatty(), **extra)
         print(json.dumps(result, indent=None if as_json else 2))
 
 

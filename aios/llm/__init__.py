@@ -121,6 +121,9 @@ def count_tokens(messages: list[dict[str, Any]]) -> int:
             num_chars += len(content)
         elif isinstance(content, list):
             num_chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+        for tc in m.get("tool_calls") or ():   # an assistant's function calls are prompt too
+            fn = tc.get("function", {}) if isinstance(tc, dict) else {}
+            num_chars += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
     return 4 * len(messages) + math.ceil(num_chars / 4)
 
 

@@ -1,0 +1,115 @@
+"""ReAct (Yao et al.): one thought, one action, one observation at a time, until the
+model answers. The LLMCompiler's baseline, on the same tools (tool syscalls) and the same
+LLM interface.
+
+    aios run react "How much older is Pavarotti than Bocelli?"
+
+The model writes `Thought: ...` then `Action: tool(arguments)` (the planner's call syntax:
+Python literals, by position or name) or `Action: Finish(answer)`. A step that cannot be
+read is answered with an observation saying how to write it, and counts as a step.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from aios.agents.compiler.plan import PlanError, parse_call
+from aios.agents.compiler.prompts import observation, tool_lines
+from aios.agents.toolbox import Budget, Toolbox
+from aios.agents.trace import AgentFailed, Outcome, Trace
+from aios.errors import AiosError
+from aios.sdk import AsyncClient
+
+REACT_HEADER = "You answer questions by reasoning step by step and calling tools, one at a time (ReAct)."
+_ACTION = re.compile(r"^\s*Action\s*:\s*(.+?)\s*$", re.M | re.S)
+_THOUGHT = re.compile(r"Thought\s*:\s*(.*?)\s*(?=\n\s*Action\s*:|$)", re.S)
+_FINISH = re.compile(r"^Finish\s*\((.*)\)\s*$", re.S)
+
+
+def react_system(tools: Sequence[object]) -> str:
+    return f"""{REACT_HEADER}
+Tools:
+{tool_lines(tools)}
+Each step, write exactly two lines:
+Thought: what you know and what you need next
+Action: tool(arguments)      with arguments as Python literals, by position or by name
+When you know the answer, write:
+Thought: why this is the answer
+Action: Finish(the answer)
+Write nothing else: the observation of your action comes back to you."""
+
+
+def react_user(question: str, scratchpad: str) -> str:
+    return f"Question: {question}\n{scratchpad}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReactConfig:
+    model: str | None = None
+    max_steps: int = 12
+    budget: Budget = field(default_factory=Budget)
+    task_timeout_s: float = 60.0
+    step_max_tokens: int = 512
+    tools: Sequence[str] | None = None
+
+
+class ReAct:
+    def __init__(self, os: AsyncClient, config: ReactConfig | None = None,
+                 now: Callable[[], float] = time.monotonic):
+        self.os = os
+        self.config = config or ReactConfig()
+        self.trace = Trace(now)
+
+    async def run(self, question: str) -> Outcome:
+        cfg = self.config
+        box = await Toolbox.load(self.os, self.trace, cfg.budget, only=cfg.tools, model=cfg.model,
+                                 task_timeout_s=cfg.task_timeout_s)
+        system = react_system(box.tools)
+        scratchpad = ""
+        for step in range(cfg.max_steps):
+            messages = [{"role": "system", "content": system},
+                        {"role": "user", "content": react_user(question, scratchpad)}]
+            try:
+                reply = "".join([p async for p in box.stream("react", messages, cfg.step_max_tokens, step)])
+            except AiosError as e:
+                return self._fail(f"step {step + 1}: the LLM call failed: {e.message}", step)
+            reply = reply.split("Observation:", 1)[0].strip()   # a model that goes on alone is cut
+            thought = _THOUGHT.search(reply)
+            action = _ACTION.search(reply)
+            scratchpad += f"Thought: {thought.group(1).strip() if thought else ''}\n"
+            if action is None:
+                obs = "error: no `Action:` line; write `Action: tool(arguments)` or `Action: Finish(answer)`"
+                self.trace.note(f"step {step + 1}: {obs}")
+                scratchpad += f"Action: (none)\nObservation: {obs}\n"
+                continue
+            text = action.group(1).strip()
+            scratchpad += f"Action: {text}\n"
+            finish = _FINISH.match(text)
+            if finish:
+                return Outcome(finish.group(1).strip(), None, self.trace, step + 1)
+            try:
+                tool, args, _ = parse_call(text, box.params)
+            except PlanError as e:
+                obs = f"error: {e}"
+            else:
+                span = self.trace.open("tool", tool, round=step)
+                result, error = await box.call(tool, args, span)
+                obs = f"error: {error}" if error is not None else observation(result)
+            if obs.startswith("error:"):
+                self.trace.note(f"step {step + 1}: {obs}")
+            scratchpad += f"Observation: {obs}\n"
+        return self._fail(f"no answer within {cfg.max_steps} steps", cfg.max_steps - 1)
+
+    def _fail(self, error: str, step: int) -> Outcome:
+        self.trace.note(error)
+        return Outcome(None, error, self.trace, step + 1)
+
+
+async def main(task: str, os: AsyncClient) -> str:
+    outcome = await ReAct(os).run(task)
+    if not outcome.ok:
+        raise AgentFailed(outcome)
+    assert outcome.answer is not None
+    return outcome.answer
