@@ -180,9 +180,9 @@ def summarize(name: str, runs: list[Run]) -> dict[str, Any]:
 
 
 def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True, plot: str | None = None,
-        model: str | None = None, speed: float = 10.0) -> dict[str, Any]:
+        model: str | None = None, speed: float = 10.0, per_workload: int | None = None) -> dict[str, Any]:
     check_model(model)
-    per_workload = 3 if quick else 10
+    per_workload = per_workload or (3 if quick else 10)
     if model is not None:
         speed = 1.0   # a real model answers in real time
     world = make_world(random.Random(seed))

@@ -4,24 +4,14 @@ fetching unit's order and concurrency, failure propagation, replanning, and each
 hangs or raises, no plan at all), against a real kernel with a scripted simulated model."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import asynccontextmanager
-from typing import Any
-
 import anyio
 import pytest
 
 from aios.agents.compiler import CompilerConfig, LLMCompiler
 from aios.agents.compiler.plan import PlanParser, Ref, Template, parse_call, substitute
-from aios.agents.compiler.prompts import JOINER_HEADER, PLANNER_HEADER, parse_decision
+from aios.agents.compiler.prompts import parse_decision
 from aios.agents.toolbox import Budget
-from aios.clock import VirtualClock
-from aios.config import HardwareBackendSettings
-from aios.kernel import Kernel
-from aios.llm import Request
-from aios.llm.hardware import FunctionResponder, HardwareBackend
-from aios.sdk import AsyncClient
-from aios.tools import tool
+from tests.scripted import Model, agent_kernel, timed_tools
 
 PARAMS = {"search": ["query", "k"], "calculator": ["expression"], "lookup": ["entity", "field"]}
 
@@ -135,64 +125,6 @@ def test_parse_call_and_decisions():
 
 # ---- the agent on a real kernel
 
-class Model:
-    """A scripted LLM: for each role, the replies in order (a function of the request's
-    messages may stand for a reply). Records the prompts it was given."""
-
-    def __init__(self, planner: list[Any], joiner: list[Any]):
-        self.script = {"planner": list(planner), "joiner": list(joiner)}
-        self.prompts: dict[str, list[str]] = {"planner": [], "joiner": []}
-
-    def __call__(self, request: Request) -> str:
-        system = request.messages[0]["content"]
-        role = "planner" if system.startswith(PLANNER_HEADER) else "joiner" if system.startswith(JOINER_HEADER) else None
-        assert role is not None, system[:80]
-        self.prompts[role].append(request.messages[-1]["content"])
-        if not self.script[role]:
-            return "Thought: out of script\nAction: Finish(none)"
-        reply = self.script[role].pop(0)
-        return reply(request) if callable(reply) else reply
-
-
-@asynccontextmanager
-async def compiler_kernel(make_settings: Callable[..., Any], model: Model, tools: list[Any]):
-    clock = VirtualClock()
-    backend = HardwareBackend(HardwareBackendSettings(decode_s_per_token=0.02), clock, FunctionResponder(model))
-    async with Kernel(make_settings(), clock=clock, backends=[backend]) as k:
-        for t in tools:
-            k.register_tool(t)
-        proc = await k.spawn("compiler")
-        yield k, AsyncClient(kernel=k, pid=proc.pid)
-
-
-def timed_tools(clock: Any, log: list[tuple[str, float, float]]) -> list[Any]:
-    @tool(timeout_s=30)
-    async def search(query: str, k: int = 1) -> str:
-        """Searches the encyclopedia."""
-        start = clock.now()
-        await clock.sleep(1.0)
-        log.append((query, start, clock.now()))
-        if query == "boom":
-            raise RuntimeError("the index is down")
-        return f"{query} was born in {1900 + len(query)}"
-
-    @tool(timeout_s=30)
-    async def calculator(expression: str) -> float:
-        """Arithmetic."""
-        start = clock.now()
-        await clock.sleep(0.5)
-        log.append((expression, start, clock.now()))
-        return float(eval(expression, {"__builtins__": {}}))   # test-only: expressions are ours
-
-    @tool(timeout_s=0.5)
-    async def hang(x: int) -> int:
-        """Never answers."""
-        await clock.sleep(3600)
-        return x
-
-    return [search, calculator, hang]
-
-
 FAN_OUT = "".join(f'{i}. search("entity {i}")\n' for i in range(1, 7)) + '7. calculator("1 + 1")\n8. join()\n'
 
 
@@ -200,7 +132,7 @@ FAN_OUT = "".join(f'{i}. search("entity {i}")\n' for i in range(1, 7)) + '7. cal
 async def test_streamed_plan_starts_tasks_early_and_runs_independent_ones_together(make_settings):
     model = Model([FAN_OUT], ["Thought: done\nAction: Finish(six entities)"])
     log: list[tuple[str, float, float]] = []
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, log):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -228,7 +160,7 @@ async def test_dependencies_order_tasks_and_results_flow_into_arguments(make_set
             '3. calculator(expression="1902 - 1904")\n4. calculator("$3 * 10")\n5. join()\n')
     model = Model([plan], ["Thought: ok\nAction: Finish(-20)"])
     log: list[tuple[str, float, float]] = []
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, log):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -246,7 +178,7 @@ async def test_a_failure_reaches_its_dependents_only_and_the_joiner_sees_it(make
     plan = '1. search("boom")\n2. search("fine")\n3. calculator("$1 + 1")\n4. search("$2")\n5. join()\n'
     model = Model([plan], ["Thought: 1 failed\nAction: Finish(partial)"])
     log: list[tuple[str, float, float]] = []
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, log):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -268,7 +200,7 @@ async def test_replan_sees_results_so_far_and_continues_numbering(make_settings)
                   ["Thought: need the second one\nAction: Replan(search the result)",
                    "Thought: now complete\nAction: Finish(done)"])
     log: list[tuple[str, float, float]] = []
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, log):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -293,7 +225,7 @@ async def test_replan_sees_results_so_far_and_continues_numbering(make_settings)
 async def test_bad_plans_are_errors_in_the_trace_and_are_replanned(make_settings, bad_plan, words):
     model = Model([bad_plan, '5. search("good")\n6. join()\n'],
                   ["Thought: action 1 failed\nAction: Replan(fix action 1)", "Thought: ok\nAction: Finish(fixed)"])
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, []):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -308,7 +240,7 @@ async def test_bad_plans_are_errors_in_the_trace_and_are_replanned(make_settings
 @pytest.mark.anyio
 async def test_no_plan_at_all_replans_then_fails_cleanly(make_settings):
     model = Model(["I cannot make a plan.", "Still no plan, sorry."], [])
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, []):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -322,7 +254,7 @@ async def test_no_plan_at_all_replans_then_fails_cleanly(make_settings):
 async def test_limits_on_replans_tasks_and_tokens(make_settings):
     always_replan = ["Thought: more\nAction: Replan(again)"] * 5
     model = Model(['1. search("a")\n', '2. search("b")\n', '3. search("c")\n'], always_replan)
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, []):
             k.register_tool(t)
         with anyio.fail_after(60):
@@ -341,7 +273,7 @@ async def test_limits_on_replans_tasks_and_tokens(make_settings):
 @pytest.mark.anyio
 async def test_compiler_runs_as_a_kernel_process(make_settings):
     model = Model(['1. search("ab")\n2. join()\n'], ["Thought: found\nAction: Finish(born 1902)"])
-    async with compiler_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model, []) as (k, os):
         for t in timed_tools(k.clock, []):
             k.register_tool(t)
         with anyio.fail_after(60):

@@ -6,6 +6,7 @@ feed the same parsers and raise the same errors.
 Client in a worker thread of that loop (one started by anyio.to_thread.run_sync)."""
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,8 @@ class KernelTransport:
     async def handle(self, request: Request) -> Any:
         k = self.kernel
         match request:
-            case Submit(body, wait):
-                ticket = await k.submit(body, pid=self.pid, principal=self.principal)
+            case Submit(body, wait):   # a copy, as HTTP would send: the caller may reuse its lists
+                ticket = await k.submit(copy.deepcopy(body), pid=self.pid, principal=self.principal)
                 return syscall_json(await ticket.wait() if wait else ticket.call)
             case Cancel(call_id):
                 await self._owned_call(call_id)
