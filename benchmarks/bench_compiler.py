@@ -70,11 +70,13 @@ class Run:
         return matches(self.outcome.answer, self.question.gold())
 
 
-def bench_tools(world: World, clock: Any, rng: random.Random) -> list[Any]:
+def bench_tools(world: World, clock: Any, seed: int) -> list[Any]:
     """The three tools, each sleeping (on the kernel's clock) a latency drawn from its
     stated distribution before it answers."""
-    async def delay(name: str) -> None:
-        await clock.sleep(lognormal(rng, *TOOL_LATENCY[name]))
+    async def delay(name: str, *args: Any) -> None:
+        # the same call takes the same time whichever agent makes it (common random numbers)
+        draw = random.Random(f"{seed}:{name}:{args!r}")
+        await clock.sleep(lognormal(draw, *TOOL_LATENCY[name]))
 
     @tool(timeout_s=30)
     async def search(query: str) -> str:
@@ -83,7 +85,7 @@ def bench_tools(world: World, clock: Any, rng: random.Random) -> list[Any]:
         Args:
             query: an entity's name, or words to look for
         """
-        await delay("search")
+        await delay("search", query)
         return world.search(query)
 
     @tool(timeout_s=30)
@@ -96,7 +98,7 @@ def bench_tools(world: World, clock: Any, rng: random.Random) -> list[Any]:
             entity: the entity's exact name
             fact: the fact's name
         """
-        await delay("get_fact")
+        await delay("get_fact", entity, fact)
         return world.get_fact(entity, fact)
 
     @tool(timeout_s=30)
@@ -106,7 +108,7 @@ def bench_tools(world: World, clock: Any, rng: random.Random) -> list[Any]:
         Args:
             expression: the expression
         """
-        await delay("calculator")
+        await delay("calculator", expression)
         return calc(expression)
 
     return [search, get_fact, calculator]
@@ -182,7 +184,7 @@ def summarize(name: str, runs: list[Run]) -> dict[str, Any]:
 def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True, plot: str | None = None,
         model: str | None = None, speed: float = 10.0, per_workload: int | None = None) -> dict[str, Any]:
     check_model(model)
-    per_workload = per_workload or (3 if quick else 10)
+    per_workload = per_workload or (3 if quick else 20)
     if model is not None:
         speed = 1.0   # a real model answers in real time
     world = make_world(random.Random(seed))
@@ -217,7 +219,7 @@ def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True, plot:
                     "home": tmp, "backends": [{"kind": "litellm", "models": [model]}]})
                 kernel = Kernel(settings, clock=clock)
             async with kernel as k:
-                for t in bench_tools(world, k.clock, random.Random(seed + 2)):
+                for t in bench_tools(world, k.clock, seed):
                     k.register_tool(t)
                 for name, qs in questions.items():
                     task = progress.add_task(name, total=len(qs) * len(AGENTS))
