@@ -16,7 +16,7 @@ from aios.server import daemon
 app = typer.Typer(help="Start, inspect and stop the kernel daemon.", no_args_is_help=True)
 
 
-def _settings(config: Path | None, overrides: dict[str, object]):
+def settings_from(config: Path | None, overrides: dict[str, object]):
     """--config FILE, else $AIOS_HOME/config.toml when it exists, then AIOS_* and flags."""
     if config is None:
         default = load_settings().home / "config.toml"
@@ -34,7 +34,7 @@ def start(
 ) -> None:
     """Starts the kernel and its REST endpoint. With no configuration it serves the
     simulated hardware-model backend, so everything works with no API key."""
-    settings = _settings(config, {"server.host": host, "server.port": port, "database_url": db})
+    settings = settings_from(config, {"server.host": host, "server.port": port, "database_url": db})
     host, port = settings.server.host, settings.server.port
     if detach:
         argv = ["kernel", "start", "--host", host, "--port", str(port)]

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from aios.cli import kernel as kernel_cli
+from aios.cli import mcp as mcp_cli
 from aios.cli import procs
 from aios.errors import AiosError, ConfigError
 
@@ -20,6 +21,7 @@ app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.",
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on stdout.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(kernel_cli.app, name="kernel")
+app.add_typer(mcp_cli.app, name="mcp")
 procs.install(app)
 
 

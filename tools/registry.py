@@ -35,7 +35,7 @@ from aios.errors import Conflict, InvalidSyscall
 if TYPE_CHECKING:
     from aios.kernel import Kernel
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +120,8 @@ def _kind(prop: Mapping[str, Any]) -> str:
         return str(prop["$ref"]).rsplit("/", 1)[-1]
     if "anyOf" in prop:
         return " | ".join(_kind(p) for p in prop["anyOf"])
+    if isinstance(prop.get("type"), list):   # JSON schema's ["integer", "null"]
+        return " | ".join(str(t) for t in prop["type"])
     if prop.get("type") == "array" and "items" in prop:
         return f"list[{_kind(prop['items'])}]"
     return str(prop.get("type", "any"))
@@ -160,7 +162,7 @@ def spec_of(target: Any, *, name: str | None = None, description: str | None = N
     tool_name = name or getattr(doc_owner, "__name__", None) or type(target).__name__
     if tool_name == "<lambda>":
         raise InvalidSyscall("a lambda tool needs a name", field="name")
-    if not _NAME.match(tool_name):
+    if not TOOL_NAME.match(tool_name):
         raise InvalidSyscall(f"bad tool name {tool_name!r}: letters, digits, _ . - (64 at most), "
                              "starting with a letter or _", field="name")
     summary, param_docs = parse_docstring(inspect.getdoc(doc_owner) or inspect.getdoc(fn) or "")
@@ -181,7 +183,7 @@ def spec_of(target: Any, *, name: str | None = None, description: str | None = N
 def _args_model(tool_name: str, fn: Callable[..., Any], docs: Mapping[str, str]) -> tuple[type[BaseModel], str | None]:
     sig = inspect.signature(fn)
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:   # unresolvable forward references: the raw annotations, as written
         hints = {}
     fields: dict[str, Any] = {}

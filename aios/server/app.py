@@ -32,6 +32,9 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
                 k = Kernel(settings)
                 for spec in builtin_tools(settings):   # before boot, so recovered tool calls find them
                     k.register_tool(spec)
+                if settings.tools.mcp:   # imported only when configured: `mcp` costs ~0.5 s of start time
+                    from aios.tools.mcp import mcp_imports
+                    await stack.enter_async_context(mcp_imports(k, settings.tools.mcp))
                 await stack.enter_async_context(k)
             else:
                 k = kernel
