@@ -4,6 +4,7 @@ authorizes each), LLM calls with a span in the trace, and the run's token budget
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,9 +66,11 @@ class Toolbox:
         text: list[str] = []
         error = None
         try:
-            async for piece in self.os.llm.stream(messages, model=self.model, max_tokens=max_tokens):
-                text.append(piece)
-                yield piece
+            stream = self.os.llm.stream(messages, model=self.model, max_tokens=max_tokens, cancel_on_exit=True)
+            async with aclosing(stream) as pieces:   # a reader that stops early cancels the generation
+                async for piece in pieces:
+                    text.append(piece)
+                    yield piece
         except AiosError as e:
             error = e.message
             raise

@@ -285,3 +285,18 @@ async def test_compiler_runs_as_a_kernel_process(make_settings):
             model.script["planner"].append("no plan here")
             failed = await k.wait((await k.spawn("ask", program="compiler", task="q")).pid)
             assert failed.exit_code == 1 and "AgentFailed: the model returned no plan" in failed.exit_reason
+
+
+@pytest.mark.anyio
+async def test_a_model_that_rambles_is_stopped_not_waited_for(make_settings):
+    ramble = "word " * 3000   # 15 000 characters and no line break: no plan, and no point in reading on
+    model = Model([ramble, ramble], [])
+    async with agent_kernel(make_settings, model, []) as (k, os):
+        with anyio.fail_after(60):
+            out = await LLMCompiler(os, CompilerConfig(max_replans=1), now=k.clock.now).run("q")
+        planner = [s for s in out.trace.spans if s.name == "planner"]
+        # each call was cancelled after ~1000 characters, not generated to its end
+        assert len(planner) == 2 and all(s.duration < 0.02 * 600 for s in planner)
+        assert not out.ok and "over 1000 characters with no end" in out.error
+        calls = [t.call for t in k.tickets.values()]
+        assert calls == []                                  # nothing left running

@@ -287,6 +287,9 @@ async def test_cancel_queued_and_running_calls(make_settings):
             assert q.state is CallState.CANCELLED and q.started is None and q.error["code"] == "cancelled"
             r = await k.cancel(running.id)
             assert r.state is CallState.CANCELLED and r.started is not None
+            # what it consumed before the cancel is charged; the queued call consumed nothing
+            assert r.usage.tokens_in > 0 and 1 <= r.usage.tokens_out < 200
+            assert (q.usage.tokens_in, q.usage.tokens_out) == (0, 0)
             done = await behind.wait()                               # it got the freed slot
             assert done.state is CallState.DONE and done.started >= r.finished
             assert await k.cancel(running.id) == await k.journal.load(running.id) == r   # over: unchanged

@@ -13,6 +13,7 @@ error. A run is bounded: replans (`max_replans`), actions (`max_tasks`), LLM tok
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,8 +126,11 @@ class LLMCompiler:
                             task.error = (f"line {task.line_no}: over the limit of "
                                           f"{self.config.max_tasks} actions per run")
                     tg.start_soon(self._execute, box, action, waiting)
-            async for piece in box.stream("planner", messages, self.config.planner_max_tokens, round):
-                launch(parser.feed(piece))
+            async with aclosing(box.stream("planner", messages, self.config.planner_max_tokens, round)) as pieces:
+                async for piece in pieces:
+                    launch(parser.feed(piece))
+                    if parser.parsed.is_ended and not parser.parsed.tasks:   # prose, not a plan: stop it
+                        break
             launch(parser.finish())
             # lines the graph check failed (a dangling $k, a cycle) stop waiting now
             for idx, scope in list(waiting.items()):

@@ -18,7 +18,8 @@ An action depends on every `$k` it cites; `join()` ends the plan and depends on 
 soon as its newline arrives, so the first task can start while the rest of the plan is
 still being generated. `finish` takes the last line and checks the whole graph (networkx):
 a reference to a line that never came, or a cycle through forward references, fails the
-lines involved, each error naming its line. A line that cannot be read fails only itself
+lines involved, each error naming its line. Reading stops at `join()`, at `<END_OF_PLAN>`,
+or at a line over MAX_LINE_CHARS (prose, not a plan), so the agent can stop the model. A line that cannot be read fails only itself
 (and, at dispatch, what depends on it).
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import networkx as nx
 
 END_OF_PLAN = "<END_OF_PLAN>"
+MAX_LINE_CHARS = 1000   # a line of a plan is one call; longer is prose, and reading stops
 JOIN = "join"
 _ACTION = re.compile(r"^\s*(\d+)\s*[.:)]\s*(.*?)\s*$")
 _CALL = re.compile(r"^([A-Za-z_][\w.\-]*)\s*\((.*)\)\s*;?$", re.S)
@@ -215,6 +217,11 @@ class PlanParser:
         if END_OF_PLAN in self._buffer and not self.parsed.is_ended:
             line, self._buffer = self._buffer.split(END_OF_PLAN, 1)
             out.extend(self._line(line + END_OF_PLAN))
+        if len(self._buffer) > MAX_LINE_CHARS and not self.parsed.is_ended:
+            self._line_no += 1
+            self.parsed.errors.append(f"line {self._line_no}: over {MAX_LINE_CHARS} characters with no end: "
+                                      f"not an action: {self._buffer[:80]!r}")
+            self.parsed.is_ended = True   # no plan writes such lines: stop reading
         return out
 
     def finish(self) -> list[Task]:

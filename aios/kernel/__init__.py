@@ -27,7 +27,7 @@ from aios.context import ContextManager
 from aios.errors import (AiosError, BackendUnavailable, Cancelled, DeadlineExceeded, InternalError,
                          InvalidSyscall, JournalUnavailable, NotFound)
 from aios.events import Event, EventBus, EventKind
-from aios.llm import Backend, Chunk, Router
+from aios.llm import Backend, Chunk, Router, count_tokens
 from aios.llm.hardware import HardwareBackend
 from aios.llm.provider import LiteLLMBackend
 from aios.memory import MemoryManager
@@ -441,7 +441,7 @@ class Kernel:
             except Preempted:
                 preempted = True
             except AiosError as e:
-                outcome = (CallState.FAILED, None, Usage(), e)
+                outcome = (CallState.FAILED, None, _partial_usage(ticket), e)
             except Exception as e:   # a bug: the call fails, the kernel goes on
                 log.exception("syscall %s crashed", ticket.id)
                 outcome = (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}"))
@@ -470,7 +470,7 @@ class Kernel:
             return
         if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
             err = ticket.cancel_error or (ticket.timeout_error and ticket.timeout_error()) or Cancelled("cancelled")
-            outcome = (_cancel_state(err), None, Usage(), err)
+            outcome = (_cancel_state(err), None, _partial_usage(ticket), err)
         state, result, usage, err = outcome
         self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
 
@@ -552,6 +552,15 @@ class Kernel:
                 data.update(latency_s=call.finished - call.created, tokens_in=u.tokens_in,
                             tokens_out=u.tokens_out, cost_usd=u.cost_usd, service_s=u.service_s)
             self.bus.publish(Event(EventKind.CALL_STATE, self.clock.now(), call.pid, call.id, data))
+
+
+def _partial_usage(ticket: Ticket) -> Usage:
+    """What a generation that ended early consumed: its prompt and the tokens it produced
+    (charged as if it had finished; a call that never ran consumed nothing)."""
+    call = ticket.call
+    if not isinstance(call, LLMSyscall) or call.started is None:
+        return Usage()
+    return Usage(count_tokens(call.messages), ticket.num_tokens)
 
 
 def _cancel_state(err: AiosError) -> CallState:

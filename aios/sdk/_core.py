@@ -216,12 +216,14 @@ class LLM(_Namespace):
 
     def stream(self, messages: str | list[dict[str, Any]], model: str | None = None, max_tokens: int | None = None,
                tools: list[dict[str, Any]] | None = None, temperature: float | None = None, priority: int = 0,
-               timeout_s: float | None = None):
+               timeout_s: float | None = None, cancel_on_exit: bool = False):
         """The reply as pieces of text, as they are generated: an iterator (Client) or an
         async iterator (AsyncClient); the pieces join to the reply's text. The call's error
-        is raised at the end if it failed. Leaving early does not cancel the call."""
+        is raised at the end if it failed. Leaving early does not cancel the call, unless
+        `cancel_on_exit` (then close the iterator: `with closing(...)`/`aclosing(...)`)."""
         return self._client._stream(self._submit(messages, model, False, max_tokens=max_tokens, tools=tools,
-                                                 temperature=temperature, priority=priority, timeout_s=timeout_s))
+                                                 temperature=temperature, priority=priority, timeout_s=timeout_s),
+                                    cancel_on_exit)
 
     def _submit(self, messages: str | list[dict[str, Any]], model: str | None, wait: bool,
                 **fields: Any) -> Verb[SyscallInfo]:

@@ -2,10 +2,14 @@
 awaits, over HTTP or in-process. They differ only in how a verb's requests are carried."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import anyio
+
+from aios.errors import AiosError
 from aios.sdk._core import BaseClient, TextStream, Verb, target
 from aios.sdk._http import AsyncHTTPTransport, HTTPTransport
 from aios.sdk._inproc import KernelTransport, ThreadKernelTransport
@@ -39,12 +43,19 @@ class Client(BaseClient):
         finally:
             verb.close()
 
-    def _stream(self, verb: Verb[SyscallInfo]) -> Iterator[str]:
+    def _stream(self, verb: Verb[SyscallInfo], cancel_on_exit: bool = False) -> Iterator[str]:
         call = self._run(verb)
         reader = TextStream(call.id)
-        for event, data in self._transport.events(call.id):
-            if piece := reader.feed(event, data):
-                yield piece
+        finished = False
+        try:
+            for event, data in self._transport.events(call.id):
+                if piece := reader.feed(event, data):
+                    yield piece
+            finished = True
+        finally:
+            if cancel_on_exit and not finished:   # the reader left early: stop the generation
+                with contextlib.suppress(AiosError):
+                    self.cancel(call.id)
         if rest := reader.finish():
             yield rest
 
@@ -83,12 +94,19 @@ class AsyncClient(BaseClient):
         finally:
             verb.close()
 
-    async def _stream(self, verb: Verb[SyscallInfo]) -> AsyncIterator[str]:
+    async def _stream(self, verb: Verb[SyscallInfo], cancel_on_exit: bool = False) -> AsyncIterator[str]:
         call = await self._run(verb)
         reader = TextStream(call.id)
-        async for event, data in self._transport.events(call.id):
-            if piece := reader.feed(event, data):
-                yield piece
+        finished = False
+        try:
+            async for event, data in self._transport.events(call.id):
+                if piece := reader.feed(event, data):
+                    yield piece
+            finished = True
+        finally:
+            if cancel_on_exit and not finished:   # the reader left early: stop the generation
+                with anyio.CancelScope(shield=True), contextlib.suppress(AiosError):
+                    await self.cancel(call.id)
         if rest := reader.finish():
             yield rest
 
