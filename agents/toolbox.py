@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from aios.agents.trace import Span, Trace
+from aios.agents.trace import AgentFailed, Outcome, Span, Trace
 from aios.errors import AiosError, NotFound, QuotaExceeded
 from aios.llm import count_tokens
 from aios.sdk import AsyncClient, ToolInfo
@@ -20,6 +21,48 @@ class Budget:
     """Limits of one run. Tokens are the LLM's, prompt plus output, of this run's calls."""
     max_tokens: int | None = 200_000
     max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """What every tool-using agent is configured with."""
+    model: str | None = None                 # None: the first model the kernel serves
+    budget: Budget = field(default_factory=Budget)
+    task_timeout_s: float = 60.0             # each tool call's deadline
+    tools: Sequence[str] | None = None       # the tools it may use; None: all the kernel offers
+
+
+class Agent:
+    """The skeleton of the LLMCompiler, ReAct and parallel function calling agents: a
+    client bound to a process, a config, a trace in the given clock."""
+    config_type: type[AgentConfig] = AgentConfig
+
+    def __init__(self, os: AsyncClient, config: AgentConfig | None = None,
+                 now: Callable[[], float] = time.monotonic):
+        self.os = os
+        self.config: Any = config or self.config_type()
+        self.trace = Trace(now)
+
+    async def run(self, question: str) -> Outcome:
+        raise NotImplementedError
+
+    async def toolbox(self) -> Toolbox:
+        cfg = self.config
+        return await Toolbox.load(self.os, self.trace, cfg.budget, only=cfg.tools, model=cfg.model,
+                                  task_timeout_s=cfg.task_timeout_s)
+
+    def fail(self, error: str, num_rounds: int, **extra: Any) -> Outcome:
+        self.trace.note(error)
+        return Outcome(None, error, self.trace, num_rounds, extra)
+
+    @classmethod
+    async def main(cls, task: str, os: AsyncClient) -> str:
+        """The agent program's `main`: the answer, or AgentFailed (exit code 1) saying why."""
+        outcome = await cls(os).run(task)
+        if not outcome.ok:
+            raise AgentFailed(outcome)
+        assert outcome.answer is not None
+        return outcome.answer
 
 
 class Toolbox:

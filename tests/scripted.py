@@ -40,13 +40,16 @@ class Model:
 
 
 @asynccontextmanager
-async def agent_kernel(make_settings: Callable[..., Any], model: Model, tools: list[Any]):
+async def agent_kernel(make_settings: Callable[..., Any], model: Model,
+                       log: list[tuple[str, float, float]] | None = None):
+    """A kernel on virtual time with `model` as its LLM and the timed tools (their calls
+    go to `log`); yields it and a client bound to a fresh process."""
     clock = VirtualClock()
     backend = HardwareBackend(HardwareBackendSettings(decode_s_per_token=0.02), clock, FunctionResponder(model))
     async with Kernel(make_settings(), clock=clock, backends=[backend]) as k:
-        for t in tools:
+        for t in timed_tools(k.clock, [] if log is None else log):
             k.register_tool(t)
-        proc = await k.spawn("compiler")
+        proc = await k.spawn("agent")
         yield k, AsyncClient(kernel=k, pid=proc.pid)
 
 

@@ -11,7 +11,7 @@ from aios.agents.compiler import CompilerConfig, LLMCompiler
 from aios.agents.compiler.plan import PlanParser, Ref, Template, parse_call, substitute
 from aios.agents.compiler.prompts import parse_decision
 from aios.agents.toolbox import Budget
-from tests.scripted import Model, agent_kernel, timed_tools
+from tests.scripted import Model, agent_kernel
 
 PARAMS = {"search": ["query", "k"], "calculator": ["expression"], "lookup": ["entity", "field"]}
 
@@ -132,9 +132,7 @@ FAN_OUT = "".join(f'{i}. search("entity {i}")\n' for i in range(1, 7)) + '7. cal
 async def test_streamed_plan_starts_tasks_early_and_runs_independent_ones_together(make_settings):
     model = Model([FAN_OUT], ["Thought: done\nAction: Finish(six entities)"])
     log: list[tuple[str, float, float]] = []
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, log):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model, log) as (k, os):
         with anyio.fail_after(60):
             agent = LLMCompiler(os, now=k.clock.now)
             out = await agent.run("Who are the six?")
@@ -160,9 +158,7 @@ async def test_dependencies_order_tasks_and_results_flow_into_arguments(make_set
             '3. calculator(expression="1902 - 1904")\n4. calculator("$3 * 10")\n5. join()\n')
     model = Model([plan], ["Thought: ok\nAction: Finish(-20)"])
     log: list[tuple[str, float, float]] = []
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, log):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model, log) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, now=k.clock.now).run("q")
     assert out.ok
@@ -178,9 +174,7 @@ async def test_a_failure_reaches_its_dependents_only_and_the_joiner_sees_it(make
     plan = '1. search("boom")\n2. search("fine")\n3. calculator("$1 + 1")\n4. search("$2")\n5. join()\n'
     model = Model([plan], ["Thought: 1 failed\nAction: Finish(partial)"])
     log: list[tuple[str, float, float]] = []
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, log):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model, log) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, now=k.clock.now).run("q")
     actions = {a["idx"]: a for a in out.extra["actions"]}
@@ -200,9 +194,7 @@ async def test_replan_sees_results_so_far_and_continues_numbering(make_settings)
                   ["Thought: need the second one\nAction: Replan(search the result)",
                    "Thought: now complete\nAction: Finish(done)"])
     log: list[tuple[str, float, float]] = []
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, log):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model, log) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, now=k.clock.now).run("q")
     assert out.ok and out.answer == "done" and out.num_rounds == 2
@@ -225,9 +217,7 @@ async def test_replan_sees_results_so_far_and_continues_numbering(make_settings)
 async def test_bad_plans_are_errors_in_the_trace_and_are_replanned(make_settings, bad_plan, words):
     model = Model([bad_plan, '5. search("good")\n6. join()\n'],
                   ["Thought: action 1 failed\nAction: Replan(fix action 1)", "Thought: ok\nAction: Finish(fixed)"])
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, now=k.clock.now).run("q")
     assert out.ok and out.answer == "fixed" and out.num_rounds == 2
@@ -240,9 +230,7 @@ async def test_bad_plans_are_errors_in_the_trace_and_are_replanned(make_settings
 @pytest.mark.anyio
 async def test_no_plan_at_all_replans_then_fails_cleanly(make_settings):
     model = Model(["I cannot make a plan.", "Still no plan, sorry."], [])
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, CompilerConfig(max_replans=1), now=k.clock.now).run("q")
     assert not out.ok and out.answer is None and out.num_rounds == 2
@@ -254,9 +242,7 @@ async def test_no_plan_at_all_replans_then_fails_cleanly(make_settings):
 async def test_limits_on_replans_tasks_and_tokens(make_settings):
     always_replan = ["Thought: more\nAction: Replan(again)"] * 5
     model = Model(['1. search("a")\n', '2. search("b")\n', '3. search("c")\n'], always_replan)
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, CompilerConfig(max_replans=1), now=k.clock.now).run("q")
             assert not out.ok and "after 1 replan(s), the limit" in out.error
@@ -273,9 +259,7 @@ async def test_limits_on_replans_tasks_and_tokens(make_settings):
 @pytest.mark.anyio
 async def test_compiler_runs_as_a_kernel_process(make_settings):
     model = Model(['1. search("ab")\n2. join()\n'], ["Thought: found\nAction: Finish(born 1902)"])
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             proc = await k.spawn("ask", program="compiler", task="When was ab born?")
             done = await k.wait(proc.pid)
@@ -291,7 +275,7 @@ async def test_compiler_runs_as_a_kernel_process(make_settings):
 async def test_a_model_that_rambles_is_stopped_not_waited_for(make_settings):
     ramble = "word " * 3000   # 15 000 characters and no line break: no plan, and no point in reading on
     model = Model([ramble, ramble], [])
-    async with agent_kernel(make_settings, model, []) as (k, os):
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await LLMCompiler(os, CompilerConfig(max_replans=1), now=k.clock.now).run("q")
         planner = [s for s in out.trace.spans if s.name == "planner"]

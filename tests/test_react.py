@@ -9,7 +9,7 @@ import pytest
 
 from aios.agents.react import ReAct, ReactConfig
 from aios.agents.react.parallel import ParallelFC, ParallelFCConfig, tool_call
-from tests.scripted import Model, agent_kernel, timed_tools
+from tests.scripted import Model, agent_kernel
 
 
 @pytest.mark.anyio
@@ -18,9 +18,7 @@ async def test_react_thinks_acts_and_observes_until_it_answers(make_settings):
                          'Thought: now B\nAction: search(query="abcd")\nObservation: made up by the model',
                          "Thought: done\nAction: Finish(ab is older)"])
     log: list[tuple[str, float, float]] = []
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, log):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model, log) as (k, os):
         with anyio.fail_after(60):
             out = await ReAct(os, now=k.clock.now).run("Who is older?")
     assert out.ok and out.answer == "ab is older" and out.num_rounds == 3
@@ -39,9 +37,7 @@ async def test_react_thinks_acts_and_observes_until_it_answers(make_settings):
 async def test_react_reports_bad_actions_and_tool_errors_then_recovers(make_settings):
     model = Model(react=["I will just talk.", 'Thought: t\nAction: fly("home")', 'Thought: t\nAction: search("boom")',
                          "Thought: t\nAction: search(k='x', query='ab')", "Thought: t\nAction: Finish(ok)"])
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await ReAct(os, now=k.clock.now).run("q")
     assert out.ok and out.answer == "ok"
@@ -56,9 +52,7 @@ async def test_react_reports_bad_actions_and_tool_errors_then_recovers(make_sett
 @pytest.mark.anyio
 async def test_react_gives_up_after_max_steps(make_settings):
     model = Model(react=['Thought: again\nAction: search("a")'] * 3)
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await ReAct(os, ReactConfig(max_steps=3), now=k.clock.now).run("q")
     assert not out.ok and out.error == "no answer within 3 steps"
@@ -72,9 +66,7 @@ async def test_parallel_fc_runs_a_turns_calls_together_and_loops(make_settings):
               tool_call("c5", "search", {"query": "boom"})]
     model = Model(fc=[("", first), ("", second), "ab is older"])
     log: list[tuple[str, float, float]] = []
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, log):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model, log) as (k, os):
         with anyio.fail_after(60):
             out = await ParallelFC(os, now=k.clock.now).run("Who is older?")
     assert out.ok and out.answer == "ab is older" and out.num_rounds == 3
@@ -94,9 +86,7 @@ async def test_parallel_fc_runs_a_turns_calls_together_and_loops(make_settings):
 @pytest.mark.anyio
 async def test_parallel_fc_gives_up_after_max_turns(make_settings):
     model = Model(fc=[("", [tool_call("c", "search", {"query": "a"})])] * 2)
-    async with agent_kernel(make_settings, model, []) as (k, os):
-        for t in timed_tools(k.clock, []):
-            k.register_tool(t)
+    async with agent_kernel(make_settings, model) as (k, os):
         with anyio.fail_after(60):
             out = await ParallelFC(os, ParallelFCConfig(max_turns=2), now=k.clock.now).run("q")
     assert not out.ok and out.error == "no answer within 2 turns"
@@ -105,7 +95,7 @@ async def test_parallel_fc_gives_up_after_max_turns(make_settings):
 @pytest.mark.anyio
 async def test_baselines_run_as_kernel_processes(make_settings):
     model = Model(react=["Thought: t\nAction: Finish(42)"], fc=["43"])
-    async with agent_kernel(make_settings, model, []) as (k, _):
+    async with agent_kernel(make_settings, model) as (k, _):
         with anyio.fail_after(60):
             for name, expected in (("react", "42"), ("parallel-fc", "43")):
                 proc = await k.spawn(name, program=name, task="q")

@@ -13,8 +13,8 @@ error. A run is bounded: replans (`max_replans`), actions (`max_tasks`), LLM tok
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import aclosing
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,22 +23,18 @@ import anyio
 from aios.agents.compiler.plan import PlanParser, Task, show, substitute
 from aios.agents.compiler.prompts import (JOINER_SYSTEM, joiner_user, observation, parse_decision, planner_system,
                                           planner_user)
-from aios.agents.toolbox import Budget, Toolbox
-from aios.agents.trace import AgentFailed, Outcome, Span, Trace
+from aios.agents.toolbox import Agent, AgentConfig, Toolbox
+from aios.agents.trace import Outcome, Span
 from aios.errors import AiosError
 from aios.sdk import AsyncClient
 
 
 @dataclass(frozen=True, slots=True)
-class CompilerConfig:
-    model: str | None = None
+class CompilerConfig(AgentConfig):
     max_replans: int = 2
     max_tasks: int = 32
-    budget: Budget = field(default_factory=Budget)
-    task_timeout_s: float = 60.0
     planner_max_tokens: int = 1024
     joiner_max_tokens: int = 512
-    tools: Sequence[str] | None = None       # the tools it may use; None: all the kernel offers
 
 
 @dataclass(slots=True)
@@ -57,19 +53,18 @@ class Action:
         return f"{t.idx}. {t.tool}({args})"
 
 
-class LLMCompiler:
+class LLMCompiler(Agent):
+    config_type = CompilerConfig
+
     def __init__(self, os: AsyncClient, config: CompilerConfig | None = None,
                  now: Callable[[], float] = time.monotonic):
-        self.os = os
-        self.config = config or CompilerConfig()
-        self.trace = Trace(now)
+        super().__init__(os, config, now)
         self.actions: dict[int, Action] = {}
         self._seen: dict[int, anyio.Event] = {}   # set when action k's line has been read
 
     async def run(self, question: str) -> Outcome:
         cfg = self.config
-        box = await Toolbox.load(self.os, self.trace, cfg.budget, only=cfg.tools, model=cfg.model,
-                                 task_timeout_s=cfg.task_timeout_s)
+        box = await self.toolbox()
         system = planner_system(box.tools)
         user = planner_user(question)
         for round in range(cfg.max_replans + 1):
@@ -191,17 +186,11 @@ class LLMCompiler:
         return max(self.actions, default=0) + 1
 
     def _fail(self, error: str, round: int) -> Outcome:
-        self.trace.note(error)
-        return Outcome(None, error, self.trace, round + 1, self._extra())
+        return self.fail(error, round + 1, **self._extra())
 
     def _extra(self) -> dict[str, Any]:
         return {"actions": [{"idx": a.task.idx, "line": a.line(), "deps": list(a.task.deps), "round": a.round,
                              "error": a.error} for a in sorted(self.actions.values(), key=lambda a: a.task.idx)]}
 
 
-async def main(task: str, os: AsyncClient) -> str:
-    outcome = await LLMCompiler(os).run(task)
-    if not outcome.ok:
-        raise AgentFailed(outcome)
-    assert outcome.answer is not None
-    return outcome.answer
+main = LLMCompiler.main

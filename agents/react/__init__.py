@@ -11,16 +11,14 @@ read is answered with an observation saying how to write it, and counts as a ste
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aios.agents.compiler.plan import PlanError, parse_call
 from aios.agents.compiler.prompts import observation, tool_lines
-from aios.agents.toolbox import Budget, Toolbox
-from aios.agents.trace import AgentFailed, Outcome, Trace
+from aios.agents.toolbox import Agent, AgentConfig
+from aios.agents.trace import Outcome
 from aios.errors import AiosError
-from aios.sdk import AsyncClient
 
 REACT_HEADER = "You answer questions by reasoning step by step and calling tools, one at a time (ReAct)."
 _ACTION = re.compile(r"^\s*Action\s*:\s*(.+?)\s*$", re.M | re.S)
@@ -46,26 +44,17 @@ def react_user(question: str, scratchpad: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ReactConfig:
-    model: str | None = None
+class ReactConfig(AgentConfig):
     max_steps: int = 12
-    budget: Budget = field(default_factory=Budget)
-    task_timeout_s: float = 60.0
     step_max_tokens: int = 512
-    tools: Sequence[str] | None = None
 
 
-class ReAct:
-    def __init__(self, os: AsyncClient, config: ReactConfig | None = None,
-                 now: Callable[[], float] = time.monotonic):
-        self.os = os
-        self.config = config or ReactConfig()
-        self.trace = Trace(now)
+class ReAct(Agent):
+    config_type = ReactConfig
 
     async def run(self, question: str) -> Outcome:
         cfg = self.config
-        box = await Toolbox.load(self.os, self.trace, cfg.budget, only=cfg.tools, model=cfg.model,
-                                 task_timeout_s=cfg.task_timeout_s)
+        box = await self.toolbox()
         system = react_system(box.tools)
         scratchpad = ""
         for step in range(cfg.max_steps):
@@ -103,13 +92,7 @@ class ReAct:
         return self._fail(f"no answer within {cfg.max_steps} steps", cfg.max_steps - 1)
 
     def _fail(self, error: str, step: int) -> Outcome:
-        self.trace.note(error)
-        return Outcome(None, error, self.trace, step + 1)
+        return self.fail(error, step + 1)
 
 
-async def main(task: str, os: AsyncClient) -> str:
-    outcome = await ReAct(os).run(task)
-    if not outcome.ok:
-        raise AgentFailed(outcome)
-    assert outcome.answer is not None
-    return outcome.answer
+main = ReAct.main

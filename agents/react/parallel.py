@@ -7,43 +7,31 @@ the loop goes on until the model answers in text. The second baseline of LLMComp
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from aios.agents.compiler.prompts import observation
-from aios.agents.toolbox import Budget, Toolbox
-from aios.agents.trace import AgentFailed, Outcome, Trace
+from aios.agents.toolbox import Agent, AgentConfig, Toolbox
+from aios.agents.trace import Outcome
 from aios.errors import AiosError, BackendError
-from aios.sdk import AsyncClient
 
 FC_HEADER = "You answer questions with the help of tools. Call several tools at once when their calls are independent."
 
 
 @dataclass(frozen=True, slots=True)
-class ParallelFCConfig:
-    model: str | None = None
+class ParallelFCConfig(AgentConfig):
     max_turns: int = 8
-    budget: Budget = field(default_factory=Budget)
-    task_timeout_s: float = 60.0
     turn_max_tokens: int = 1024
-    tools: Sequence[str] | None = None
 
 
-class ParallelFC:
-    def __init__(self, os: AsyncClient, config: ParallelFCConfig | None = None,
-                 now: Callable[[], float] = time.monotonic):
-        self.os = os
-        self.config = config or ParallelFCConfig()
-        self.trace = Trace(now)
+class ParallelFC(Agent):
+    config_type = ParallelFCConfig
 
     async def run(self, question: str) -> Outcome:
         cfg = self.config
-        box = await Toolbox.load(self.os, self.trace, cfg.budget, only=cfg.tools, model=cfg.model,
-                                 task_timeout_s=cfg.task_timeout_s)
+        box = await self.toolbox()
         schemas = [t.openai_schema() for t in box.tools]
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": f"{FC_HEADER}\nWhen you know the answer, reply with it alone."},
@@ -80,8 +68,7 @@ class ParallelFC:
         answers[tc.id] = f"error: {error}" if error is not None else observation(result)
 
     def _fail(self, error: str, turn: int) -> Outcome:
-        self.trace.note(error)
-        return Outcome(None, error, self.trace, turn + 1)
+        return self.fail(error, turn + 1)
 
 
 def tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -89,9 +76,4 @@ def tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, A
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
 
 
-async def main(task: str, os: AsyncClient) -> str:
-    outcome = await ParallelFC(os).run(task)
-    if not outcome.ok:
-        raise AgentFailed(outcome)
-    assert outcome.answer is not None
-    return outcome.answer
+main = ParallelFC.main
