@@ -237,6 +237,7 @@ def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True, plot:
         result["plot"] = gantt(movie, plot)
     if show_progress:
         console.print(table(result["workloads"]))
+        console.print(f"LLM: {result['llm']}")
     return result
 
 

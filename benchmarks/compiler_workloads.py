@@ -15,7 +15,8 @@ Workloads shaped like the LLMCompiler paper's benchmarks:
 
 With no API key the LLM is a **replay model**: for each question it replies what a correct
 model would, in each agent's own format (planner, joiner, ReAct step, parallel function
-calls), computed from the question's gold program. Its thoughts have lengths drawn from
+calls), computed from the question's gold program. Planner and ReAct actions pass
+arguments by position, as the paper's prompts and examples do (`search("...")`). Its thoughts have lengths drawn from
 stated distributions (`THOUGHT_WORDS`); its text is streamed by the simulated
 hardware-model backend in pieces of up to four characters (the 4-characters-a-token rule
 the kernel uses for prompts), so the LLM time of each call follows from what was said."""
@@ -376,7 +377,7 @@ class ReplayModel:
             lines.append("Thought: " + thought(rng, "planner", f"{q.replan_reason}, so I look it up",
                                                observation(q.results[q.rounds[rnd - 1][-1].idx])))
         for s in q.rounds[rnd]:
-            lines.append(f"{s.idx}. {s.tool}({', '.join(f'{k}={v}' for k, v in show_args(s.args).items())})")
+            lines.append(f"{s.idx}. {s.tool}({', '.join(show_args(s.args).values())})")   # positional, as the paper's
         lines.append(f"{q.rounds[rnd][-1].idx + 1}. join(){END_OF_PLAN}")
         return "\n".join(lines)
 
@@ -399,7 +400,7 @@ class ReplayModel:
         args = {k: substitute(v, q.results) for k, v in s.args.items()}
         before = observation(q.results[steps[step - 1].idx]) if step else q.text
         return (f"Thought: {thought(rng, 'react', f'I need {s.tool} for {_brief(args)}', before)}\n"
-                f"Action: {s.tool}({', '.join(f'{k}={v!r}' for k, v in args.items())})")
+                f"Action: {s.tool}({', '.join(repr(v) for v in args.values())})")
 
     def _fc(self, q: Question, messages: list[dict[str, Any]]) -> Reply:
         turn = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
