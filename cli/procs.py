@@ -170,10 +170,16 @@ def tools(as_json: JsonFlag = False) -> None:
             flags.append(f"${t.cost_usd:g}/call")
         if t.source != "python":
             flags.append(t.source)
-        table.add_row(t.name, describe_arguments(t.parameters), t.description, " ".join(flags), str(t.max_concurrency),
+        table.add_row(t.name, describe_arguments(t.parameters), _first_sentence(t.description), " ".join(flags), str(t.max_concurrency),
                       "-" if t.timeout_s is None else f"{t.timeout_s:g}")
     console.print(table if found else "no tools registered")
 
+
+
+def _first_sentence(text: str) -> str:
+    """The table shows a tool's first sentence; --json has the whole description."""
+    head, dot, _ = text.partition(". ")
+    return head + dot.strip() if dot else text
 
 
 def top(

@@ -231,7 +231,13 @@ def test_top(daemon):
 def test_models_and_tools(daemon):
     assert "sim-llama-3-8b" in json.loads(cli(daemon, "models", "--json").stdout)
     assert "sim-llama-3-8b" in cli(daemon, "models").stdout.split()
-    assert isinstance(json.loads(cli(daemon, "tools", "--json").stdout), list)
+    listed = {t["name"]: t for t in json.loads(cli(daemon, "tools", "--json").stdout)}
+    assert {"calculator", "search", "read_file", "write_file", "list_files", "http_fetch"} <= set(listed)
+    assert listed["calculator"]["parameters"]["required"] == ["expression"]
+    assert listed["http_fetch"]["needs_network"] is True
+    table = plain(cli(daemon, "tools"))
+    rows = {line.split()[0]: line for line in table.splitlines() if line.strip()}
+    assert "expression:" in rows["calculator"] and "query:" in rows["search"] and "network" in rows["http_fetch"]
 
 
 @pytest.mark.parametrize("args", [
