@@ -46,4 +46,4 @@ def gantt(runs: list[Any], path: str) -> str:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
-    return str(out)
+    return str(out.resolve())
