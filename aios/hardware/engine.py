@@ -252,7 +252,7 @@ class Engine:
             # ---- decodes need room for their next token (vllm, sarathi); preempt if not
             if cfg.scheduler != "orca" and dec_ids:
                 ctx = prefilled[dec_ids] + done_tokens[dec_ids]
-                want = int(np.sum(need_blocks_vec(ctx + 1, bs) - blocks[dec_ids]))
+                want = int((need_blocks_vec(ctx + 1, bs) - blocks[dec_ids]).sum())
                 while want > free and dec_ids:
                     victim = max(dec_ids, key=lambda j: (w.arrival_s[j], j))   # the newest
                     dec_ids.remove(victim)
@@ -270,7 +270,7 @@ class Engine:
                         prefilled[victim] = 0
                         waiting.insert(0, victim)
                     ctx = prefilled[dec_ids] + done_tokens[dec_ids]
-                    want = int(np.sum(need_blocks_vec(ctx + 1, bs) - blocks[dec_ids]))
+                    want = int((need_blocks_vec(ctx + 1, bs) - blocks[dec_ids]).sum())
                 if dec_ids:
                     grow = need_blocks_vec(ctx + 1, bs) - blocks[dec_ids]
                     blocks[dec_ids] += grow
@@ -332,7 +332,9 @@ class Engine:
                 done_tokens[dec] += k
                 last_token[dec] = end
             now = end
-            finished = [i for i in running if done_tokens[i] >= output[i]]
+            finished = [i for i in pre_ids if done_tokens[i] >= output[i]]
+            if len(dec):
+                finished += dec[done_tokens[dec] >= output[dec]].tolist()
             for i in finished:
                 finish[i] = now
                 running.remove(i)
@@ -349,11 +351,11 @@ class Engine:
                     t0: float) -> int:
         """Decode iterations that can run before the batch changes: up to the first
         completion, the next arrival, and while the free blocks cover every growth."""
-        k = int(np.min(output[dec] - done_tokens[dec]))
+        k = int((output[dec] - done_tokens[dec]).min())
         if next_arrival < len(w):
             gap = float(w.arrival_s[next_arrival]) - now
             k = min(k, max(1, int(gap // max(t0, 1e-9)) + 1))
-        while k > 1 and int(np.sum(need_blocks_vec(ctx + k, bs) - blocks[dec])) > free:
+        while k > 1 and int((need_blocks_vec(ctx + k, bs) - blocks[dec]).sum()) > free:
             k //= 2
         return max(1, k)
 
