@@ -14,6 +14,7 @@ import typer
 from aios.cli import kernel as kernel_cli
 from aios.cli import mcp as mcp_cli
 from aios.cli import procs
+from aios.cli import trace as trace_cli
 from aios.errors import AiosError, ConfigError
 
 app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
@@ -22,6 +23,7 @@ bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on stdout.
 app.add_typer(bench_app, name="bench")
 app.add_typer(kernel_cli.app, name="kernel")
 app.add_typer(mcp_cli.app, name="mcp")
+app.add_typer(trace_cli.app, name="trace")
 procs.install(app)
 
 
