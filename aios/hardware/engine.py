@@ -197,7 +197,7 @@ class Engine:
                 while waiting and len(running) + len(pre_ids) < cfg.max_num_seqs:
                     i = waiting[0]
                     r = reservation(i)
-                    if r > free or int(target[i]) > budget:
+                    if r > free or (int(target[i]) > budget and pre_ids):   # a long prompt goes alone
                         break
                     waiting.pop(0)
                     free -= r
@@ -211,7 +211,7 @@ class Engine:
                 while waiting and len(running) + len(pre_ids) < cfg.max_num_seqs:
                     i = waiting[0]
                     b = need_blocks(int(target[i]) + 1)
-                    if free - b < watermark or int(target[i]) > budget:
+                    if free - b < watermark or (int(target[i]) > budget and pre_ids):   # a long prompt goes alone
                         break
                     waiting.pop(0)
                     free -= b
