@@ -115,3 +115,12 @@ def test_impossible_requests_are_reported_not_hung():
         EngineConfig(scheduler="fifo")   # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="no room for the KV cache"):
         Engine(AffineCost(capacity=0))
+
+
+@pytest.mark.parametrize("sched", ["orca", "vllm"])
+def test_a_prompt_longer_than_the_iteration_budget_is_prefilled_alone(sched):
+    w = Workload(np.array([0.0, 0.0]), np.array([100, 6_000]), np.array([5, 5]))
+    r = Engine(AffineCost(capacity=20_000), EngineConfig(scheduler=sched, max_batched_tokens=4096,
+                                                         max_seq_len=8192)).run(w)
+    assert np.all(~np.isnan(r.finish_s)) and not r.unserved
+    assert r.iter_tokens.max() == 6_000
