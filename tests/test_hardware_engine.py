@@ -123,4 +123,5 @@ def test_a_prompt_longer_than_the_iteration_budget_is_prefilled_alone(sched):
     r = Engine(AffineCost(capacity=20_000), EngineConfig(scheduler=sched, max_batched_tokens=4096,
                                                          max_seq_len=8192)).run(w)
     assert np.all(~np.isnan(r.finish_s)) and not r.unserved
-    assert r.iter_tokens.max() == 6_000
+    # alone among prompts: vLLM's prefill iteration holds just it; Orca's also the other's decode
+    assert r.iter_tokens.max() == (6_000 if sched == "vllm" else 6_001)
