@@ -147,6 +147,7 @@ class Engine:
         waiting: list[int] = []                  # FCFS (preempted requests go to the front)
         running: list[int] = []
         next_arrival = 0
+        arrivals = w.arrival_s.tolist()          # Python floats: scalar reads in the loop are cheaper
         now = 0.0
         iter_s: list[float] = []
         iter_batch: list[int] = []
@@ -167,7 +168,7 @@ class Engine:
             return need_blocks(total)
 
         for _ in range(cfg.max_iterations):
-            while next_arrival < n and w.arrival_s[next_arrival] <= now:
+            while next_arrival < n and arrivals[next_arrival] <= now:
                 i = next_arrival
                 next_arrival += 1
                 full = reservation(i) if cfg.scheduler == "orca" else need_blocks(int(prompt[i] + output[i]))
@@ -179,7 +180,7 @@ class Engine:
             if not running and not waiting and not swapped:
                 if next_arrival >= n:
                     break
-                now = max(now, float(w.arrival_s[next_arrival]))
+                now = max(now, arrivals[next_arrival])
                 continue
 
             # ---- form the batch
@@ -284,7 +285,7 @@ class Engine:
                         unserved[i] = "could not be scheduled: no KV room was ever free for it"
                     break
                 if next_arrival < n:   # nothing fits until something arrives or finishes
-                    now = max(now, float(w.arrival_s[next_arrival]))
+                    now = max(now, arrivals[next_arrival])
                     continue
                 for i in waiting + swapped:
                     unserved[i] = "could not be scheduled"
