@@ -193,26 +193,15 @@ class Engine:
                     free -= int(blocks[i])
                     swap_in_s += self.cost.kv_transfer_s(int(prefilled[i] + done_tokens[i]), "pcie")
                     running.append(i)
-            if cfg.scheduler == "orca":
-                budget = cfg.max_batched_tokens - len(running)
+            if cfg.scheduler in ("orca", "vllm"):   # whole prompts, FCFS, within the token budget
+                orca = cfg.scheduler == "orca"
+                budget = cfg.max_batched_tokens - (len(running) if orca else 0)   # orca's decodes share it
+                floor = 0 if orca else watermark
                 while waiting and len(running) + len(pre_ids) < cfg.max_num_seqs:
                     i = waiting[0]
-                    r = reservation(i)
-                    if r > free or (int(target[i]) > budget and pre_ids):   # a long prompt goes alone
-                        break
-                    waiting.pop(0)
-                    free -= r
-                    blocks[i] = r
-                    pre_ids.append(i)
-                    pre_len.append(int(target[i]))
-                    budget -= int(target[i])
-                dec_ids = [i for i in running if prefilled[i] >= target[i]]
-            elif cfg.scheduler == "vllm":
-                budget = cfg.max_batched_tokens
-                while waiting and len(running) + len(pre_ids) < cfg.max_num_seqs:
-                    i = waiting[0]
-                    b = need_blocks(int(target[i]) + 1)
-                    if free - b < watermark or (int(target[i]) > budget and pre_ids):   # a long prompt goes alone
+                    # orca reserves the request's whole length; vllm the prompt and its first token
+                    b = reservation(i) if orca else need_blocks(int(target[i]) + 1)
+                    if free - b < floor or (int(target[i]) > budget and pre_ids):   # a long prompt goes alone
                         break
                     waiting.pop(0)
                     free -= b
@@ -220,7 +209,10 @@ class Engine:
                     pre_ids.append(i)
                     pre_len.append(int(target[i]))
                     budget -= int(target[i])
-                dec_ids = [] if pre_ids else list(running)
+                if orca:   # selective batching: decodes run beside the new prompts
+                    dec_ids = [i for i in running if prefilled[i] >= target[i]]
+                else:      # vLLM v0: an iteration is prefills only, or decodes only
+                    dec_ids = [] if pre_ids else list(running)
             else:   # sarathi: decodes first, then prefill chunks within the budget
                 dec_ids = [i for i in running if prefilled[i] >= target[i]]
                 budget = cfg.token_budget - len(dec_ids)
