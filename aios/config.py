@@ -122,16 +122,7 @@ class Settings(_Frozen):
 def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> Settings:
     """File, then environment, then flags (dotted keys: {"scheduler.policy": "rr"})."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist", field="config") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}", field="config") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}", field="config") from None
+    data: dict[str, Any] = {} if path is None else read_toml(path, "config")
     env = os.environ if env is None else env
     for key, value in env.items():
         if key.startswith("AIOS_") and key not in ("AIOS_HOME", "AIOS_URL", "AIOS_TOKEN", "AIOS_PID"):
@@ -141,6 +132,19 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
     for dotted, value in (overrides or {}).items():
         _put(data, dotted.split("."), value)
     return validate(data)
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a ConfigError (field `what`) says when it is missing,
+    unreadable or not TOML. `what` names the file in the message: "config", "models"."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist", field=what) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} file {path}: {e.strerror}", field=what) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} file {path} is not valid TOML: {e}", field=what) from None
 
 
 def validate(data: Mapping[str, Any]) -> Settings:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from aios.config import read_toml
 from aios.errors import ConfigError
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -86,14 +86,7 @@ def _default_table() -> CalibrationTable:
 
 
 def _parse(path: Path) -> CalibrationTable:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"calibration file {path} does not exist", field="calibration") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read calibration file {path}: {e.strerror}", field="calibration") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"calibration file {path} is not valid TOML: {e}", field="calibration") from None
+    data = read_toml(path, "calibration")
     if not isinstance(data.get(DEFAULT), dict):
         raise ConfigError(f"{path}: no [{DEFAULT}] table", field=DEFAULT,
                           hint=f"[{DEFAULT}] must give every field: {', '.join(FRACTIONS + AMOUNTS)}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aios.config import read_toml
 from aios.errors import ConfigError, NotFound
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
@@ -134,14 +134,7 @@ class _ModelEntry(_Entry):
 
 def _read_entries(path: Path, kind: str, schema: type[_Entry]) -> dict[str, tuple[str, _Entry]]:
     """Each top-level table of `path`, validated: {lower-case name: (name as written, entry)}."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{kind} file {path} does not exist", field=kind) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {kind} file {path}: {e.strerror}", field=kind) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{kind} file {path} is not valid TOML: {e}", field=kind) from None
+    data = read_toml(path, kind)
     entries: dict[str, tuple[str, _Entry]] = {}
     for name, raw in data.items():
         if not isinstance(raw, dict):
