@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -46,9 +46,6 @@ class Trace:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"spans": [asdict(s) for s in self.spans], "notes": list(self.notes)}
-
 
 @dataclass(slots=True)
 class Outcome:
@@ -62,10 +59,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"answer": self.answer, "error": self.error, "rounds": self.num_rounds,
-                "trace": self.trace.to_json(), **self.extra}
 
 
 class AgentFailed(Exception):

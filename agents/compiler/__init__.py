@@ -138,7 +138,7 @@ class LLMCompiler(Agent):
         released = box.trace.now()
         try:
             if self.actions.get(task.idx) is not action:
-                action.error = task.error or f"line {task.line_no}: action {task.idx} is numbered like an earlier action"
+                action.error = task.error   # the parser marked the reused number
                 return
             if task.error is None:
                 with anyio.CancelScope() as scope:

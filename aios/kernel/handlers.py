@@ -83,6 +83,7 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     kwargs = tool.bind(call.arguments)
     if tool.context_param is not None:
         kwargs[tool.context_param] = ToolContext(call.pid, call.principal, call.id, k)
+
     async def work() -> Any:
         if tool.is_async:
             return await tool.fn(**kwargs)
