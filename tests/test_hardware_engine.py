@@ -30,10 +30,13 @@ class AffineCost:
         tokens = int(np.sum(prefill_lens)) + len(decode_ctx)
         return Cost(self.base + self.per_token * tokens + self.per_ctx * float(np.sum(decode_ctx)))
 
+    def step_time(self, prefill_lens, prefill_ctx, num_dec: int, dec_ctx: int) -> float:
+        return self.base + self.per_token * (sum(prefill_lens) + num_dec) + self.per_ctx * dec_ctx
+
     def kv_capacity_tokens(self, utilization: float) -> int:
         return self.capacity
 
-    def kv_transfer_s(self, tokens: int, link: str) -> float:
+    def kv_transfer_s(self, tokens: int, link: str, copy_tokens: int | None = None) -> float:
         return tokens / self.swap_tokens_per_s
 
 

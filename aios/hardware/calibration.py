@@ -27,7 +27,7 @@ DEFAULT = "default"
 # fraction fields must lie in (0, 1]; the rest are non-negative seconds or bytes
 FRACTIONS = ("gemm_efficiency", "hbm_efficiency", "attention_prefill_efficiency",
              "attention_decode_efficiency", "nvlink_efficiency", "pcie_efficiency")
-AMOUNTS = ("collective_latency_s", "overhead_s", "reserved_bytes")
+AMOUNTS = ("collective_latency_s", "copy_latency_s", "overhead_s", "reserved_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,8 @@ class Calibration:
     """Of one-way PCIe bandwidth, for a large pinned host<->device copy."""
     collective_latency_s: float
     """Fixed time of one all-reduce or send, besides its bytes."""
+    copy_latency_s: float
+    """Fixed time of one host<->device copy call (cudaMemcpyAsync), besides its bytes."""
     overhead_s: float
     """Fixed time of one iteration: CPU scheduling, input preparation, sampling, launches."""
     reserved_bytes: float
@@ -58,7 +60,7 @@ class Calibration:
 
     def ideal(self) -> Calibration:
         """The pure roofline: every efficiency 1, no fixed costs (memory reserve kept)."""
-        return replace(self, family=f"{self.family} (ideal)", collective_latency_s=0.0, overhead_s=0.0,
+        return replace(self, family=f"{self.family} (ideal)", collective_latency_s=0.0, copy_latency_s=0.0, overhead_s=0.0,
                        **{name: 1.0 for name in FRACTIONS})
 
 

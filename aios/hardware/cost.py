@@ -118,6 +118,42 @@ class _Rates:
         self.layers = math.ceil(model.num_layers / pp)
         self.overhead_s = cal.overhead_s
 
+    def terms(self, tokens: int, seqs: int, chunk_tokens: int, ctx_tokens: int, pairs: float, num_dec: int,
+              read_tokens: int) -> tuple[float, float, float, float]:
+        """(gemm_s, attn_prefill_s, attn_decode_s, comm_s) of an iteration of `tokens`
+        tokens over `seqs` sequences: prefill chunks of `chunk_tokens` tokens after
+        `ctx_tokens` cached ones, attending to `pairs` pairs; `num_dec` decodes reading
+        `read_tokens` tokens of KV."""
+        layers = self.layers
+        layer_s = tokens * self.elem_s
+        for flop_s, weight_s, act_s in self.gemms:
+            layer_s += max(tokens * flop_s, weight_s + tokens * act_s)
+        flop_s, weight_s, act_s = self.lm_head
+        gemm_s = layers * layer_s + max(seqs * flop_s, weight_s + seqs * act_s)
+        attn_prefill_s = attn_decode_s = 0.0
+        if chunk_tokens:
+            pre_flops = layers * self.attn_flops_per_pair * pairs
+            pre_bytes = layers * (chunk_tokens * (self.q_bytes + self.kv_bytes) + (ctx_tokens + chunk_tokens) * self.kv_bytes)
+            attn_prefill_s = max(pre_flops * self.pre_flop_s, pre_bytes * self.pre_byte_s)
+        if num_dec:
+            attn_decode_s = layers * (read_tokens * self.kv_bytes + num_dec * (self.q_bytes + self.kv_bytes)) * self.dec_byte_s
+        comm_s = (layers * 2 * (self.ar_latency_s + tokens * self.ar_s_per_token)
+                  + self.send_latency_s + tokens * self.send_s_per_token)
+        return gemm_s, attn_prefill_s, attn_decode_s, comm_s
+
+    def step_time(self, prefill_lens: list[int], prefill_ctx: list[int], num_dec: int, dec_ctx_tokens: int) -> float:
+        """`terms` summed with the overhead, from Python lists and sums (the engine's hot path)."""
+        chunk_tokens = sum(prefill_lens)
+        tokens = chunk_tokens + num_dec
+        if not tokens:
+            return 0.0
+        pairs = 0.0
+        if chunk_tokens:
+            pairs = sum(c * (p + (c + 1) / 2) for c, p in zip(prefill_lens, prefill_ctx, strict=True))
+        g, a, d, c = self.terms(tokens, len(prefill_lens) + num_dec, chunk_tokens, sum(prefill_ctx), pairs, num_dec,
+                                dec_ctx_tokens + num_dec)
+        return g + a + d + c + self.overhead_s
+
     def cost(self, prefill_lens: np.ndarray, prefill_ctx: np.ndarray, decode_ctx: np.ndarray) -> IterationCost:
         num_pre, num_dec = len(prefill_lens), len(decode_ctx)
         chunk_tokens = int(prefill_lens.sum()) if num_pre else 0
@@ -126,36 +162,22 @@ class _Rates:
             return IterationCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         seqs = num_pre + num_dec
         layers = self.layers
-        # linear layers and elementwise ops, per layer; the LM head once
-        layer_s = tokens * self.elem_s
-        for flop_s, weight_s, act_s in self.gemms:
-            layer_s += max(tokens * flop_s, weight_s + tokens * act_s)
-        flop_s, weight_s, act_s = self.lm_head
-        gemm_s = layers * layer_s + max(seqs * flop_s, weight_s + seqs * act_s)
-        flops = layers * tokens * self.gemm_flops_per_token + seqs * self.lm_flops_per_seq
+        ctx_tokens = int(prefill_ctx.sum()) if num_pre else 0
+        # a chunk of c after p cached tokens attends to c p + c (c + 1) / 2 pairs
+        pairs = (float(np.dot(prefill_lens, prefill_ctx)) + (float(np.dot(prefill_lens, prefill_lens)) + chunk_tokens) / 2
+                 if num_pre else 0.0)
+        read_tokens = int(decode_ctx.sum()) + num_dec
+        gemm_s, attn_prefill_s, attn_decode_s, comm_s = self.terms(tokens, seqs, chunk_tokens, ctx_tokens, pairs,
+                                                                   num_dec, read_tokens)
+        flops = (layers * tokens * self.gemm_flops_per_token + seqs * self.lm_flops_per_seq
+                 + layers * self.attn_flops_per_pair * (pairs + (read_tokens if num_dec else 0)))
         per_token_bytes = self.gemm_act_bytes_per_token + self.elem_bytes_per_token
         nbytes = (layers * (self.gemm_weight_bytes + tokens * per_token_bytes)
                   + self.lm_weight_bytes + seqs * self.lm_act_bytes_per_seq)
-        attn_prefill_s = attn_decode_s = 0.0
         if num_pre:
-            ctx_tokens = int(prefill_ctx.sum())
-            # a chunk of c after p cached tokens attends to c p + c (c + 1) / 2 pairs
-            pairs = (float(np.dot(prefill_lens, prefill_ctx))
-                     + (float(np.dot(prefill_lens, prefill_lens)) + chunk_tokens) / 2)
-            pre_flops = layers * self.attn_flops_per_pair * pairs
-            pre_bytes = layers * (chunk_tokens * (self.q_bytes + self.kv_bytes)
-                                  + (ctx_tokens + chunk_tokens) * self.kv_bytes)
-            attn_prefill_s = max(pre_flops * self.pre_flop_s, pre_bytes * self.pre_byte_s)
-            flops += pre_flops
-            nbytes += pre_bytes
+            nbytes += layers * (chunk_tokens * (self.q_bytes + self.kv_bytes) + (ctx_tokens + chunk_tokens) * self.kv_bytes)
         if num_dec:
-            read_tokens = int(decode_ctx.sum()) + num_dec
-            dec_bytes = layers * (read_tokens * self.kv_bytes + num_dec * (self.q_bytes + self.kv_bytes))
-            attn_decode_s = dec_bytes * self.dec_byte_s
-            flops += layers * self.attn_flops_per_pair * read_tokens
-            nbytes += dec_bytes
-        comm_s = (layers * 2 * (self.ar_latency_s + tokens * self.ar_s_per_token)
-                  + self.send_latency_s + tokens * self.send_s_per_token)
+            nbytes += layers * (read_tokens * self.kv_bytes + num_dec * (self.q_bytes + self.kv_bytes))
         time_s = gemm_s + attn_prefill_s + attn_decode_s + comm_s + self.overhead_s
         return IterationCost(time_s, gemm_s, attn_prefill_s, attn_decode_s, comm_s, self.overhead_s, flops, nbytes)
 
@@ -219,6 +241,13 @@ class CostModel:
         empty batch costs nothing."""
         return self._rates.cost(prefill_lens, prefill_ctx, decode_ctx)
 
+    def step_time(self, prefill_lens: list[int], prefill_ctx: list[int], num_decodes: int,
+                  decode_ctx_tokens: int) -> float:
+        """`iteration(...).time_s` from Python lists of the prefill chunks and the decodes'
+        count and total cached context (a decode's cost is linear in its context), without
+        building arrays or the breakdown: the engine calls this once or twice an iteration."""
+        return self._rates.step_time(prefill_lens, prefill_ctx, num_decodes, decode_ctx_tokens)
+
     def prefill_time(self, num_tokens: int) -> float:
         """One prompt of `num_tokens`, prefilled whole in one iteration."""
         return self._rates.cost(np.array([num_tokens]), np.zeros(1, np.int64), _EMPTY).time_s
@@ -232,9 +261,12 @@ class CostModel:
         `batch` tokens per ideal iteration; the achieved rate divided by it is the roofline share."""
         return batch / self._ideal.cost(_EMPTY, _EMPTY, np.full(batch, ctx, np.int64)).time_s
 
-    def kv_transfer_s(self, num_tokens: int, link: Link) -> float:
+    def kv_transfer_s(self, num_tokens: int, link: Link, copy_tokens: int | None = None) -> float:
         """Moving `num_tokens` tokens' KV in or out of the instance (a swap over PCIe, a
-        migration over NVLink): every GPU moves its own shard over its own link, in parallel."""
+        migration over NVLink): every GPU moves its own shard over its own link, in parallel.
+        `copy_tokens`: the tokens one copy call moves, per layer and K/V tensor (vLLM swaps
+        block by block, 16 tokens a copy); each call costs `copy_latency_s` besides its bytes.
+        None: one large copy (latency ignored)."""
         if link == "pcie":
             rate = self.device.pcie_bytes_per_s * self.calibration.pcie_efficiency
         elif link == "nvlink":
@@ -245,4 +277,8 @@ class CostModel:
             raise ConfigError(f"unknown link {link!r}", field="link", hint="nvlink or pcie")
         if num_tokens < 0:
             raise ConfigError(f"cannot move {num_tokens} tokens", field="num_tokens")
-        return num_tokens * self.kv_bytes_per_token_per_gpu / rate
+        seconds = num_tokens * self.kv_bytes_per_token_per_gpu / rate
+        if copy_tokens:
+            layers = math.ceil(self.model.num_layers / self.pp)
+            seconds += 2 * layers * -(-num_tokens // copy_tokens) * self.calibration.copy_latency_s
+        return seconds
