@@ -225,6 +225,7 @@ class Instance:
         self.running: list[int] = []
         self.swapped: list[int] = []     # KV in host memory (or, role decode, arriving from elsewhere)
         self.resident_in: dict[int, bool] = {}   # swapped-queue entries whose KV needs no copy in
+        self.held: set[int] = set()      # suspended by the caller (kernel context switch)
         self.finished: list[int] = []
         self.handoff: list[int] = []
         self.iter_s: list[float] = []
@@ -300,6 +301,36 @@ class Instance:
         self.free += int(L.blocks[rid])
         L.blocks[rid] = 0
         return int(L.prefilled[rid] + L.done[rid])
+
+    def suspend(self, rid: int) -> None:
+        """Takes a request out of scheduling (the kernel's context switch): a running one is
+        preempted as the engine would (swap-out charged to the next iteration, or its KV
+        dropped for recompute); it stays out of the queues until `resume`."""
+        if rid in self.running:
+            self._preempt(rid)
+        for queue in (self.waiting, self.swapped):
+            if rid in queue:
+                queue.remove(rid)
+        self.held.add(rid)
+
+    def resume(self, rid: int) -> None:
+        """Puts a suspended request back in its queue (swapped: its KV comes back in)."""
+        self.held.discard(rid)
+        L = self.L
+        if L.host_kv[rid] and L.prefilled[rid]:
+            self._enqueue(self.swapped, rid)
+        else:
+            self._enqueue(self.waiting, rid)
+
+    def cancel(self, rid: int) -> None:
+        """Drops a request wherever it is, freeing its KV."""
+        self.held.discard(rid)
+        self.resident_in.pop(rid, None)
+        for queue in (self.running, self.waiting, self.swapped, self.handoff):
+            if rid in queue:
+                queue.remove(rid)
+        self.free += int(self.L.blocks[rid])
+        self.L.blocks[rid] = 0
 
     def release(self, rid: int) -> None:
         """Frees a handed-off request's KV (role prefill, once the decoder has pulled it)."""
