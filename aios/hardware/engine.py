@@ -95,7 +95,7 @@ class Ledger:
     """Every request's state, as arrays indexed by request id, grown on demand."""
     INT = ("prompt", "output", "priority", "target", "prefilled", "done", "blocks", "preempts", "swaps",
            "migrations", "host_kv", "prefix_in")
-    FLOAT = ("arrival", "first", "finish", "last")
+    FLOAT = ("arrival", "first", "finish", "last", "start")
 
     def __init__(self, capacity: int = 64):
         self.n = 0
@@ -158,6 +158,13 @@ class EngineResult:
     unserved: dict[int, str] = field(default_factory=dict)
     num_migrations: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     num_gpus: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)   # a driver's own counts (migrations aborted, ...)
+    scheduled_s: np.ndarray = field(default_factory=lambda: np.zeros(0))   # when each was first scheduled
+
+    @property
+    def scheduling_delay_s(self) -> np.ndarray:
+        """Arrival to first scheduled (Sarathi-Serve's capacity criterion)."""
+        return self.scheduled_s - self.arrival_s
 
     @property
     def ttft_s(self) -> np.ndarray:
@@ -459,6 +466,8 @@ class Instance:
                 self.free -= b
                 L.blocks[i] = b
                 swap_s += self._take_prefix(i)
+                if L.start[i] != L.start[i]:   # NaN: first scheduled now
+                    L.start[i] = self.now
                 pre_ids.append(i)
                 pre_len.append(todo)
                 budget -= todo
@@ -494,6 +503,8 @@ class Instance:
                 self.free -= b
                 L.blocks[i] = b
                 swap_s += self._take_prefix(i)
+                if L.start[i] != L.start[i]:
+                    L.start[i] = self.now
                 running.append(i)
                 pre_ids.append(i)
                 pre_len.append(chunk)
@@ -638,8 +649,8 @@ def result_of(ledger: Ledger, instances: list[Instance], makespan: float, num_gp
                         np.concatenate([np.asarray(x.iter_s) for x in instances]),
                         np.concatenate([np.asarray(x.iter_batch, np.int64) for x in instances]),
                         np.concatenate([np.asarray(x.iter_tokens, np.int64) for x in instances]),
-                        tbt, tbt_w, makespan, sum(x.num_blocks for x in instances), dict(ledger.unserved),
-                        ledger.migrations[:n].copy(), num_gpus)
+                        tbt, tbt_w, float(makespan), sum(x.num_blocks for x in instances), dict(ledger.unserved),
+                        ledger.migrations[:n].copy(), num_gpus, {}, ledger.start[:n].copy())
 
 
 class Engine:

@@ -63,18 +63,30 @@ def capacity(run_at: Callable[[float], EngineResult], slo: SLO, *, target: float
     """The highest arrival rate in [low, high] whose run meets `target` attainment, by
     bisection (attainment is taken to fall as the rate rises). `run_at(rate)` simulates
     the workload at that rate. If even `low` misses, the answer is 0 with the reason."""
-    if not 0 < target <= 1 or not 0 < low < high:
-        raise ConfigError("capacity needs 0 < target <= 1 and 0 < low < high", field="target")
+    if not 0 < target <= 1:
+        raise ConfigError(f"an attainment target must be in (0, 1], not {target}", field="target")
+    return max_rate(run_at, lambda r: attainment(r, slo), target, low=low, high=high, rel_tol=rel_tol,
+                    max_probes=max_probes, what="meets the SLO for only {score:.0%} of requests (target {target:.0%})")
+
+
+def max_rate(run_at: Callable[[float], EngineResult], score: Callable[[EngineResult], float], target: float, *,
+             low: float = 0.1, high: float = 64.0, rel_tol: float = 0.03, max_probes: int = 20,
+             what: str = "scores {score:.3g} (target {target:.3g})") -> Capacity:
+    """The highest rate in [low, high] whose run has `score(result) >= target`, by bisection
+    on a log scale (the score is taken to fall as the rate rises). `what` words a miss at
+    `low` for the reason (formatted with score and target)."""
+    if not 0 < low < high or not target > 0:
+        raise ConfigError("a rate search needs 0 < low < high and a positive target", field="target")
     probes: list[tuple[float, float]] = []
 
     def meets(rate: float) -> bool:
-        a = attainment(run_at(rate), slo)
+        a = score(run_at(rate))
         probes.append((rate, a))
         return a >= target
 
     if not meets(low):
-        return Capacity(0.0, probes[-1][1], f"even {low:g} requests/s meets the SLO for only "
-                        f"{probes[-1][1]:.0%} of requests (target {target:.0%})", tuple(probes))
+        return Capacity(0.0, probes[-1][1], f"even {low:g} requests/s " + what.format(score=probes[-1][1], target=target),
+                        tuple(probes))
     if meets(high):
         return Capacity(high, probes[-1][1], f"the search's upper end {high:g} requests/s still meets it",
                         tuple(probes))
