@@ -38,6 +38,7 @@ BENCHES = {
     "kernel": "Kernel overhead, scheduling speedup, fairness, priority latency, context switch cost.",
     "server": "The daemon over HTTP: throughput, HTTP overhead, spawn latency, start time, memory.",
     "compiler": "LLMCompiler vs ReAct vs parallel function calling: latency, tokens, critical path (--plot: Gantt).",
+    "hardware": "The serving papers' comparisons on the simulator, and its speed (--plot: published vs simulated).",
 }
 
 

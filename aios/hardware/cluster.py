@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aios.errors import ConfigError
-from aios.hardware.engine import EngineConfig, EngineResult, Instance, Ledger, result_of
+from aios.hardware.engine import EngineConfig, EngineResult, Instance, Ledger, result_of, virtual_engines
 from aios.hardware.workload import Workload
 
 Dispatch = Literal["round_robin", "least_load", "llumnix"]
@@ -131,7 +131,7 @@ class Cluster:
     def run(self, w: Workload, progress: Callable[[int], None] | None = None) -> EngineResult:
         cfg = self.cluster
         ledger = Ledger.of(w)
-        insts = [Instance(self.cost, self.engine, ledger, name=str(k)) for k in range(self.num_instances)]
+        insts = [v for k in range(self.num_instances) for v in virtual_engines(self.cost, self.engine, ledger, str(k))]
         loop = _Loop(insts, cfg.max_events)
         rr = itertools.count()
         migrating: set[int] = set()
@@ -163,11 +163,14 @@ class Cluster:
             if any(x.has_work() for x in insts) or loop.events:
                 loop.at(t + cfg.poll_s, poll)
             f = {id(x): freeness(x) for x in insts}
-            sources = sorted((x for x in insts if f[id(x)] < cfg.migrate_out_freeness and x.running),
-                             key=lambda x: f[id(x)])
-            dests = sorted((x for x in insts if f[id(x)] > cfg.migrate_in_freeness), key=lambda x: -f[id(x)])
-            for src, dst in zip(sources, dests, strict=False):
-                start_migration(src, dst, t)
+            ranked = sorted(insts, key=lambda x: f[id(x)])
+            # the least free sends to the freest, the next to the next, while they stay apart
+            for src, dst in zip(ranked, reversed(ranked), strict=True):
+                if src is dst or f[id(src)] >= f[id(dst)] or f[id(src)] >= cfg.migrate_out_freeness \
+                        or f[id(dst)] <= cfg.migrate_in_freeness:
+                    break
+                if src.running:
+                    start_migration(src, dst, t)
 
         def start_migration(src: Instance, dst: Instance, t: float) -> None:
             # the cheapest request to move: the running one with the least KV, lowest priority first
@@ -251,8 +254,8 @@ class DistServe:
     def run(self, w: Workload, progress: Callable[[int], None] | None = None) -> EngineResult:
         p = self.placement
         ledger = Ledger.of(w)
-        pre = [Instance(p.prefill_cost, self.prefill_engine, ledger, name=f"p{k}") for k in range(p.num_prefill)]
-        dec = [Instance(p.decode_cost, self.decode_engine, ledger, name=f"d{k}") for k in range(p.num_decode)]
+        pre = [v for k in range(p.num_prefill) for v in virtual_engines(p.prefill_cost, self.prefill_engine, ledger, f"p{k}")]
+        dec = [v for k in range(p.num_decode) for v in virtual_engines(p.decode_cost, self.decode_engine, ledger, f"d{k}")]
         loop = _Loop(pre + dec, 100_000_000)
 
         def on_arrival(rid: int, t: float) -> None:

@@ -219,9 +219,13 @@ class Instance:
     prompt is in to `handoff`; `on_token`, if set, is called after every step with the
     step's end time (the live backend wakes its streams with it)."""
 
-    def __init__(self, cost: Any, config: EngineConfig, ledger: Ledger, name: str = "0"):
+    def __init__(self, cost: Any, config: EngineConfig, ledger: Ledger, name: str = "0", share: float = 1.0):
         self.cost, self.config, self.L, self.name = cost, config, ledger, name
-        self.num_blocks = int(cost.kv_capacity_tokens(config.gpu_memory_utilization) // config.block_size)
+        # pipeline parallelism: a batch crosses pp stages, so a token takes pp stage times;
+        # a pp-stage instance runs as pp virtual engines (`virtual_engines`), each with 1/pp
+        # of the KV blocks, whose batches follow each other through the stages
+        self.stages = int(getattr(cost, "pp", 1))
+        self.num_blocks = int(cost.kv_capacity_tokens(config.gpu_memory_utilization) * share // config.block_size)
         if self.num_blocks < 1:
             raise ConfigError("no room for the KV cache next to the weights",
                               hint="use a device with more memory, or more tensor parallelism")
@@ -536,7 +540,8 @@ class Instance:
 
         # ---- the iteration's time, and how many identical decode iterations one jump covers
         dec_ctx = int(ctx.sum())
-        compute = self.cost.step_time(pre_len, L.prefilled[pre_ids].tolist() if pre_ids else [], num_dec, dec_ctx)
+        compute = self.stages * self.cost.step_time(pre_len, L.prefilled[pre_ids].tolist() if pre_ids else [],
+                                                    num_dec, dec_ctx)
         t0 = max(compute, swap_s) if cfg.swap_overlap else compute + swap_s
         k = 1
         if not pre_ids and num_dec and not self._blocked_queue_can_move():
@@ -547,7 +552,7 @@ class Instance:
                 while k > 1 and int((-(-(ctx + k) // cfg.block_size) - L.blocks[dec]).sum()) > self.free:
                     k //= 2
         if k > 1:
-            slope = self.cost.step_time(pre_len, [], num_dec, dec_ctx + num_dec) - compute
+            slope = self.stages * self.cost.step_time(pre_len, [], num_dec, dec_ctx + num_dec) - compute
             durations = t0 + slope * np.arange(k)
             if horizon < _INF:   # stop at the first iteration that starts after the horizon
                 starts = np.cumsum(durations[:-1])
@@ -641,6 +646,16 @@ class Instance:
         self.swapped.clear()
 
 
+def virtual_engines(cost: Any, config: EngineConfig, ledger: Ledger, name: str = "0") -> list[Instance]:
+    """One serving instance as the engines a scheduler sees: one, or with pipeline
+    parallelism pp, pp virtual engines sharing the KV memory (vLLM's virtual engines), so
+    that pp batches are in flight at once, one per stage."""
+    pp = int(getattr(cost, "pp", 1))
+    if pp == 1:
+        return [Instance(cost, config, ledger, name)]
+    return [Instance(cost, config, ledger, f"{name}.{k}", share=1 / pp) for k in range(pp)]
+
+
 def result_of(ledger: Ledger, instances: list[Instance], makespan: float, num_gpus: int = 1) -> EngineResult:
     n = ledger.n
     tbt, tbt_w = ledger.tbt()
@@ -668,6 +683,9 @@ class Engine:
                               hint="use a device with more memory, or more tensor parallelism")
 
     def run(self, w: Workload) -> EngineResult:
+        if int(getattr(self.cost, "pp", 1)) > 1:   # pp virtual engines: a cluster of one instance
+            from aios.hardware.cluster import Cluster, ClusterConfig
+            return Cluster(self.cost, self.config, 1, ClusterConfig(dispatch="least_load", migration=False)).run(w)
         ledger = Ledger.of(w)
         inst = Instance(self.cost, self.config, ledger)
         arrivals = w.arrival_s.tolist()   # Python floats: scalar reads in the loop are cheaper

@@ -134,6 +134,11 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             Lengths.lognormal(322 / math.exp(0.9**2 / 2), 0.9, cap=4096),
             "ShareGPT means from NanoFlow's trace table: 246 prompt, 322 output tokens; lognormal with "
             "sigma 1.0 / 0.9 (assumed), medians set so the means match"),
+    Dataset("sharegpt_vllm", Lengths.lognormal(161.31 / math.exp(1.0**2 / 2), 1.0, cap=1024),
+            Lengths.lognormal(337.99 / math.exp(0.9**2 / 2), 0.9, cap=1024),
+            "ShareGPT as the vLLM paper samples it (Fig. 11a): mean 161.31 prompt, 337.99 output tokens; "
+            "lognormal with sigma 1.0 / 0.9 (assumed), medians set so the means match; each capped at 1024 "
+            "so that a request fits OPT's 2048 context"),
     Dataset("humaneval", Lengths.lognormal(150, 0.4, cap=1024), Lengths.lognormal(120, 0.5, cap=1024),
             "HumanEval-like code completion (DistServe's code workload): short prompts and outputs; "
             "medians 150 / 120 and sigmas are assumptions (the problems' prompts are 100-300 tokens)"),
