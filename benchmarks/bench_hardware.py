@@ -281,7 +281,7 @@ def speed(quick: bool, seed: int) -> dict[str, Any]:
            "sim_iterations_per_s": round(len(result.iter_s) / t10k),
            "sim_10k_iterations": len(result.iter_s), "vidur_10k_requests_s": [5.2, 5.9]}
     n = 20_000 if quick else 100_000
-    big = synthetic(n, Arrivals("poisson", 24.0), *_lengths("sharegpt"), seed=seed)
+    big = synthetic(n, Arrivals("poisson", 14.0), *_lengths("sharegpt"), seed=seed)
     t = time.perf_counter()
     Cluster(cost_of("llama-7b", "a10"), EngineConfig(max_seq_len=4096), 16, ClusterConfig()).run(big)
     out["sim_llumnix_100k_s" if not quick else "sim_llumnix_20k_s"] = round(time.perf_counter() - t, 2)

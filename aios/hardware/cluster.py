@@ -81,27 +81,40 @@ class _Loop:
         if not inst.has_work():
             inst.now = max(inst.now, t)
 
+    def added(self, inst: Instance) -> None:
+        """Call after giving an instance work: it joins the run queue at its clock."""
+        if inst.has_work():
+            heapq.heappush(self._queue, (inst.now, self._index[id(inst)]))
+
     def run(self, arrivals: list[float], on_arrival: Callable[[int, float], None],
             on_step: Callable[[Instance], None]) -> float:
         n, j = len(arrivals), 0
         insts = self.instances
+        # busy instances by their clock: (now, index); an entry is stale once its instance
+        # moved on or went idle, and is then skipped
+        index = {id(x): k for k, x in enumerate(insts)}
+        queue = [(x.now, k) for k, x in enumerate(insts) if x.has_work()]
+        heapq.heapify(queue)
+        self._queue, self._index = queue, index
         for _ in range(self.max_events):
             t_evt = arrivals[j] if j < n else _INF
             if self.events and self.events[0][0] < t_evt:
                 t_evt = self.events[0][0]
-            # the busy instance furthest behind runs next, up to the next event
-            lag: Instance | None = None
-            for x in insts:
-                if x.has_work() and x.now < t_evt and (lag is None or x.now < lag.now):
-                    lag = x
-            if lag is not None:
+            while queue and (queue[0][0] != insts[queue[0][1]].now or not insts[queue[0][1]].has_work()):
+                heapq.heappop(queue)
+            if queue and queue[0][0] < t_evt:
+                _, k = heapq.heappop(queue)
+                lag = insts[k]
                 before = (len(lag.iter_s), lag.now)
                 lag.step(t_evt)
                 if (len(lag.iter_s), lag.now) == before:   # nothing fits until something changes
-                    lag.now = t_evt if t_evt < _INF else lag.now
                     if t_evt == _INF:
                         lag.give_up("could not be scheduled: no KV room was ever free for it")
+                    else:
+                        lag.now = t_evt
                 on_step(lag)
+                if lag.has_work():
+                    heapq.heappush(queue, (lag.now, k))
                 continue
             if t_evt == _INF:
                 break
@@ -138,14 +151,14 @@ class Cluster:
         stats = {"migrations": 0, "aborted": 0}
 
         def freeness(x: Instance) -> float:
-            """(free blocks - queued demand - headroom) / running requests: decode steps left."""
-            room = x.free - x.demand_blocks()
+            """(free blocks - head-of-line demand - headroom) / running requests: decode steps left."""
+            room = x.free - x.head_demand_blocks()
             if cfg.priority_headroom_blocks:
                 room -= cfg.priority_headroom_blocks * sum(1 for r in x.running if ledger.priority[r] > 0)
             return room / max(1, len(x.running))
 
         def load(x: Instance) -> float:
-            return (x.used_blocks() + x.demand_blocks()) / x.num_blocks
+            return (x.used_blocks() + x.head_demand_blocks()) / x.num_blocks
 
         def on_arrival(rid: int, t: float) -> None:
             if cfg.dispatch == "round_robin":
@@ -156,6 +169,7 @@ class Cluster:
                 x = max(insts, key=freeness)
             loop.wake(x, t)
             x.add(rid)
+            loop.added(x)
             if progress is not None:
                 progress(1)
 
@@ -209,6 +223,7 @@ class Cluster:
                 dst.free += need
                 loop.wake(dst, t3)
                 dst.add(r, resident=True)
+                loop.added(dst)
             loop.at(t + down, land)
 
         if cfg.migration and cfg.dispatch == "llumnix" and len(w):
@@ -259,10 +274,11 @@ class DistServe:
         loop = _Loop(pre + dec, 100_000_000)
 
         def on_arrival(rid: int, t: float) -> None:
-            x = min(pre, key=lambda y: (len(y.waiting) + len(y.running), y.demand_blocks()))
+            x = min(pre, key=lambda y: (len(y.waiting) + len(y.running), y.used_blocks()))
             loop.wake(x, t)
             if not x.add(rid):
                 return
+            loop.added(x)
             if progress is not None:
                 progress(1)
 
@@ -270,7 +286,7 @@ class DistServe:
             if not x.handoff:
                 return
             for rid in x.handoff:
-                d = min(dec, key=lambda y: (y.used_blocks() + y.demand_blocks()) / y.num_blocks)
+                d = min(dec, key=lambda y: (y.used_blocks() + y.head_demand_blocks()) / y.num_blocks)
                 why = d.fits_ever(rid)
                 if why:
                     x.release(rid)
@@ -285,6 +301,7 @@ class DistServe:
                     src.release(rid)
                     loop.wake(d, t)
                     d.add(rid, resident=True)
+                    loop.added(d)
                 loop.at(x.now + t_xfer, land)
             x.handoff.clear()
 

@@ -359,11 +359,20 @@ class Instance:
     def used_blocks(self) -> int:
         return self.num_blocks - self.free
 
+    def head_demand_blocks(self) -> int:
+        """Blocks the head-of-line queued request needs to start (0 with an empty queue):
+        the queued part of Llumnix's virtual usage."""
+        head = self._head()
+        return 0 if head is None else self._start_blocks(head)
+
     def demand_blocks(self) -> int:
         """Blocks the queued requests would take to start (their prompts; swapped: all KV)."""
-        L = self.L
-        return (sum(self.need_blocks(int(L.target[r]) + 1) for r in self.waiting)
-                + sum(self.need_blocks(int(L.prefilled[r] + L.done[r]) + 1) for r in self.swapped))
+        L, bs, total = self.L, self.config.block_size, 0
+        if self.waiting:
+            total += int((-(-(L.target[self.waiting] + 1) // bs)).sum())
+        if self.swapped:
+            total += int((-(-(L.prefilled[self.swapped] + L.done[self.swapped] + 1) // bs)).sum())
+        return total
 
     # ---- swaps
 
