@@ -68,7 +68,7 @@ class IterationCost:
 class _Rates:
     """The per-model constants of one (model, device, tp, pp, dtype, calibration), folded
     into seconds per unit, so that an iteration costs a few multiply-adds."""
-    __slots__ = ("ar_latency_s", "ar_s_per_token", "attn_flops_per_pair", "dec_byte_s", "elem_bytes_per_token",
+    __slots__ = ("_decode_base", "ar_latency_s", "dec_s_per_ctx_token", "ar_s_per_token", "attn_flops_per_pair", "dec_byte_s", "elem_bytes_per_token",
                  "elem_s", "gemm_act_bytes_per_token", "gemm_flops_per_token", "gemm_weight_bytes", "gemms",
                  "kv_bytes", "layers", "lm_act_bytes_per_seq", "lm_flops_per_seq", "lm_head", "lm_weight_bytes",
                  "overhead_s", "pre_byte_s", "pre_flop_s", "q_bytes", "send_latency_s", "send_s_per_token")
@@ -117,6 +117,8 @@ class _Rates:
         self.send_latency_s = cal.collective_latency_s if pp > 1 else 0.0
         self.layers = math.ceil(model.num_layers / pp)
         self.overhead_s = cal.overhead_s
+        self.dec_s_per_ctx_token = self.layers * self.kv_bytes * self.dec_byte_s   # one more cached token read
+        self._decode_base: dict[int, float] = {}
 
     def terms(self, tokens: int, seqs: int, chunk_tokens: int, ctx_tokens: int, pairs: float, num_dec: int,
               read_tokens: int) -> tuple[float, float, float, float]:
@@ -142,7 +144,16 @@ class _Rates:
         return gemm_s, attn_prefill_s, attn_decode_s, comm_s
 
     def step_time(self, prefill_lens: list[int], prefill_ctx: list[int], num_dec: int, dec_ctx_tokens: int) -> float:
-        """`terms` summed with the overhead, from Python lists and sums (the engine's hot path)."""
+        """`terms` summed with the overhead, from Python lists and sums (the engine's hot path).
+        A decode-only iteration is affine in its context: its fixed part is cached by batch size."""
+        if not prefill_lens:
+            base = self._decode_base.get(num_dec)
+            if base is None:
+                if not num_dec:
+                    return 0.0
+                g, a, d, c = self.terms(num_dec, num_dec, 0, 0, 0.0, num_dec, num_dec)
+                base = self._decode_base[num_dec] = g + a + d + c + self.overhead_s
+            return base + dec_ctx_tokens * self.dec_s_per_ctx_token
         chunk_tokens = sum(prefill_lens)
         tokens = chunk_tokens + num_dec
         if not tokens:

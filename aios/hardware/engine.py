@@ -105,8 +105,8 @@ class Ledger:
         for name in self.FLOAT:
             setattr(self, name, np.full(capacity, np.nan))
         self.unserved: dict[int, str] = {}
-        self.tbt_s: list[np.ndarray] = []
-        self.tbt_w: list[np.ndarray] = []
+        self.tbt_s: list[np.ndarray] = []   # gaps between tokens, one array per step
+        self.tbt_w: list[float] = []        # the weight of every gap in the matching array
 
     @classmethod
     def of(cls, w: Workload) -> Ledger:
@@ -135,7 +135,8 @@ class Ledger:
     def tbt(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.tbt_s:
             return np.zeros(0), np.zeros(0)
-        return np.concatenate(self.tbt_s), np.concatenate(self.tbt_w)
+        sizes = np.fromiter((len(a) for a in self.tbt_s), np.int64, len(self.tbt_s))
+        return np.concatenate(self.tbt_s), np.repeat(np.asarray(self.tbt_w), sizes)
 
 
 @dataclass
@@ -591,10 +592,10 @@ class Instance:
         # the first token gap of each decode, then the uniform gaps of the rest of the run
         if num_dec:
             L.tbt_s.append(first_end - L.last[dec])
-            L.tbt_w.append(np.ones(num_dec))
+            L.tbt_w.append(1.0)
             if k > 1:
                 L.tbt_s.append(durations[1:])
-                L.tbt_w.append(np.full(k - 1, float(num_dec)))
+                L.tbt_w.append(float(num_dec))
         # ---- advance
         finished = self.finished
         for i, length in zip(pre_ids, pre_len, strict=True):
