@@ -203,3 +203,28 @@ def test_pipeline_stages_multiply_latency_and_split_memory():
     assert r.num_blocks == 2 * (5_000 // 16)
     busy = synthetic(100, Arrivals("poisson", 40.0), Lengths.uniform(10, 100), Lengths.uniform(10, 100), seed=1)
     every_request_finishes_once(Engine(StagedCost(4, capacity=10_000), EngineConfig()).run(busy))
+
+
+# ---- bad input
+
+def test_requests_no_instance_can_hold_are_reported_in_clusters():
+    w = Workload(np.array([0.0, 0.1, 0.2]), np.array([50, 9_000, 50]), np.array([10, 10, 10]))
+    r = Cluster(AffineCost(capacity=2_000), EngineConfig(), 3, ClusterConfig()).run(w)
+    assert np.isnan(r.finish_s[1]) and "KV blocks" in r.unserved[1]
+    assert not np.isnan(r.finish_s[0]) and not np.isnan(r.finish_s[2])
+    # DistServe: fits the prefill side but not the decoder
+    place = Placement(AffineCost(capacity=20_000), AffineCost(capacity=2_000), 1, 1, 1, 1)
+    d = DistServe(place, EngineConfig(), EngineConfig()).run(w)
+    assert np.isnan(d.finish_s[1]) and "KV blocks" in d.unserved[1]
+    assert np.sum(~np.isnan(d.finish_s)) + len(d.unserved) == len(w)
+
+
+def test_cluster_settings_are_checked():
+    with pytest.raises(ConfigError, match="poll_s"):
+        ClusterConfig(poll_s=0)
+    with pytest.raises(ConfigError, match="at least one instance"):
+        Cluster(AffineCost(), EngineConfig(), 0)
+    with pytest.raises(ConfigError, match="prefill and one decode"):
+        DistServe(Placement(AffineCost(), AffineCost(), 0, 1, 1, 1), EngineConfig(), EngineConfig())
+    with pytest.raises(ConfigError, match="unknown role"):
+        EngineConfig(role="both-ways")   # type: ignore[arg-type]
