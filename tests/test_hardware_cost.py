@@ -370,3 +370,16 @@ def test_a_family_overrides_only_what_it_gives(tmp_path: Path):
     assert table.for_device("h100-sxm").family == "default"
     with pytest.raises(ConfigError, match="does not exist"):
         load_calibration(tmp_path / "missing.toml")
+
+
+def test_the_eager_engine_profile_matches_sarathis_measured_iterations():
+    """Sarathi-Serve's table 2 (Yi-34B, TP2, A100-80GB): decode batch 4 68.1 ms, prefill 1024
+    217.2 ms, hybrid 1021 + 3 217.6 ms, in the eager engines the 2023-24 papers ran."""
+    cal = load_calibration().for_device("a100-80gb", engine="eager")
+    c = CostModel(get_model("yi-34b"), get_device("a100-80gb"), tp=2, calibration=cal)
+    assert c.decode_time(4, 1024) == pytest.approx(0.0681, rel=0.05)
+    assert c.prefill_time(1024) == pytest.approx(0.2172, rel=0.05)
+    assert c.step_time([1021], [0], 3, 3 * 1024) == pytest.approx(0.2176, rel=0.05)
+    assert "table-2" in cal.sources["overhead_per_layer_s"]
+    with pytest.raises(ConfigError, match="unknown engine profile"):
+        load_calibration().for_device("a100-80gb", engine="turbo")

@@ -27,7 +27,8 @@ DEFAULT = "default"
 # fraction fields must lie in (0, 1]; the rest are non-negative seconds or bytes
 FRACTIONS = ("gemm_efficiency", "hbm_efficiency", "attention_prefill_efficiency",
              "attention_decode_efficiency", "nvlink_efficiency", "pcie_efficiency")
-AMOUNTS = ("collective_latency_s", "copy_latency_s", "overhead_s", "reserved_bytes")
+AMOUNTS = ("collective_latency_s", "copy_latency_s", "overhead_s", "overhead_per_layer_s", "reserved_bytes")
+ENGINES = "engine"   # the table of engine profiles: [engine.NAME] overrides some fields on any device
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ class Calibration:
     """Fixed time of one host<->device copy call (cudaMemcpyAsync), besides its bytes."""
     overhead_s: float
     """Fixed time of one iteration: CPU scheduling, input preparation, sampling, launches."""
+    overhead_per_layer_s: float
+    """Fixed time per layer of an iteration (an engine that launches its kernels one by one)."""
     reserved_bytes: float
     """Device memory per GPU that holds neither weights nor KV (activations, CUDA context)."""
     sources: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -61,6 +64,7 @@ class Calibration:
     def ideal(self) -> Calibration:
         """The pure roofline: every efficiency 1, no fixed costs (memory reserve kept)."""
         return replace(self, family=f"{self.family} (ideal)", collective_latency_s=0.0, copy_latency_s=0.0, overhead_s=0.0,
+                       overhead_per_layer_s=0.0,
                        **{name: 1.0 for name in FRACTIONS})
 
 
@@ -70,9 +74,21 @@ class CalibrationTable:
     families: Mapping[str, Calibration]
     device_family: Mapping[str, str]
     """Lower-case device name -> family; devices not listed use the default family."""
+    engines: Mapping[str, Mapping[str, tuple[float, str]]] = field(default_factory=dict)
+    """Engine profiles: name -> {field: (value, source)} laid over any device's values."""
 
-    def for_device(self, device_name: str) -> Calibration:
-        return self.families[self.device_family.get(device_name.lower(), DEFAULT)]
+    def for_device(self, device_name: str, engine: str | None = None) -> Calibration:
+        """A device's calibration; with `engine`, that engine profile's fields over it (the
+        fixed costs of an engine of another era, say)."""
+        cal = self.families[self.device_family.get(device_name.lower(), DEFAULT)]
+        if engine is None:
+            return cal
+        if engine not in self.engines:
+            raise ConfigError(f"unknown engine profile {engine!r}", field="engine",
+                              hint=f"one of: {', '.join(sorted(self.engines)) or '(none in this file)'}")
+        over = self.engines[engine]
+        return replace(cal, family=f"{cal.family}+{engine}", **{k: v for k, (v, _) in over.items()},
+                       sources=MappingProxyType({**cal.sources, **{k: s for k, (_, s) in over.items()}}))
 
 
 def load_calibration(path: Path | None = None) -> CalibrationTable:
@@ -95,6 +111,12 @@ def _parse(path: Path) -> CalibrationTable:
     defaults = _values(path, DEFAULT, data[DEFAULT], require_all=True)
     families: dict[str, Calibration] = {}
     device_family: dict[str, str] = {}
+    engines: dict[str, Mapping[str, tuple[float, str]]] = {}
+    raw_engines = data.pop(ENGINES, {})
+    if not isinstance(raw_engines, dict) or not all(isinstance(v, dict) for v in raw_engines.values()):
+        raise ConfigError(f"{path}: [{ENGINES}] must hold profile tables [{ENGINES}.NAME]", field=ENGINES)
+    for name, raw in raw_engines.items():
+        engines[name] = MappingProxyType(_values(path, f"{ENGINES}.{name}", raw, require_all=False))
     for name, raw in data.items():
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: {name!r} is a value, not a table", field=name,
@@ -113,7 +135,7 @@ def _parse(path: Path) -> CalibrationTable:
                 raise ConfigError(f"{path}: device {device!r} is in families {device_family[device.lower()]!r} "
                                   f"and {name!r}", field=f"{name}.devices")
             device_family[device.lower()] = name
-    return CalibrationTable(MappingProxyType(families), MappingProxyType(device_family))
+    return CalibrationTable(MappingProxyType(families), MappingProxyType(device_family), MappingProxyType(engines))
 
 
 def _values(path: Path, family: str, raw: dict, *, require_all: bool) -> dict[str, tuple[float, str]]:
@@ -121,7 +143,7 @@ def _values(path: Path, family: str, raw: dict, *, require_all: bool) -> dict[st
     known = set(FRACTIONS + AMOUNTS)
     out: dict[str, tuple[float, str]] = {}
     for key, entry in raw.items():
-        if key == "devices" and family != DEFAULT:
+        if key == "devices" and family != DEFAULT and not family.startswith(f"{ENGINES}."):
             continue
         where = f"{family}.{key}"
         if key not in known:

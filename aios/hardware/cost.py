@@ -116,7 +116,7 @@ class _Rates:
         self.send_s_per_token = h * b / link if pp > 1 else 0.0
         self.send_latency_s = cal.collective_latency_s if pp > 1 else 0.0
         self.layers = math.ceil(model.num_layers / pp)
-        self.overhead_s = cal.overhead_s
+        self.overhead_s = cal.overhead_s + cal.overhead_per_layer_s * self.layers
         self.dec_s_per_ctx_token = self.layers * self.kv_bytes * self.dec_byte_s   # one more cached token read
         self._decode_base: dict[int, float] = {}
 
