@@ -128,3 +128,12 @@ def test_a_prompt_longer_than_the_iteration_budget_is_prefilled_alone(sched):
     assert np.all(~np.isnan(r.finish_s)) and not r.unserved
     # alone among prompts: vLLM's prefill iteration holds just it; Orca's also the other's decode
     assert r.iter_tokens.max() == (6_000 if sched == "vllm" else 6_001)
+
+
+def test_orca_buddy_reservations_are_power_of_two_runs_of_blocks():
+    # 100 + 40 tokens = 9 blocks of 16; a buddy allocator hands out 16
+    w = Workload(np.array([0.0]), np.array([100]), np.array([40]))
+    exact = Engine(AffineCost(capacity=16 * 9), EngineConfig(scheduler="orca", watermark=0.0)).run(w)
+    assert not exact.unserved
+    buddy = Engine(AffineCost(capacity=16 * 9), EngineConfig(scheduler="orca", orca_buddy=True, watermark=0.0)).run(w)
+    assert "needs 16 KV blocks" in buddy.unserved[0]

@@ -4,7 +4,10 @@ that forms each iteration's batch; the cost model gives each iteration's time.
 Schedulers (`EngineConfig.scheduler`):
   orca     iteration-level batching with memory reserved at admission for the request's
            whole length (`orca_reserve`: oracle = prompt + output, pow2 = the next power of
-           two, max = max_seq_len); never preempts. The baseline of the vLLM paper.
+           two, max = max_seq_len); never preempts. The baseline of the vLLM paper, whose
+           re-implementation reserved through a buddy allocator (`orca_buddy`: each
+           reservation a power-of-two run of blocks; the allocator's external fragmentation
+           is not modelled).
   vllm     continuous batching on a paged KV cache (blocks of `block_size` tokens, allocated
            as tokens are produced, above a watermark); an iteration runs either new
            prompts' prefills (FCFS, up to max_batched_tokens) or every running request's
@@ -64,6 +67,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     preemption: Literal["recompute", "swap"] = "recompute"
     orca_reserve: Literal["oracle", "pow2", "max"] = "oracle"
+    orca_buddy: bool = False            # orca: reservations in power-of-two runs of blocks (a buddy allocator)
     max_seq_len: int = 2048
     priority: bool = False              # order queues by priority; preempt lower for higher
     swap_copy_tokens: int = 0           # tokens per host<->device copy; 0 = block_size (vLLM)
@@ -161,6 +165,8 @@ class EngineResult:
     num_gpus: int = 1
     extra: dict[str, Any] = field(default_factory=dict)   # a driver's own counts (migrations aborted, ...)
     scheduled_s: np.ndarray = field(default_factory=lambda: np.zeros(0))   # when each was first scheduled
+    iter_t: np.ndarray = field(default_factory=lambda: np.zeros(0))        # each iteration's start
+    iter_resident: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def scheduling_delay_s(self) -> np.ndarray:
@@ -182,9 +188,25 @@ class EngineResult:
             return np.where(self.output_tokens > 1, (self.finish_s - self.first_token_s)
                             / np.maximum(self.output_tokens - 1, 1), np.nan)
 
-    def mean_batch(self) -> float:
-        """Sequences per iteration, weighted by iteration time (the mean concurrent batch)."""
-        return float(np.sum(self.iter_s * self.iter_batch) / max(np.sum(self.iter_s), 1e-12))
+    def mean_batch(self, start_s: float | None = None, end_s: float | None = None) -> float:
+        """Sequences per iteration, weighted by iteration time, over the iterations that
+        start in [start_s, end_s) when given."""
+        return self._time_mean(self.iter_batch, start_s, end_s)
+
+    def mean_resident(self, start_s: float | None = None, end_s: float | None = None) -> float:
+        """Requests holding KV on the GPU (running, in vLLM's terms), weighted by time: the
+        mean concurrent batch of the vLLM paper, whose prefill-only iterations still hold
+        every running request."""
+        return self._time_mean(self.iter_resident, start_s, end_s)
+
+    def _time_mean(self, values: np.ndarray, start_s: float | None, end_s: float | None) -> float:
+        keep = np.ones(len(self.iter_s), bool)
+        if start_s is not None:
+            keep &= self.iter_t >= start_s
+        if end_s is not None:
+            keep &= self.iter_t < end_s
+        s = self.iter_s[keep]
+        return float(np.sum(s * values[keep]) / max(np.sum(s), 1e-12))
 
     def tbt_quantile(self, q: float) -> float:
         if not len(self.tbt_s):
@@ -241,6 +263,8 @@ class Instance:
         self.finished: list[int] = []
         self.handoff: list[int] = []
         self.iter_s: list[float] = []
+        self.iter_t: list[float] = []    # each iteration's start
+        self.iter_resident: list[int] = []   # requests holding KV on the GPU during it
         self.iter_batch: list[int] = []
         self.iter_tokens: list[int] = []
         self.busy_s = 0.0
@@ -274,7 +298,10 @@ class Instance:
             total = max(total, cfg.max_seq_len)
         elif self._orca and cfg.orca_reserve == "pow2":
             total = 1 << (total - 1).bit_length()
-        return self.need_blocks(total)
+        blocks = self.need_blocks(total)
+        if self._orca and cfg.orca_buddy:   # the vLLM paper's Orca: a buddy allocator rounds up
+            blocks = 1 << (blocks - 1).bit_length()
+        return blocks
 
     def fits_ever(self, rid: int) -> str | None:
         """Why a request can never run here (None if it can)."""
@@ -575,19 +602,25 @@ class Instance:
             total = float(durations.sum())
             first_end = self.now + float(durations[0])
             self.iter_s.extend(durations.tolist())
+            self.iter_t.append(self.now)
+            self.iter_t.extend((self.now + np.cumsum(durations[:-1])).tolist())
         else:
             total = t0
             first_end = self.now + t0
             self.iter_s.append(t0)
+            self.iter_t.append(self.now)
         end = self.now + total
         batch = num_dec + len(pre_ids)
         tokens = num_dec + sum(pre_len)
+        resident = len(running) + (0 if cfg.scheduler == "sarathi" else len(pre_ids))
         if k > 1:
             self.iter_batch.extend([batch] * k)
             self.iter_tokens.extend([tokens] * k)
+            self.iter_resident.extend([resident] * k)
         else:
             self.iter_batch.append(batch)
             self.iter_tokens.append(tokens)
+            self.iter_resident.append(resident)
         self.busy_s += total
         # the first token gap of each decode, then the uniform gaps of the rest of the run
         if num_dec:
@@ -675,7 +708,9 @@ def result_of(ledger: Ledger, instances: list[Instance], makespan: float, num_gp
                         np.concatenate([np.asarray(x.iter_batch, np.int64) for x in instances]),
                         np.concatenate([np.asarray(x.iter_tokens, np.int64) for x in instances]),
                         tbt, tbt_w, float(makespan), sum(x.num_blocks for x in instances), dict(ledger.unserved),
-                        ledger.migrations[:n].copy(), num_gpus, {}, ledger.start[:n].copy())
+                        ledger.migrations[:n].copy(), num_gpus, {}, ledger.start[:n].copy(),
+                        np.concatenate([np.asarray(x.iter_t) for x in instances]),
+                        np.concatenate([np.asarray(x.iter_resident, np.int64) for x in instances]))
 
 
 class Engine:

@@ -38,11 +38,20 @@ class Lengths:
     low: int = 1
     cap: int = 1 << 20          # uniform and zipf: the upper end
     source: str = ""
+    mean: float = 0.0           # zipf: if > 0, each sample set is rescaled to this mean (Llumnix's generator)
+    points: tuple[tuple[float, float], ...] = ()   # quantiles: (probability, length), linear between
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "uniform", "lognormal", "zipf"):
+        if self.kind not in ("fixed", "uniform", "lognormal", "zipf", "quantiles"):
             raise ConfigError(f"unknown length distribution {self.kind!r}", field="kind",
-                              hint="one of: fixed, uniform, lognormal, zipf")
+                              hint="one of: fixed, uniform, lognormal, zipf, quantiles")
+        if self.kind == "quantiles":
+            qs = [q for q, _ in self.points]
+            vs = [v for _, v in self.points]
+            if len(qs) < 2 or qs[0] != 0 or qs[-1] != 1 or any(b <= a for a, b in zip(qs, qs[1:], strict=False)) \
+                    or any(b < a for a, b in zip(vs, vs[1:], strict=False)):
+                raise ConfigError("quantile points need probabilities rising from 0 to 1 and lengths that never fall",
+                                  field="points")
         if self.low < 1 or self.cap < self.low:
             raise ConfigError(f"lengths need 1 <= low <= cap, got low={self.low}, cap={self.cap}", field="low")
         if self.kind in ("fixed", "lognormal") and not self.value >= 1:
@@ -72,6 +81,18 @@ class Lengths:
     def zipf(cls, a: float, low: int, high: int) -> Lengths:
         return cls("zipf", a, low=low, cap=high)
 
+    @classmethod
+    def quantiles(cls, probabilities: list[float], lengths: list[float], *, cap: int = 1 << 20, source: str = "") -> Lengths:
+        """An empirical distribution given by its quantiles (inverse CDF, linear between)."""
+        return cls("quantiles", cap=cap, source=source, points=tuple(zip(probabilities, lengths, strict=True)))
+
+    @classmethod
+    def zipf_mean(cls, a: float, mean: float, cap: int) -> Lengths:
+        """Power-law lengths as Llumnix's benchmark generates them: ranks 1 .. 2 mean - 1
+        drawn with probability proportional to rank^-a, the sample rescaled (rounding up) so
+        that its mean is `mean`, then capped at `cap` (which lowers the mean a little)."""
+        return cls("zipf", a, low=1, cap=cap, mean=mean)
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         match self.kind:
             case "fixed":
@@ -80,6 +101,15 @@ class Lengths:
                 out = rng.integers(self.low, self.cap + 1, size=n)
             case "lognormal":
                 out = np.rint(self.value * np.exp(rng.normal(0.0, self.sigma, size=n)))
+            case "quantiles":
+                qs, vs = zip(*self.points, strict=True)
+                out = np.rint(np.interp(rng.random(n), qs, vs))
+            case _ if self.mean > 0:   # zipf over ranks 1 .. 2 mean - 1, rescaled to the mean
+                ranks = np.arange(1, max(2, int(2 * self.mean)))
+                weights = ranks ** -self.value
+                out = rng.choice(ranks, size=n, p=weights / weights.sum())
+                if n:
+                    out = np.ceil(out * (self.mean / out.mean()))
             case _:   # zipf: numpy's is unbounded; shift it to start at `low`
                 out = self.low - 1 + rng.zipf(self.value, size=n)
         return np.clip(out, self.low, self.cap).astype(np.int64)
@@ -120,7 +150,16 @@ class Dataset:
     prompt: Lengths
     output: Lengths
     source: str
+    max_total: int = 0          # pairs with prompt + output above it are redrawn (0: no limit)
 
+
+# quantiles of the vLLM paper's ShareGPT lengths (OPT tokenizer, pairs with prompt + output <= 2048)
+SHAREGPT_VLLM_Q = (0, .05, .1, .15, .2, .25, .3, .35, .4, .45, .5, .55, .6, .65, .7, .75, .8, .85, .9, .92, .94, .96,
+                   .98, .99, .995, 1)
+SHAREGPT_VLLM_PROMPT = (1, 7, 9, 11, 13, 15, 18, 21, 24, 29, 35, 44, 55, 71, 94, 133, 203, 324, 507, 620, 775, 986,
+                        1230, 1464, 1639, 2028)
+SHAREGPT_VLLM_OUTPUT = (1, 22, 45, 75, 101, 128, 157, 188, 216, 244, 271, 300, 330, 364, 405, 458, 525, 619, 754,
+                        786, 846, 961, 1139, 1280, 1443, 2009)
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("sharegpt4", Lengths.from_median_p90(1730, 5696, cap=8192), Lengths.lognormal(415, 0.8, cap=8192),
@@ -134,11 +173,12 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             Lengths.lognormal(322 / math.exp(0.9**2 / 2), 0.9, cap=4096),
             "ShareGPT means from NanoFlow's trace table: 246 prompt, 322 output tokens; lognormal with "
             "sigma 1.0 / 0.9 (assumed), medians set so the means match"),
-    Dataset("sharegpt_vllm", Lengths.lognormal(161.31 / math.exp(1.0**2 / 2), 1.0, cap=1024),
-            Lengths.lognormal(337.99 / math.exp(0.9**2 / 2), 0.9, cap=1024),
-            "ShareGPT as the vLLM paper samples it (Fig. 11a): mean 161.31 prompt, 337.99 output tokens; "
-            "lognormal with sigma 1.0 / 0.9 (assumed), medians set so the means match; each capped at 1024 "
-            "so that a request fits OPT's 2048 context"),
+    Dataset("sharegpt_vllm", Lengths.quantiles(list(SHAREGPT_VLLM_Q), list(SHAREGPT_VLLM_PROMPT)),
+            Lengths.quantiles(list(SHAREGPT_VLLM_Q), list(SHAREGPT_VLLM_OUTPUT)),
+            "ShareGPT as the vLLM paper samples it: pairs with prompt + output <= 2048 (OPT's context), "
+            "mean 161.31 prompt and 337.99 output tokens; drawn from 26 quantiles of each length computed "
+            "from the paper's artifact (sosp-ae-39/sosp-ae-astra, datasets/sharegpt_opt_text_completion_"
+            "length.pkl, 79,731 pairs), independently (their correlation is 0.04)", max_total=2048),
     Dataset("humaneval", Lengths.lognormal(150, 0.4, cap=1024), Lengths.lognormal(120, 0.5, cap=1024),
             "HumanEval-like code completion (DistServe's code workload): short prompts and outputs; "
             "medians 150 / 120 and sigmas are assumptions (the problems' prompts are 100-300 tokens)"),
@@ -197,17 +237,32 @@ class Workload:
 
 
 def synthetic(n: int, arrivals: Arrivals, prompt: Lengths, output: Lengths, *, seed: int = 0,
-              source: str = "") -> Workload:
-    """`n` requests: arrival times, then prompt and output lengths, from one seeded generator."""
+              source: str = "", max_total: int = 0) -> Workload:
+    """`n` requests: arrival times, then prompt and output lengths, from one seeded generator;
+    with `max_total`, a pair longer than that is redrawn (as a dataset filtered by context)."""
     if n < 0:
         raise ConfigError("a workload needs n >= 0 requests", field="n")
     rng = np.random.default_rng(seed)
-    return Workload(arrivals.sample(rng, n), prompt.sample(rng, n), output.sample(rng, n), source=source)
+    arrival = arrivals.sample(rng, n)
+    p, o = prompt.sample(rng, n), output.sample(rng, n)
+    if max_total:
+        if max_total < 2:
+            raise ConfigError("max_total must leave room for one prompt and one output token", field="max_total")
+        for _ in range(100):
+            bad = np.flatnonzero(p + o > max_total)
+            if not len(bad):
+                break
+            p[bad], o[bad] = prompt.sample(rng, len(bad)), output.sample(rng, len(bad))
+        else:
+            raise ConfigError(f"the lengths rarely fit max_total={max_total}", field="max_total",
+                              hint="raise max_total or shorten the length distributions")
+    return Workload(arrival, p, o, source=source)
 
 
 def from_dataset(name: str, n: int, arrivals: Arrivals, *, seed: int = 0) -> Workload:
     d = dataset(name)
-    return synthetic(n, arrivals, d.prompt, d.output, seed=seed, source=f"{d.name}: {d.source}")
+    return synthetic(n, arrivals, d.prompt, d.output, seed=seed, source=f"{d.name}: {d.source}",
+                     max_total=d.max_total)
 
 
 def sessions(num_sessions: int, arrivals: Arrivals, prompt: Lengths, output: Lengths, *, mean_turns: float = 5.5,
