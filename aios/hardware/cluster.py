@@ -50,8 +50,9 @@ class ClusterConfig:
     dispatch: Dispatch = "llumnix"
     migration: bool = True
     poll_s: float = 0.05                    # Llumnix's polling interval (repo default)
-    migrate_out_freeness: float = 3.0       # below: the instance sends a request out
-    migrate_in_freeness: float = 10.0       # above: the instance may take one in
+    migrate_out_freeness: float = 3.0       # below: the instance sends a request out (Llumnix's threshold)
+    migrate_in_freeness: float = 3.0        # above: the instance may take one in
+    migrate_every_polls: int = 4            # pairs are formed every this many polls (Llumnix: 4)
     migration_link: Literal["nvlink", "pcie"] = "pcie"
     priority_headroom_blocks: int = 0       # virtual usage added per running high-priority request
     max_events: int = 100_000_000
@@ -151,22 +152,25 @@ class Cluster:
         stats = {"migrations": 0, "aborted": 0}
 
         def freeness(x: Instance) -> float:
-            """(free blocks - head-of-line demand - headroom) / running requests: decode steps left."""
-            room = x.free - x.head_demand_blocks()
+            """Llumnix's freeness for migration: blocks per running request (one more while
+            requests queue) left after the queued requests' demand and high-priority headroom."""
+            room = x.free - x.demand_blocks()
             if cfg.priority_headroom_blocks:
                 room -= cfg.priority_headroom_blocks * sum(1 for r in x.running if ledger.priority[r] > 0)
-            return room / max(1, len(x.running))
+            return room / (len(x.running) + (1 if x.waiting or x.swapped else 0) or 1)
 
-        def load(x: Instance) -> float:
-            return (x.used_blocks() + x.head_demand_blocks()) / x.num_blocks
+        def dispatch_freeness(x: Instance, defrag: bool) -> float:
+            """Free blocks (less the queued demand, with `defrag`) per request on the instance."""
+            room = x.free - (x.demand_blocks() if defrag else 0)
+            return room / max(1, len(x.running) + len(x.waiting) + len(x.swapped))
 
         def on_arrival(rid: int, t: float) -> None:
             if cfg.dispatch == "round_robin":
                 x = insts[next(rr) % len(insts)]
-            elif cfg.dispatch == "least_load":
-                x = min(insts, key=load)
+            elif cfg.dispatch == "least_load":   # INFaaS++: load-aware, queued demand not counted
+                x = max(insts, key=lambda y: dispatch_freeness(y, False))
             else:
-                x = max(insts, key=freeness)
+                x = max(insts, key=lambda y: dispatch_freeness(y, True))
             loop.wake(x, t)
             x.add(rid)
             loop.added(x)
@@ -175,7 +179,7 @@ class Cluster:
 
         def poll(t: float) -> None:
             if any(x.has_work() for x in insts) or loop.events:
-                loop.at(t + cfg.poll_s, poll)
+                loop.at(t + cfg.poll_s * cfg.migrate_every_polls, poll)
             f = {id(x): freeness(x) for x in insts}
             ranked = sorted(insts, key=lambda x: f[id(x)])
             # the least free sends to the freest, the next to the next, while they stay apart
@@ -187,11 +191,13 @@ class Cluster:
                     start_migration(src, dst, t)
 
         def start_migration(src: Instance, dst: Instance, t: float) -> None:
-            # the cheapest request to move: the running one with the least KV, lowest priority first
-            movable = [r for r in src.running if r not in migrating and ledger.prefilled[r] >= ledger.target[r]]
+            # Llumnix's LCFS: the most recently admitted running request that is decoding and
+            # not of high priority
+            movable = [r for r in src.running if r not in migrating and ledger.prefilled[r] >= ledger.target[r]
+                       and ledger.priority[r] <= 0]
             if not movable:
                 return
-            r = min(movable, key=lambda q: (int(ledger.priority[q]), int(ledger.prefilled[q] + ledger.done[q])))
+            r = max(movable, key=lambda q: (float(ledger.start[q]), q))
             ctx = int(ledger.prefilled[r] + ledger.done[r])
             reserve = src.need_blocks(ctx + 2 * src.config.block_size)
             if dst.free - reserve < dst.watermark:

@@ -4,7 +4,9 @@ FastSwitch (fairness-aware serving, where priority changes force frequent KV swa
 `Conversations(cost, engine, updates).run(workload)`: the workload's sessions (see
 `workload.sessions`) are released turn by turn: the first turn at its arrival, each later
 turn a think time after the previous reply finished (the think time is the gap the
-workload put between the turns' arrivals). Every `updates.interval_s` the priorities of the
+workload put between the turns' arrivals). Every `updates.interval_s` (or, with
+`updates.per_iteration`, at each iteration with that probability: FastSwitch's "update
+frequency") the priorities of the
 live conversations are redrawn (`pattern`: "random" draws each anew, "markov" moves each one
 level up or down with probability `markov_move`), and the instance re-sorts its queues and
 preempts by priority (`EngineConfig.priority` must be on).
@@ -28,7 +30,8 @@ from aios.hardware.workload import Workload
 
 @dataclass(frozen=True, slots=True)
 class PriorityUpdates:
-    interval_s: float = 0.0          # 0: priorities never change
+    interval_s: float = 0.0          # 0: priorities never change (unless per_iteration)
+    per_iteration: float = 0.0       # else: the chance that an iteration is followed by a redraw
     levels: int = 4
     pattern: Literal["random", "markov"] = "random"
     markov_move: float = 0.5
@@ -37,13 +40,15 @@ class PriorityUpdates:
     def __post_init__(self) -> None:
         if self.interval_s < 0 or self.levels < 1:
             raise ConfigError("priority updates need interval_s >= 0 and levels >= 1", field="interval_s")
+        if not 0 <= self.per_iteration <= 1:
+            raise ConfigError("per_iteration is a probability in [0, 1]", field="per_iteration")
         if self.pattern not in ("random", "markov"):
             raise ConfigError(f"unknown priority pattern {self.pattern!r}", field="pattern", hint="random or markov")
 
 
 class Conversations:
     def __init__(self, cost: Any, engine: EngineConfig, updates: PriorityUpdates | None = None):
-        if not engine.priority and updates is not None and updates.interval_s:
+        if not engine.priority and updates is not None and (updates.interval_s or updates.per_iteration):
             raise ConfigError("priority updates need EngineConfig(priority=True)", field="priority")
         self.cost, self.engine, self.updates = cost, engine, updates or PriorityUpdates()
 
@@ -114,6 +119,10 @@ class Conversations:
                 if progress is not None and inst.finished:
                     progress(len(inst.finished))
                 inst.finished.clear()
+                if up.per_iteration:   # each iteration of the step may be followed by a redraw
+                    steps = len(inst.iter_s) - before[0]
+                    if steps and rng.random() < 1 - (1 - up.per_iteration) ** steps:
+                        redraw()
                 continue
             if t_evt == math.inf:
                 break
