@@ -38,20 +38,40 @@ class ClockSettings(_Frozen):
 
 
 class HardwareBackendSettings(_Frozen):
-    """The first hardware-model backend: a simulated serving engine (see aios.llm.hardware)."""
+    """The hardware-model backend (aios.llm.hardware, aios.llm.simulated): a simulated
+    serving engine decides when each token arrives, a responder what the tokens say.
+
+    engine "fixed": a fixed-rate toy (the ttft/prefill/decode/swap fields below);
+    engine "simulated": a serving instance of aios.hardware (model_spec on tp x pp of
+    device, batched by `scheduler`), iteration by iteration on the kernel clock."""
     kind: Literal["hardware"] = "hardware"
     name: str = "hw"
     models: list[str] = ["sim-llama-3-8b", "sim-mistral-7b"]
-    num_slots: int = Field(8, gt=0, le=MAX_SLOTS)
+    num_slots: int = Field(8, gt=0, le=MAX_SLOTS, description="calls the kernel runs on the backend at once")
     timeout_s: float = Field(600.0, gt=0)
+    engine: Literal["fixed", "simulated"] = "simulated"
+    preemption_mode: Literal["swap", "recompute"] = Field("swap", description="where a preempted call's KV goes")
+    default_output_tokens: int = Field(64, gt=0)
+    replies_file: Path | None = Field(None, description="JSONL of canned replies; scripted text otherwise")
+    responder_model: str | None = Field(None, description="a litellm model name: a real model writes the "
+                                        "replies and the engine paces their tokens (a preempted call resumes "
+                                        "with the same reply on engine simulated only; fixed asks again)")
+    responder_api_base: str | None = None
+    # engine "fixed"
     ttft_base_s: float = Field(0.015, ge=0, description="fixed time of a prefill step")
     prefill_tokens_per_s: float = Field(8000.0, gt=0)
     decode_s_per_token: float = Field(0.025, ge=0)
     kv_bytes_per_token: int = Field(131072, gt=0, description="Llama-3-8B fp16: 32 layers x 8 KV heads x 128 x 2 x 2 B")
     swap_bytes_per_s: float = Field(25e9, gt=0, description="host link for KV swap (PCIe 4.0 x16, achieved)")
-    preemption_mode: Literal["swap", "recompute"] = "swap"
-    default_output_tokens: int = Field(64, gt=0)
-    replies_file: Path | None = Field(None, description="JSONL of canned replies; scripted text otherwise")
+    # engine "simulated"
+    model_spec: str = Field("llama-3-8b", description="a model of aios/hardware/data/models.toml")
+    device: str = Field("a100-80gb", description="a device of aios/hardware/data/devices.toml")
+    tp: int = Field(1, gt=0, description="tensor parallelism: GPUs per pipeline stage")
+    pp: int = Field(1, gt=0, description="pipeline stages (one batch in flight at a time)")
+    scheduler: Literal["vllm", "sarathi", "orca"] = "vllm"
+    max_num_seqs: int = Field(256, gt=0, description="sequences in one iteration's batch")
+    max_batched_tokens: int = Field(4096, gt=0, description="vllm: prompt tokens per iteration; orca: all")
+    token_budget: int = Field(512, gt=0, description="sarathi: tokens per iteration, decodes included")
 
 
 class LiteLLMBackendSettings(_Frozen):

@@ -8,3 +8,4 @@ MAX_TOKENS = 1 << 20         # max_tokens of one LLM syscall
 MAX_SLOTS = 4096             # slots one backend may declare
 EVENT_QUEUE_DEPTH = 4096     # events buffered per bus subscriber before it is marked lagging
 JOURNAL_BATCH_MAX = 1024     # records committed in one journal transaction
+MAX_LIVE_LEDGER = 1 << 16    # requests a live simulated engine records before, once empty, it starts a fresh ledger

@@ -264,7 +264,10 @@ def setup_rows(tmp: str, settings: Settings, workload: Workload) -> list[tuple[s
         ("directory", f"{tmp} (fresh and temporary; removed on exit)"),
         ("database", f"{settings.db_url.removeprefix('sqlite:///')} (SQLite, the kernel's journal)"),
         ("LLM", f"the simulated hardware-model backend (no API key, no network): {backend.num_slots} "
-                f"slots, {1000 * backend.decode_s_per_token:g} ms per generated token"),
+                f"slots, " + (f"{backend.model_spec} on {backend.tp * backend.pp}x {backend.device} "
+                              f"({backend.scheduler} scheduler, simulated iteration by iteration)"
+                              if backend.engine == "simulated" else
+                              f"{1000 * backend.decode_s_per_token:g} ms per generated token")),
         ("clock", f"the wall clock sped up {settings.clock.speed:g}x; all times are simulated seconds"),
         ("interactive", f"{workload.num_chat_agents} chat agents at priority {INTERACTIVE_PRIORITY}: "
                         f"{workload.num_turns} turns each, 30-60 token replies, think time "

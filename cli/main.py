@@ -14,6 +14,7 @@ import typer
 from aios.cli import kernel as kernel_cli
 from aios.cli import mcp as mcp_cli
 from aios.cli import procs
+from aios.cli import sim as sim_cli
 from aios.cli import trace as trace_cli
 from aios.errors import AiosError, ConfigError
 
@@ -24,6 +25,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(kernel_cli.app, name="kernel")
 app.add_typer(mcp_cli.app, name="mcp")
 app.add_typer(trace_cli.app, name="trace")
+app.add_typer(sim_cli.app, name="sim")
 procs.install(app)
 
 

@@ -226,7 +226,7 @@ async def test_non_preemptive_priority_lets_the_running_call_finish(make_setting
 def hw_settings(make_settings, home, mode: str = "swap", **extra: Any):
     return make_settings(home=str(home), **{
         "scheduler.policy": "rr", "scheduler.rr_slice_tokens": 4,
-        "backends": [{"kind": "hardware", "num_slots": 1, "preemption_mode": mode}], **extra})
+        "backends": [{"kind": "hardware", "engine": "fixed", "num_slots": 1, "preemption_mode": mode}], **extra})
 
 
 async def _texts(settings, prompts: list[str], num_tokens: int) -> tuple[list[Any], Kernel]:
@@ -302,7 +302,7 @@ async def test_hardware_restore_cost_unit():
 @pytest.mark.anyio
 async def test_cancelled_preempted_call_frees_its_swapped_kv(make_settings):
     settings = make_settings(**{"scheduler.policy": "rr", "scheduler.rr_slice_tokens": 2,
-                                "backends": [{"kind": "hardware", "num_slots": 1, "preemption_mode": "swap"}]})
+                                "backends": [{"kind": "hardware", "engine": "fixed", "num_slots": 1, "preemption_mode": "swap"}]})
     async with Kernel(settings) as k:
         hw = k.router.backends[0]
         sub = k.bus.subscribe({EventKind.CALL_STATE})

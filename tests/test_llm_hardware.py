@@ -216,7 +216,7 @@ async def test_resume_continues_the_same_tokens_and_charges_the_restore(mode: st
 
 @pytest.mark.anyio
 async def test_kernel_charges_the_backend_service_time(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(backends=[{"kind": "hardware", **TIMING}])
+    settings = make_settings(backends=[{"kind": "hardware", "engine": "fixed", **TIMING}])
     async with Kernel(settings) as k:
         ticket = await k.submit(llm("z" * 80, max_tokens=12))
         call = await ticket.wait()

@@ -37,7 +37,7 @@ CRASHING_KERNEL = textwrap.dedent(f"""
     async def main(home):
         settings = load_settings(env={{}}, overrides={{
             "home": home, "clock.mode": "wall", "clock.speed": 10.0,
-            "backends": [{{"kind": "hardware", "num_slots": 2, "decode_s_per_token": 2.0}}]}})
+            "backends": [{{"kind": "hardware", "engine": "fixed", "num_slots": 2, "decode_s_per_token": 2.0}}]}})
 
         async def slow_tool(seconds):
             print("tool-running", flush=True)   # its running state is durable by now
@@ -133,7 +133,7 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     # a new kernel on the same database, with a fast decode this time
     settings = load_settings(env={}, overrides={
         "home": str(home), "clock.mode": "wall", "clock.speed": 10.0,
-        "backends": [{"kind": "hardware", "num_slots": 2, "decode_s_per_token": 0.001}]})
+        "backends": [{"kind": "hardware", "engine": "fixed", "num_slots": 2, "decode_s_per_token": 0.001}]})
     async with Kernel(settings) as k:
         assert set(k.tickets) == set(live)   # re-queued; the tool call is not
         with anyio.fail_after(20):

@@ -604,7 +604,7 @@ async def test_a_slow_sse_reader_stalls_nothing_and_still_gets_the_end(wall) -> 
     """A reader that does not read fills its socket, then its bounded subscription; the
     kernel and every other request go on, and when it reads again it is told it lagged
     and gets the terminal state."""
-    settings = wall(backends=[{"kind": "hardware", "decode_s_per_token": 0.0, "ttft_base_s": 0.0}])
+    settings = wall(backends=[{"kind": "hardware", "engine": "fixed", "decode_s_per_token": 0.0, "ttft_base_s": 0.0}])
     async with served(settings, sndbuf_bytes=16384) as s:
         c = s.client
         proc = await spawn(c, "chatty")

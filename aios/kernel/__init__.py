@@ -28,7 +28,7 @@ from aios.errors import (AiosError, BackendUnavailable, Cancelled, DeadlineExcee
                          InvalidSyscall, JournalUnavailable, NotFound)
 from aios.events import Event, EventBus, EventKind
 from aios.llm import Backend, Chunk, Router, count_tokens
-from aios.llm.hardware import HardwareBackend
+from aios.llm.simulated import ENGINES
 from aios.llm.provider import LiteLLMBackend
 from aios.memory import MemoryManager
 from aios.process import Process, ProcState
@@ -55,7 +55,7 @@ class _Worker:
 
 
 def build_backends(settings: Settings, clock: Clock) -> list[Backend]:
-    makers = {HardwareBackendSettings: lambda s: HardwareBackend(s, clock),
+    makers = {HardwareBackendSettings: lambda s: ENGINES[s.engine](s, clock),
               LiteLLMBackendSettings: lambda s: LiteLLMBackend(s)}
     return [makers[type(b)](b) for b in settings.backends]
 

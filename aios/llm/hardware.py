@@ -1,16 +1,21 @@
-"""The first hardware-model backend: a SIMULATED serving engine, not a model. It decides
-when each token appears (a fixed number of batch slots, a prefill time that grows with the
-prompt, a per-token decode time, a swap or recompute charge on resume); a responder decides
-what the tokens are (deterministic scripted text, or canned replies from a file).
+"""The hardware-model backend's fixed-rate engine, and the responders of every
+hardware-model backend. The engine here is a SIMULATED serving engine, not a model: it
+decides when each token appears (a fixed number of batch slots, a prefill time that grows
+with the prompt, a per-token decode time, a swap or recompute charge on resume); a
+responder decides what the tokens are (deterministic scripted text, canned replies from a
+file, replies computed by a function, or a real model through litellm). The discrete-event
+engine of aios.hardware, driven live, is in aios.llm.simulated.
 
-Invariant: the reply to a request is a pure function of the request, so a generation
-resumed at token i continues with exactly the tokens an uninterrupted run would give."""
+Invariant: the reply to a request is a pure function of the request (a real model's reply
+excepted), so a generation resumed at token i continues with exactly the tokens an
+uninterrupted run would give."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +24,7 @@ from aios.clock import Clock
 from aios.config import HardwareBackendSettings
 from aios.errors import BackendBusy, ConfigError
 from aios.llm import Chunk, Request, Response, Resume, collect
+from aios.llm.provider import import_litellm, map_error
 from aios.syscall import Usage
 
 _WORDS = ("the kernel schedules agent calls onto shared model slots while each process waits "
@@ -41,9 +47,27 @@ class SavedKV:
 
 
 class Responder(Protocol):
-    """Decides what a simulated call says; the engine decides when each token arrives."""
+    """Decides what a simulated call says; the engine decides when each token arrives.
+    A responder that waits on real work (a real model) returns an awaitable."""
 
-    def reply(self, request: Request) -> Reply: ...
+    def reply(self, request: Request) -> Reply | Awaitable[Reply]: ...
+
+
+async def ask(responder: Responder, request: Request, clock: Clock) -> Reply:
+    """The responder's reply. An awaitable one runs with the clock held busy, so virtual
+    time stands still while a real model answers (on a wall clock its latency is real)."""
+    reply = responder.reply(request)
+    if inspect.isawaitable(reply):
+        with clock.busy():
+            reply = await reply
+    return reply
+
+
+def make_responder(settings: HardwareBackendSettings) -> Responder:
+    if settings.responder_model is not None:
+        extra = {"api_base": settings.responder_api_base} if settings.responder_api_base else {}
+        return LiteLLMResponder(settings.responder_model, timeout=settings.timeout_s, **extra)
+    return ScriptedResponder(settings.default_output_tokens, settings.replies_file)
 
 
 class ScriptedResponder:
@@ -84,6 +108,32 @@ class FunctionResponder:
         return Reply(tuple(_TOKEN.findall(text)), tool_calls)
 
 
+class LiteLLMResponder:
+    """A real model writes the reply, through litellm (any provider, one non-streamed call);
+    the engine then paces its tokens, split as the other responders split text.
+    `completion_kwargs` go to litellm.acompletion as given (api_base, timeout,
+    mock_response, ...). The request's own model name is the simulated one; `model` names
+    the real model that answers."""
+
+    def __init__(self, model: str, **completion_kwargs: Any):
+        self.model = model
+        self.completion_kwargs = completion_kwargs
+
+    async def reply(self, request: Request) -> Reply:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": request.messages, **self.completion_kwargs}
+        for name in ("tools", "max_tokens", "temperature", "stop"):
+            value = getattr(request, name)
+            if value is not None:
+                kwargs[name] = value
+        try:
+            response = await import_litellm().acompletion(**kwargs)
+        except Exception as e:
+            raise map_error(e, self.model)[0] from None
+        message = response.choices[0].message
+        tool_calls = [tc.model_dump() for tc in message.tool_calls] if message.tool_calls else None
+        return Reply(tuple(_TOKEN.findall(message.content or "")), tool_calls)
+
+
 def _mix(x: int) -> int:
     """splitmix64's finaliser: consecutive inputs give unrelated outputs."""
     x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
@@ -112,7 +162,8 @@ def _read_replies(path: Path) -> list[dict[str, Any]]:
 
 
 class HardwareBackend:
-    """A simulated engine: up to `num_slots` calls decode together; time from the clock."""
+    """The fixed-rate engine: up to `num_slots` calls decode together, each at its own
+    fixed pace; time from the clock."""
     is_continuable = True
 
     def __init__(self, settings: HardwareBackendSettings, clock: Clock,
@@ -123,7 +174,7 @@ class HardwareBackend:
         self.num_slots = settings.num_slots
         self.timeout_s = settings.timeout_s
         self.clock = clock
-        self.responder: Responder = responder or ScriptedResponder(settings.default_output_tokens, settings.replies_file)
+        self.responder: Responder = responder or make_responder(settings)
         self.num_running = 0
         self.num_swapped_kv_tokens = 0   # KV held in host memory for preempted calls
 
@@ -147,7 +198,7 @@ class HardwareBackend:
                               hint="retry later, or submit through the kernel, which queues")
         self.num_running += 1
         try:
-            reply = self.responder.reply(request)
+            reply = await ask(self.responder, request, self.clock)
             num_prompt = request.num_prompt_tokens
             start = 0
             # each token is due at a time fixed from the start, so a sleep that overshoots

@@ -44,7 +44,8 @@ _ERRORS: dict[str, tuple[type[AiosError], bool]] = {
 _MISSING_KEY = re.compile(r"missing credentials|api_key client option must be set|no api key", re.I)
 
 
-def _litellm() -> Any:
+def import_litellm() -> Any:
+    """litellm, imported on first use (it takes seconds), without fetching its cost map."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")   # no network fetch at import
     import litellm
     litellm.suppress_debug_info = True
@@ -103,7 +104,7 @@ class LiteLLMBackend:
                 await anyio.sleep(self._rng.uniform(0, cap))
 
     async def stream(self, request: Request, resume: Resume | None = None) -> AsyncIterator[Chunk]:
-        litellm = _litellm()
+        litellm = import_litellm()
         messages = list(request.messages)
         if resume is not None and resume.text:
             # text-level continuation: the provider continues an assistant turn it is given
@@ -149,7 +150,7 @@ class LiteLLMBackend:
 
     def _cost(self, model: str, usage: Usage) -> float:
         try:
-            prompt, completion = _litellm().cost_per_token(model=model, prompt_tokens=usage.tokens_in,
+            prompt, completion = import_litellm().cost_per_token(model=model, prompt_tokens=usage.tokens_in,
                                                            completion_tokens=usage.tokens_out)
             return float(prompt + completion)
         except Exception:   # a model litellm has no price for costs what we cannot know
