@@ -109,7 +109,7 @@ BAD = [   # (the change to BASE, or a file's text; section, field, words of the 
     ({"model": {"tp": 3}}, "model", "tp", "does not divide"),
     ({"engine": {"scheduler": "fcfs"}}, "engine", "scheduler", "'vllm'"),
     ({"engine": {"gpu_memory_utilization": 1.5}}, "engine", "gpu_memory_utilization", "(0, 1]"),
-    ({"system": {"kind": "distserve"}}, "system", "kind", "unknown system"),
+    ({"system": {"kind": "vidur"}}, "system", "kind", "unknown system"),
     ({"workload": {"prompt": {"dist": "gauss", "n": 3}}}, "workload", "prompt", "gauss"),
     ({"workload": {"prompt": {"dist": "fixed"}}}, "workload", "prompt.n", "required"),
     ({"workload": {"prompt": {"dist": "lognormal", "median": 100}}}, "workload", "prompt.sigma", "sigma or p90"),
@@ -218,3 +218,36 @@ def test_the_same_seed_gives_the_same_figures(tmp_path):
     assert first == second
     other = sim_json("--config", path, "--seed", "4")
     assert other["config"]["workload"]["seed"] == 4 and other["summary"] != first["summary"]
+
+
+# ---- the other systems
+
+def test_a_cluster_with_migration_a_distserve_pair_and_conversations(tmp_path):
+    cluster = sim_json("--config", str(write(tmp_path, changed(
+        {"system": {"kind": "cluster", "instances": 3, "dispatch": "llumnix", "migration": True}}), "c.toml")))
+    assert "cluster of 3 instances" in cluster["setup"]
+    assert cluster["summary"]["finished"] == 30
+    split = sim_json("--config", str(write(tmp_path, changed(
+        {"system": {"kind": "distserve", "prefill_tp": 2, "decode_instances": 2}}), "d.toml")))
+    assert "1 prefill x tp2 pp1 + 2 decode x tp1 pp1" in split["setup"] and split["summary"]["finished"] == 30
+    talks = sim_json("--config", str(write(tmp_path, changed(
+        {"engine": {"priority": True, "preemption": "swap", "kv_reuse": True},
+         "workload": {"requests": None, "sessions": 6, "rate": 1.0, "mean_turns": 3, "priorities": 3},
+         "system": {"kind": "conversations", "priority_interval_s": 0.5}}), "s.toml")))
+    s = talks["summary"]
+    assert "6 sessions" in talks["setup"] and s["finished"] + s["unserved"] == s["requests"] >= 6
+    assert set(SYSTEMS) == {"single", "cluster", "distserve", "conversations"}
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"workload": {"sessions": 4}}, "workload.sessions", "kind conversations"),
+    ({"system": {"kind": "conversations"}}, "system.kind", "kind conversations"),
+    ({"workload": {"sessions": 4}, "system": {"kind": "conversations", "priority_interval_s": 1.0}},
+     "engine.priority", "priority scheduling"),
+    ({"system": {"kind": "distserve", "decode_tp": 3}}, "system.decode_tp", "does not divide"),
+    ({"system": {"kind": "cluster", "instances": 0}}, "system.instances", ""),
+])
+def test_system_mistakes_name_their_field(tmp_path, change, field, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, changed(change)))
+    assert e.value.field == field and words in e.value.message

@@ -35,7 +35,10 @@ from aios.hardware.cost import CostModel
 from aios.hardware.engine import Engine, EngineConfig, EngineResult
 from aios.hardware.metrics import SLO, Capacity, attainment, capacity, goodput
 from aios.hardware.specs import Dtype, get_device, get_model
-from aios.hardware.workload import DATASETS, Arrivals, Lengths, Workload, from_dataset, load_trace, synthetic
+from aios.hardware.cluster import Cluster, ClusterConfig, DistServe, Placement
+from aios.hardware.conversation import Conversations, PriorityUpdates
+from aios.hardware.workload import (DATASETS, Arrivals, Lengths, Workload, dataset, from_dataset, load_trace, sessions,
+                                    synthetic)
 
 DEFAULT_REQUESTS = 1000
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -159,6 +162,11 @@ class WorkloadSection(_Section):
     prompt: LengthsSection | None = None
     output: LengthsSection | None = None
     trace: str | None = Field(None, description="CSV or JSON lines; relative to the config file's folder")
+    sessions: int | None = Field(None, ge=1, description="multi-turn conversations instead of single requests; "
+                                 "`rate` is then conversations started per second")
+    mean_turns: float = Field(5.5, ge=1)
+    think_s: float = Field(10.0, ge=0)
+    priorities: int = Field(1, ge=1, description="sessions: priority levels drawn at a session's start")
 
 
 class SLOSection(_Section):
@@ -175,7 +183,32 @@ class SweepSection(_Section):
 
 
 class SystemSection(_Section):
+    """How the requests are served. kind single: one instance of [model] and [engine].
+    cluster: `instances` of them under a global scheduler (dispatch, Llumnix migration).
+    distserve: prefill and decode instances, each with its own parallelism.
+    conversations: one instance serving [workload] sessions turn by turn, with priority
+    changes (FastSwitch's setting; [engine] priority must be on)."""
     kind: str = "single"
+    # cluster
+    instances: int = Field(1, ge=1)
+    dispatch: Literal["round_robin", "least_load", "llumnix"] = "llumnix"
+    migration: bool = False
+    poll_s: float = Field(0.05, gt=0)
+    migrate_out_freeness: float = 3.0
+    migrate_in_freeness: float = 3.0
+    # distserve
+    prefill_instances: int = Field(1, ge=1)
+    prefill_tp: int = Field(1, ge=1)
+    prefill_pp: int = Field(1, ge=1)
+    decode_instances: int = Field(1, ge=1)
+    decode_tp: int = Field(1, ge=1)
+    decode_pp: int = Field(1, ge=1)
+    transfer_link: Literal["nvlink", "pcie"] = "nvlink"
+    # conversations
+    priority_interval_s: float = Field(0.0, ge=0)
+    priority_per_iteration: float = Field(0.0, ge=0, le=1)
+    priority_levels: int = Field(4, ge=1)
+    priority_pattern: Literal["random", "markov"] = "random"
 
 
 class SimConfig(_Section):
@@ -304,6 +337,24 @@ def _check(config: SimConfig) -> None:
                     raise fail("workload", f"{name}.{e.field}", e.message, e.hint) from None
         if w.cv != 1.0 and w.arrivals != "gamma":
             raise fail("workload", "cv", "cv shapes gamma arrivals only", 'set arrivals = "gamma"')
+    kind = config.system.kind
+    if (w.sessions is not None) != (kind == "conversations"):
+        raise fail("workload" if w.sessions is not None else "system", "sessions" if w.sessions is not None else "kind",
+                   "multi-turn sessions are served by system kind conversations, and only sessions are",
+                   'set both [workload] sessions = N and [system] kind = "conversations", or neither')
+    if w.sessions is not None and w.trace is not None:
+        raise fail("workload", "sessions", "a trace cannot also be sessions", "leave out one of them")
+    if kind == "conversations" and not engine.priority and (config.system.priority_interval_s
+                                                            or config.system.priority_per_iteration):
+        raise fail("engine", "priority", "priority changes need priority scheduling", "set [engine] priority = true")
+    if kind == "distserve":
+        s = config.system
+        for phase, tp, pp in (("prefill", s.prefill_tp, s.prefill_pp), ("decode", s.decode_tp, s.decode_pp)):
+            with _blame(config, "system", f"{phase}_tp"):
+                c = CostModel(get_model(config.model.name), get_device(config.model.device), tp=tp, pp=pp,
+                              dtype=config.model.dtype)
+            with _blame(config, "system", f"{phase}_tp"):
+                Engine(c, engine)
 
     if config.slo is not None and config.slo.ttft_s is None and config.slo.tpot_s is None:
         raise fail("slo", None, "an SLO needs ttft_s, tpot_s or both")
@@ -347,6 +398,14 @@ def build_workload(config: SimConfig, rate: float | None = None) -> Workload:
         return trace if w.requests is None else _head(trace, w.requests)
     arrivals = Arrivals(w.arrivals, rate if rate is not None else w.rate, w.cv)
     n = w.requests or DEFAULT_REQUESTS
+    if w.sessions is not None:
+        if w.dataset is not None:
+            d = dataset(w.dataset)
+            prompt, output = d.prompt, d.output
+        else:
+            prompt, output = w.prompt.lengths(), w.output.lengths()
+        return sessions(w.sessions, arrivals, prompt, output, mean_turns=w.mean_turns, think_s=w.think_s,
+                        num_priorities=w.priorities, seed=w.seed)
     if w.dataset is not None:
         return from_dataset(w.dataset, n, arrivals, seed=w.seed)
     return synthetic(n, arrivals, w.prompt.lengths(), w.output.lengths(), seed=w.seed,
@@ -364,14 +423,23 @@ def describe(config: SimConfig, rates: list[float] | None = None) -> str:
     m, w = config.model, config.workload
     gpus = m.tp * m.pp
     head = f"{m.name} on {gpus}x {m.device} (tp={m.tp}, pp={m.pp}, {m.dtype}), {config.engine.scheduler}"
-    if config.system.kind != "single":
-        head += f", {config.system.kind}"
+    sysc = config.system
+    if sysc.kind == "cluster":
+        head += (f", cluster of {sysc.instances} instances ({sysc.dispatch} dispatch"
+                 f"{', migration' if sysc.migration else ''})")
+    elif sysc.kind == "distserve":
+        head += (f", distserve: {sysc.prefill_instances} prefill x tp{sysc.prefill_tp} pp{sysc.prefill_pp} + "
+                 f"{sysc.decode_instances} decode x tp{sysc.decode_tp} pp{sysc.decode_pp}")
+    elif sysc.kind != "single":
+        head += f", {sysc.kind}"
     if w.trace is not None:
         return f"{head}; trace {Path(w.trace).name}" + (f", first {w.requests} requests" if w.requests else "")
     arrivals = w.arrivals if w.arrivals == "poisson" else f"gamma cv={w.cv:g}"
     lengths = (f"{w.dataset}" if w.dataset is not None
                else f"prompt {w.prompt.describe()}, output {w.output.describe()}")
     rate = f"{w.rate:g}" if not rates else ", ".join(f"{r:g}" for r in sorted(rates))
+    if w.sessions is not None:
+        return f"{head}; {arrivals} {rate} sessions/s, {lengths}, {w.sessions} sessions of ~{w.mean_turns:g} turns"
     return f"{head}; {arrivals} {rate} req/s, {lengths}, {w.requests or DEFAULT_REQUESTS} requests"
 
 
@@ -387,8 +455,43 @@ def run_single(config: SimConfig, workload: Workload, progress: Progress | None)
     return Engine(cost_model(config), engine_config(config)).run(workload)
 
 
+def run_cluster(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:
+    """`instances` copies of the instance under a global scheduler."""
+    s = config.system
+    with _blame(config, "system"):
+        cluster = ClusterConfig(dispatch=s.dispatch, migration=s.migration, poll_s=s.poll_s,
+                                migrate_out_freeness=s.migrate_out_freeness, migrate_in_freeness=s.migrate_in_freeness)
+    m = config.model
+    return Cluster(cost_model(config), engine_config(config), s.instances, cluster, m.tp * m.pp).run(workload)
+
+
+def run_distserve(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:
+    """Prefill and decode instances of [model] on its device, each with its own parallelism."""
+    s, m = config.system, config.model
+    costs = []
+    for phase, tp, pp in (("prefill", s.prefill_tp, s.prefill_pp), ("decode", s.decode_tp, s.decode_pp)):
+        with _blame(config, "system", f"{phase}_tp"):
+            costs.append(CostModel(get_model(m.name), get_device(m.device), tp=tp, pp=pp, dtype=m.dtype))
+    place = Placement(costs[0], costs[1], s.prefill_instances, s.decode_instances, s.prefill_tp * s.prefill_pp,
+                      s.decode_tp * s.decode_pp, s.transfer_link)
+    engine = engine_config(config)
+    return DistServe(place, engine, engine).run(workload)
+
+
+def run_conversations(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:
+    """Sessions turn by turn on one instance, with priority changes."""
+    s = config.system
+    with _blame(config, "system"):
+        updates = PriorityUpdates(interval_s=s.priority_interval_s, per_iteration=s.priority_per_iteration,
+                                  levels=s.priority_levels, pattern=s.priority_pattern, seed=config.workload.seed)
+        return Conversations(cost_model(config), engine_config(config), updates).run(workload)
+
+
 SYSTEMS: dict[str, Runner] = {
     "single": run_single,
+    "cluster": run_cluster,
+    "distserve": run_distserve,
+    "conversations": run_conversations,
 }
 
 
