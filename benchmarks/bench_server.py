@@ -41,9 +41,11 @@ NUM_AGENTS = 1_000
 SECTION_TIMEOUT_S = 120.0   # no section waits longer on a daemon that stopped answering
 
 # a backend that answers at once: what is left is the kernel's and the HTTP layer's cost
+# (the fixed-rate engine, whose costs can be set to zero)
 INSTANT_CONFIG = f"""
 [[backends]]
 kind = "hardware"
+engine = "fixed"
 models = ["{MODEL}"]
 num_slots = 64
 ttft_base_s = 0
@@ -56,6 +58,7 @@ prefill_tokens_per_s = 1e12
 SLOW_CONFIG = f"""
 [[backends]]
 kind = "hardware"
+engine = "fixed"
 models = ["{MODEL}"]
 num_slots = 1024
 timeout_s = 3600
