@@ -161,13 +161,12 @@ def _read_replies(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-class HardwareBackend:
-    """The fixed-rate engine: up to `num_slots` calls decode together, each at its own
-    fixed pace; time from the clock."""
+class HardwareBase:
+    """What both engines of the hardware-model backend share: the settings, the clock and
+    the responder (the engine decides when the tokens come, the responder what they say)."""
     is_continuable = True
 
-    def __init__(self, settings: HardwareBackendSettings, clock: Clock,
-                 responder: Responder | None = None):
+    def __init__(self, settings: HardwareBackendSettings, clock: Clock, responder: Responder | None = None):
         self.settings = settings
         self.name = settings.name
         self.models: Sequence[str] = settings.models
@@ -175,6 +174,15 @@ class HardwareBackend:
         self.timeout_s = settings.timeout_s
         self.clock = clock
         self.responder: Responder = responder or make_responder(settings)
+
+
+class HardwareBackend(HardwareBase):
+    """The fixed-rate engine: up to `num_slots` calls decode together, each at its own
+    fixed pace; time from the clock."""
+
+    def __init__(self, settings: HardwareBackendSettings, clock: Clock,
+                 responder: Responder | None = None):
+        super().__init__(settings, clock, responder)
         self.num_running = 0
         self.num_swapped_kv_tokens = 0   # KV held in host memory for preempted calls
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -34,7 +34,7 @@ from aios.hardware.cost import CostModel
 from aios.hardware.engine import EngineConfig, Instance, Ledger
 from aios.hardware.specs import get_device, get_model
 from aios.llm import Backend, Chunk, Request, Response, Resume, collect
-from aios.llm.hardware import HardwareBackend, Reply, Responder, ask, make_responder
+from aios.llm.hardware import HardwareBackend, HardwareBase, Reply, Responder, ask
 from aios.param import MAX_LIVE_LEDGER
 from aios.syscall import Usage
 
@@ -69,19 +69,12 @@ class _Call:
         self.wake = anyio.Event()
 
 
-class SimulatedBackend:
+class SimulatedBackend(HardwareBase):
     """The simulated engine: one serving instance; `num_slots` bounds the calls the kernel
     runs on it at once, while the engine's own `max_num_seqs` and KV room decide batching."""
-    is_continuable = True
 
     def __init__(self, settings: HardwareBackendSettings, clock: Clock, responder: Responder | None = None):
-        self.settings = settings
-        self.name = settings.name
-        self.models: Sequence[str] = settings.models
-        self.num_slots = settings.num_slots
-        self.timeout_s = settings.timeout_s
-        self.clock = clock
-        self.responder: Responder = responder or make_responder(settings)
+        super().__init__(settings, clock, responder)
         try:
             model, device = get_model(settings.model_spec), get_device(settings.device)
         except NotFound as e:
