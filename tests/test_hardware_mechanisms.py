@@ -228,3 +228,18 @@ def test_cluster_settings_are_checked():
         DistServe(Placement(AffineCost(), AffineCost(), 0, 1, 1, 1), EngineConfig(), EngineConfig())
     with pytest.raises(ConfigError, match="unknown role"):
         EngineConfig(role="both-ways")   # type: ignore[arg-type]
+
+
+def test_a_request_finished_before_its_suspension_is_not_requeued_and_history_can_be_off():
+    cost = AffineCost(capacity=1_000, per_ctx=0.0)
+    led = Ledger()
+    inst = Instance(cost, EngineConfig(block_size=4, preemption="swap", record=False), led)
+    a = led.add(0.0, 10, 2)
+    inst.add(a)
+    inst.step(inst.now)
+    inst.step(inst.now)
+    assert not np.isnan(led.finish[a]) and inst.iterations == 2
+    inst.suspend(a)
+    inst.resume(a)
+    assert not inst.has_work()
+    assert inst.iter_s == [] and led.tbt_s == []   # nothing kept

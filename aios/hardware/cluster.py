@@ -106,9 +106,9 @@ class _Loop:
             if queue and queue[0][0] < t_evt:
                 _, k = heapq.heappop(queue)
                 lag = insts[k]
-                before = (len(lag.iter_s), lag.now)
+                before = (lag.iterations, lag.now)
                 lag.step(t_evt)
-                if (len(lag.iter_s), lag.now) == before:   # nothing fits until something changes
+                if (lag.iterations, lag.now) == before:   # nothing fits until something changes
                     if t_evt == _INF:
                         lag.give_up("could not be scheduled: no KV room was ever free for it")
                     else:

@@ -102,9 +102,9 @@ class Conversations:
             t_next = min(releases[-1][0] if releases else math.inf, pending[-1][0] if pending else math.inf)
             t_evt = min(t_next, now_update)
             if inst.has_work() and inst.now < t_evt:
-                before = (len(inst.iter_s), inst.now)
+                before = (inst.iterations, inst.now)
                 inst.step(t_evt)
-                if (len(inst.iter_s), inst.now) == before:
+                if (inst.iterations, inst.now) == before:
                     if t_evt == math.inf:
                         inst.give_up("could not be scheduled: no KV room was ever free for it")
                     else:
@@ -120,7 +120,7 @@ class Conversations:
                     progress(len(inst.finished))
                 inst.finished.clear()
                 if up.per_iteration:   # each iteration of the step may be followed by a redraw
-                    steps = len(inst.iter_s) - before[0]
+                    steps = inst.iterations - before[0]
                     if steps and rng.random() < 1 - (1 - up.per_iteration) ** steps:
                         redraw()
                 continue

@@ -74,6 +74,7 @@ class EngineConfig:
     swap_overlap: bool = False          # swaps overlap compute (FastSwitch) instead of stalling it
     kv_reuse: bool = False              # a host copy stays valid; swap-out copies only new tokens
     role: Role = "both"
+    record: bool = True                 # keep per-iteration and per-gap history (off for a live, long-lived instance)
     max_iterations: int = 50_000_000    # a bound on the loop, so a bug cannot hang a run
 
     def __post_init__(self) -> None:
@@ -268,6 +269,7 @@ class Instance:
         self.iter_batch: list[int] = []
         self.iter_tokens: list[int] = []
         self.busy_s = 0.0
+        self.iterations = 0              # iterations run (counted whether or not `record` keeps them)
         self.pending_swap_s = 0.0        # swap-out copies to charge to the next iteration
         self.copy_tokens = config.swap_copy_tokens or config.block_size
         self.on_token: Callable[[float], None] | None = None
@@ -353,9 +355,12 @@ class Instance:
         self.held.add(rid)
 
     def resume(self, rid: int) -> None:
-        """Puts a suspended request back in its queue (swapped: its KV comes back in)."""
+        """Puts a suspended request back in its queue (swapped: its KV comes back in). A
+        request that finished before it was suspended stays finished."""
         self.held.discard(rid)
         L = self.L
+        if not math.isnan(L.finish[rid]):
+            return
         if L.host_kv[rid] and L.prefilled[rid]:
             self._enqueue(self.swapped, rid)
         else:
@@ -601,19 +606,24 @@ class Instance:
                 self.free -= int(grow.sum())
             total = float(durations.sum())
             first_end = self.now + float(durations[0])
-            self.iter_s.extend(durations.tolist())
-            self.iter_t.append(self.now)
-            self.iter_t.extend((self.now + np.cumsum(durations[:-1])).tolist())
+            if cfg.record:
+                self.iter_s.extend(durations.tolist())
+                self.iter_t.append(self.now)
+                self.iter_t.extend((self.now + np.cumsum(durations[:-1])).tolist())
         else:
             total = t0
             first_end = self.now + t0
-            self.iter_s.append(t0)
-            self.iter_t.append(self.now)
+            if cfg.record:
+                self.iter_s.append(t0)
+                self.iter_t.append(self.now)
         end = self.now + total
         batch = num_dec + len(pre_ids)
         tokens = num_dec + sum(pre_len)
         resident = len(running) + (0 if cfg.scheduler == "sarathi" else len(pre_ids))
-        if k > 1:
+        self.iterations += k
+        if not cfg.record:
+            pass
+        elif k > 1:
             self.iter_batch.extend([batch] * k)
             self.iter_tokens.extend([tokens] * k)
             self.iter_resident.extend([resident] * k)
@@ -623,7 +633,7 @@ class Instance:
             self.iter_resident.append(resident)
         self.busy_s += total
         # the first token gap of each decode, then the uniform gaps of the rest of the run
-        if num_dec:
+        if num_dec and cfg.record:
             L.tbt_s.append(first_end - L.last[dec])
             L.tbt_w.append(1.0)
             if k > 1:
@@ -744,9 +754,9 @@ class Engine:
                     break
                 inst.now = max(inst.now, arrivals[j])
                 continue
-            before = len(inst.iter_s), inst.now
+            before = inst.iterations, inst.now
             inst.step(arrivals[j] if j < n else _INF)
-            if (len(inst.iter_s), inst.now) == before:   # nothing could run
+            if (inst.iterations, inst.now) == before:   # nothing could run
                 if j < n:
                     inst.now = max(inst.now, arrivals[j])
                 else:

@@ -83,7 +83,8 @@ class SimulatedBackend(HardwareBase):
         self.cost = CostModel(model, device, tp=settings.tp, pp=settings.pp)
         self.config = EngineConfig(scheduler=settings.scheduler, max_num_seqs=settings.max_num_seqs,
                                    max_batched_tokens=settings.max_batched_tokens,
-                                   token_budget=settings.token_budget, preemption=settings.preemption_mode)
+                                   token_budget=settings.token_budget, preemption=settings.preemption_mode,
+                                   record=False)   # a daemon's instance lives long: keep no history
         self.ledger = Ledger()
         self.instance = Instance(self.cost, self.config, self.ledger, self.name)
         self.num_running = 0
@@ -230,9 +231,9 @@ class SimulatedBackend(HardwareBase):
             while self.instance.has_work():
                 inst = self.instance
                 inst.now = max(inst.now, self._not_before)
-                before = len(inst.iter_s), inst.now
+                before = inst.iterations, inst.now
                 inst.step(horizon=inst.now)   # exactly one iteration
-                if (len(inst.iter_s), inst.now) == before:
+                if (inst.iterations, inst.now) == before:
                     raise InternalError("its queued requests can never be scheduled")
                 await self.clock.sleep(inst.now - self.clock.now())
                 self._publish()
