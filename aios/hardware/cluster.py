@@ -1,28 +1,30 @@
 """Several serving instances under a global scheduler, on one event loop.
 
-`Cluster(costs, config, cluster).run(workload)`: every instance is an `engine.Instance`
-over one shared `Ledger`; the loop always advances the instance that is furthest behind, up
-to the next global event (an arrival, a load poll, a migration stage), so that instances
-run concurrently in simulated time and every decision sees a consistent picture.
+`Cluster(cost, engine, num_instances, cluster).run(workload)`: every instance is an
+`engine.Instance` over one shared `Ledger` (a pipeline-parallel instance counts as its
+virtual engines); the loop always advances the instance whose clock is furthest behind, up
+to the next global event (an arrival, a poll, a migration stage), so that instances run
+concurrently in simulated time and every decision sees a consistent picture.
 
-Dispatch (`ClusterConfig.dispatch`):
+Dispatch (`ClusterConfig.dispatch`), as Llumnix's artifact defines its baselines:
   round_robin   the i-th request to instance i mod N.
-  least_load    to the instance with the lowest memory load, counting its queued requests'
-                demand (INFaaS++ as the Llumnix paper builds it: load-aware dispatch, no
-                migration).
-  llumnix       to the instance with the highest freeness, F = (M - sum V) / B: free KV
-                blocks after the virtual usage V of its running and queued requests (a
-                high-priority request's headroom counted in), per running request, i.e. how
-                many decode steps it can take before memory runs out (Llumnix's load metric).
+  least_load    to the instance with the most free KV blocks per request (running and
+                queued); queued requests' demand is not subtracted (INFaaS++: load-aware
+                dispatch, no migration).
+  llumnix       the same, with the queued requests' demand subtracted from the free blocks
+                (Llumnix's virtual usage with de-fragmentation on).
 
-Migration (`migration=True`, Llumnix): every `poll_s`, instances whose freeness is below
-`migrate_out_freeness` send one running request each to the freest instances above
-`migrate_in_freeness`. A migration is live: the KV is copied in stages while the request
-keeps decoding on the source (stage 1 copies what it has, stage 2 what it produced
-meanwhile); the request then stops on the source, the last few tokens' KV is copied (the
-downtime), and it resumes on the destination, whose blocks were reserved at the start. A
-request that finishes or is preempted during the copy is not moved (the migration aborts
-and the reservation is returned).
+Migration (`migration=True`, Llumnix): every `poll_s x migrate_every_polls`, the instances
+are ranked by freeness, blocks per running request (one more while requests queue) left
+after the queued demand and any high-priority headroom; the least free sends a request to
+the freest, the next to the next, while the source is below `migrate_out_freeness` and the
+destination above `migrate_in_freeness`. The request moved is the most recently admitted
+one that is decoding and not of high priority (LCFS). A migration is live: the KV is copied
+in stages while the request keeps decoding on the source (stage 1 copies what it has,
+stage 2 what it produced meanwhile); the request then stops on the source, the last
+tokens' KV is copied (the downtime), and it resumes on the destination, whose blocks were
+reserved at the start. A request that finishes or is preempted during the copy is not
+moved (the migration aborts and the reservation is returned).
 
 Disaggregation (`DistServe`): prefill instances (role "prefill") and decode instances (role
 "decode"), each with its own parallelism; a request goes to the prefill instance with the
