@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -240,8 +239,8 @@ class Instance:
     iterations that ends at the first one starting after `horizon`) and advances `now`;
     `remove(rid)` takes a request out with its KV (for migration; the caller moves it).
     Finished requests are appended to `finished`, and (role "prefill") requests whose
-    prompt is in to `handoff`; `on_token`, if set, is called after every step with the
-    step's end time (the live backend wakes its streams with it)."""
+    prompt is in to `handoff`; `suspend`, `resume` and `cancel` serve the kernel's context
+    switch (aios.llm.simulated)."""
 
     def __init__(self, cost: Any, config: EngineConfig, ledger: Ledger, name: str = "0", share: float = 1.0):
         self.cost, self.config, self.L, self.name = cost, config, ledger, name
@@ -272,7 +271,6 @@ class Instance:
         self.iterations = 0              # iterations run (counted whether or not `record` keeps them)
         self.pending_swap_s = 0.0        # swap-out copies to charge to the next iteration
         self.copy_tokens = config.swap_copy_tokens or config.block_size
-        self.on_token: Callable[[float], None] | None = None
         self._orca = config.scheduler == "orca"
 
     # ---- queues
@@ -672,8 +670,6 @@ class Instance:
                 L.blocks[i] = 0
                 finished.append(i)
         self.now = end
-        if self.on_token is not None:
-            self.on_token(end)
 
     def _take_prefix(self, rid: int) -> float:
         """At admission: the host-held prefix of the prompt (an earlier turn) is copied in."""
