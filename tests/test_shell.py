@@ -84,7 +84,7 @@ def test_shell_through_a_pty(daemon, tmp_path: Path):
     slow.write_text(SLOW_AGENT)
     term = Terminal([sys.executable, "-m", "aios.cli.main", "shell"], daemon)
     try:
-        term.expect("aios> ")
+        term.expect("aios> ", timeout_s=60.0)   # start-up compiles every module (no bytecode cache in CI)
         term.send("models\n")
         assert "sim-llama-3-8b" in term.expect("aios> ")
 
