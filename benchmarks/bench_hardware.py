@@ -138,9 +138,11 @@ def sarathi_serve(quick: bool, seed: int) -> dict[str, Any]:
                         "scheduling delay at its throughput. The paper's per-cell capacities were not found in primary "
                         "form; a secondary reading (vLLM 0.15-0.2 QPS, Sarathi-512 0.7 at 100 ms) puts both absolute "
                         "capacities here 2-3x too high, Sarathi's more. The paper measures ~25% chunking overhead at "
-                        "chunk 512 (Yi-34B); this cost model gives ~7% (it charges the prefix's KV reads once per "
-                        "chunk, not per attention tile), so simulated Sarathi is likely too fast. The output length's "
-                        "spread (sigma 0.8) is assumed.")
+                        "chunk 512 and little at 2048 (Yi-34B, TP2); with the eager fixed cost (43 ms an iteration, "
+                        "from the same paper's table 2) this cost model gives 42% and 6-10%, with today's 4 ms 6.5% "
+                        "and 1%: the two measurements imply different fixed costs (~20 ms against 43 ms), and that "
+                        "cost decides both systems' capacities here. The output length's spread (sigma 0.8) is "
+                        "assumed.")
 
 
 # ---- 3. DistServe vs vLLM: per-GPU goodput at 90% SLO attainment
