@@ -50,6 +50,9 @@ def test_migrated_requests_finish_exactly_once():
     # the same run without migration gives the same tokens, in other places
     plain = Cluster(cost, EngineConfig(), 2, replace(cfg, migration=False)).run(w)
     assert plain.num_migrations.sum() == 0 and int(plain.iter_tokens.sum()) == decode_tokens
+    # and a run is a function of its inputs
+    again = Cluster(cost, EngineConfig(), 2, cfg).run(w)
+    assert np.array_equal(again.finish_s, r.finish_s) and np.array_equal(again.num_migrations, r.num_migrations)
 
 
 def test_round_robin_puts_one_request_on_each_instance():
