@@ -72,6 +72,7 @@ def _summary_table(report: SimReport) -> Table:
         ("TBT p50 / p99", f"{_ms(s['tbt_p50_s'])} / {_ms(s['tbt_p99_s'])}"),
         ("E2E p50", _s(s["e2e_p50_s"])), ("mean batch", f"{s['mean_batch']:.1f}"),
         ("preemptions", str(s["preemptions"])), ("swaps", str(s["swaps"])),
+        ("compute / HBM use", f"{_pct(s.get('compute_util'))} / {_pct(s.get('bandwidth_util'))} of peak, per GPU"),
         ("iterations", f"{s['iterations']:,}"), ("makespan", f"{_s(s['makespan_s'])} simulated"),
     ]
     if "slo_attainment" in s:
@@ -109,3 +110,7 @@ def _ms(seconds: Any) -> str:
 
 def _s(seconds: Any) -> str:
     return "-" if seconds is None or math.isnan(seconds) else f"{seconds:.2f} s"
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"

@@ -246,3 +246,21 @@ def test_a_request_finished_before_its_suspension_is_not_requeued_and_history_ca
     inst.resume(a)
     assert not inst.has_work()
     assert inst.iter_s == [] and led.tbt_s == []   # nothing kept
+
+
+def test_utilization_is_the_work_done_over_the_peak():
+    from aios.hardware.cost import CostModel
+    from aios.hardware.specs import get_device, get_model
+    cost = CostModel(get_model("llama-2-7b"), get_device("a100-80gb"))
+    w = Workload(np.array([0.0]), np.array([512]), np.array([65]))
+    r = Engine(cost, EngineConfig()).run(w)
+    pre = cost.iteration(np.array([512]), np.zeros(1, np.int64), np.zeros(0, np.int64))
+    dec = [cost.iteration(np.zeros(0, np.int64), np.zeros(0, np.int64), np.array([512 + i])) for i in range(1, 65)]
+    flops = pre.flops + sum(d.flops for d in dec)
+    nbytes = pre.bytes + sum(d.bytes for d in dec)
+    assert r.compute_util == pytest.approx(flops / (r.makespan_s * cost.peak_flops), rel=1e-9)
+    assert r.bandwidth_util == pytest.approx(nbytes / (r.makespan_s * cost.peak_bytes_per_s), rel=1e-9)
+    assert 0 < r.compute_util < 1 and 0 < r.bandwidth_util < 1
+    # a lone decode streams the weights: bandwidth-bound, far from the compute peak
+    assert r.bandwidth_util > 10 * r.compute_util
+    assert {"compute_util", "bandwidth_util"} <= set(r.summary())

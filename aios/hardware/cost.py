@@ -68,7 +68,7 @@ class IterationCost:
 class _Rates:
     """The per-model constants of one (model, device, tp, pp, dtype, calibration), folded
     into seconds per unit, so that an iteration costs a few multiply-adds."""
-    __slots__ = ("_decode_base", "ar_latency_s", "dec_s_per_ctx_token", "ar_s_per_token", "attn_flops_per_pair", "dec_byte_s", "elem_bytes_per_token",
+    __slots__ = ("_decode_base", "_decode_work", "ar_latency_s", "dec_s_per_ctx_token", "ar_s_per_token", "attn_flops_per_pair", "dec_byte_s", "elem_bytes_per_token",
                  "elem_s", "gemm_act_bytes_per_token", "gemm_flops_per_token", "gemm_weight_bytes", "gemms",
                  "kv_bytes", "layers", "lm_act_bytes_per_seq", "lm_flops_per_seq", "lm_head", "lm_weight_bytes",
                  "overhead_s", "pre_byte_s", "pre_flop_s", "q_bytes", "send_latency_s", "send_s_per_token")
@@ -119,6 +119,7 @@ class _Rates:
         self.overhead_s = cal.overhead_s + cal.overhead_per_layer_s * self.layers
         self.dec_s_per_ctx_token = self.layers * self.kv_bytes * self.dec_byte_s   # one more cached token read
         self._decode_base: dict[int, float] = {}
+        self._decode_work: dict[int, tuple[float, float]] = {}
 
     def terms(self, tokens: int, seqs: int, chunk_tokens: int, ctx_tokens: int, pairs: float, num_dec: int,
               read_tokens: int) -> tuple[float, float, float, float]:
@@ -142,6 +143,40 @@ class _Rates:
         comm_s = (layers * 2 * (self.ar_latency_s + tokens * self.ar_s_per_token)
                   + self.send_latency_s + tokens * self.send_s_per_token)
         return gemm_s, attn_prefill_s, attn_decode_s, comm_s
+
+    def work(self, tokens: int, seqs: int, chunk_tokens: int, ctx_tokens: int, pairs: float, num_dec: int,
+             read_tokens: int) -> tuple[float, float]:
+        """(FLOPs, HBM bytes) per GPU of the iteration `terms` times (same arguments)."""
+        layers = self.layers
+        flops = (layers * tokens * self.gemm_flops_per_token + seqs * self.lm_flops_per_seq
+                 + layers * self.attn_flops_per_pair * (pairs + (read_tokens if num_dec else 0)))
+        nbytes = (layers * (self.gemm_weight_bytes + tokens * (self.gemm_act_bytes_per_token + self.elem_bytes_per_token))
+                  + self.lm_weight_bytes + seqs * self.lm_act_bytes_per_seq)
+        if chunk_tokens:
+            nbytes += layers * (chunk_tokens * (self.q_bytes + self.kv_bytes) + (ctx_tokens + chunk_tokens) * self.kv_bytes)
+        if num_dec:
+            nbytes += layers * (read_tokens * self.kv_bytes + num_dec * (self.q_bytes + self.kv_bytes))
+        return flops, nbytes
+
+    def step_work(self, prefill_lens: list[int], prefill_ctx: list[int], num_dec: int,
+                  dec_ctx_tokens: float) -> tuple[float, float]:
+        """`work` from the engine's lists and sums, as `step_time` takes them (a decode-only
+        iteration's from a cache by batch size: it is affine in the context)."""
+        if not prefill_lens:
+            base = self._decode_work.get(num_dec)
+            if base is None:
+                if not num_dec:
+                    return 0.0, 0.0
+                base = self._decode_work[num_dec] = self.work(num_dec, num_dec, 0, 0, 0.0, num_dec, num_dec)
+            return (base[0] + dec_ctx_tokens * self.layers * self.attn_flops_per_pair,
+                    base[1] + dec_ctx_tokens * self.layers * self.kv_bytes)
+        chunk_tokens = sum(prefill_lens)
+        tokens = chunk_tokens + num_dec
+        if not tokens:
+            return 0.0, 0.0
+        pairs = sum(c * (p + (c + 1) / 2) for c, p in zip(prefill_lens, prefill_ctx, strict=True)) if chunk_tokens else 0.0
+        return self.work(tokens, len(prefill_lens) + num_dec, chunk_tokens, sum(prefill_ctx), pairs, num_dec,
+                         dec_ctx_tokens + num_dec)
 
     def step_time(self, prefill_lens: list[int], prefill_ctx: list[int], num_dec: int, dec_ctx_tokens: int) -> float:
         """`terms` summed with the overhead, from Python lists and sums (the engine's hot path).
@@ -172,7 +207,6 @@ class _Rates:
         if tokens == 0:
             return IterationCost(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         seqs = num_pre + num_dec
-        layers = self.layers
         ctx_tokens = int(prefill_ctx.sum()) if num_pre else 0
         # a chunk of c after p cached tokens attends to c p + c (c + 1) / 2 pairs
         pairs = (float(np.dot(prefill_lens, prefill_ctx)) + (float(np.dot(prefill_lens, prefill_lens)) + chunk_tokens) / 2
@@ -180,15 +214,7 @@ class _Rates:
         read_tokens = int(decode_ctx.sum()) + num_dec
         gemm_s, attn_prefill_s, attn_decode_s, comm_s = self.terms(tokens, seqs, chunk_tokens, ctx_tokens, pairs,
                                                                    num_dec, read_tokens)
-        flops = (layers * tokens * self.gemm_flops_per_token + seqs * self.lm_flops_per_seq
-                 + layers * self.attn_flops_per_pair * (pairs + (read_tokens if num_dec else 0)))
-        per_token_bytes = self.gemm_act_bytes_per_token + self.elem_bytes_per_token
-        nbytes = (layers * (self.gemm_weight_bytes + tokens * per_token_bytes)
-                  + self.lm_weight_bytes + seqs * self.lm_act_bytes_per_seq)
-        if num_pre:
-            nbytes += layers * (chunk_tokens * (self.q_bytes + self.kv_bytes) + (ctx_tokens + chunk_tokens) * self.kv_bytes)
-        if num_dec:
-            nbytes += layers * (read_tokens * self.kv_bytes + num_dec * (self.q_bytes + self.kv_bytes))
+        flops, nbytes = self.work(tokens, seqs, chunk_tokens, ctx_tokens, pairs, num_dec, read_tokens)
         time_s = gemm_s + attn_prefill_s + attn_decode_s + comm_s + self.overhead_s
         return IterationCost(time_s, gemm_s, attn_prefill_s, attn_decode_s, comm_s, self.overhead_s, flops, nbytes)
 
@@ -251,6 +277,19 @@ class CostModel:
         one new). Integer numpy arrays, not checked (this is the simulator's hot path); an
         empty batch costs nothing."""
         return self._rates.cost(prefill_lens, prefill_ctx, decode_ctx)
+
+    def step_work(self, prefill_lens: list[int], prefill_ctx: list[int], num_decodes: int,
+                  decode_ctx_tokens: float) -> tuple[float, float]:
+        """(FLOPs, HBM bytes) per GPU of the iteration `step_time` times."""
+        return self._rates.step_work(prefill_lens, prefill_ctx, num_decodes, decode_ctx_tokens)
+
+    @property
+    def peak_flops(self) -> float:
+        return self.device.flops(self.dtype)
+
+    @property
+    def peak_bytes_per_s(self) -> float:
+        return self.device.hbm_bytes_per_s
 
     def step_time(self, prefill_lens: list[int], prefill_ctx: list[int], num_decodes: int,
                   decode_ctx_tokens: int) -> float:

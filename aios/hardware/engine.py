@@ -167,6 +167,8 @@ class EngineResult:
     scheduled_s: np.ndarray = field(default_factory=lambda: np.zeros(0))   # when each was first scheduled
     iter_t: np.ndarray = field(default_factory=lambda: np.zeros(0))        # each iteration's start
     iter_resident: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    compute_util: float = math.nan     # FLOPs done over peak FLOP/s x makespan, per GPU
+    bandwidth_util: float = math.nan   # HBM bytes moved over peak bandwidth x makespan, per GPU
 
     @property
     def scheduling_delay_s(self) -> np.ndarray:
@@ -225,6 +227,7 @@ class EngineResult:
                 "e2e_p50_s": _q(self.e2e_s[done], 0.5), "mean_batch": self.mean_batch(),
                 "preemptions": int(self.num_preemptions.sum()), "swaps": int(self.num_swaps.sum()),
                 "migrations": int(self.num_migrations.sum()),
+                "compute_util": self.compute_util, "bandwidth_util": self.bandwidth_util,
                 "iterations": len(self.iter_s), "makespan_s": self.makespan_s}
 
 
@@ -269,6 +272,8 @@ class Instance:
         self.iter_tokens: list[int] = []
         self.busy_s = 0.0
         self.iterations = 0              # iterations run (counted whether or not `record` keeps them)
+        self.flops = self.bytes = 0.0    # work done per GPU (cost models with `step_work`)
+        self._work = getattr(cost, "step_work", None)
         self.pending_swap_s = 0.0        # swap-out copies to charge to the next iteration
         self.copy_tokens = config.swap_copy_tokens or config.block_size
         self._orca = config.scheduler == "orca"
@@ -580,8 +585,8 @@ class Instance:
 
         # ---- the iteration's time, and how many identical decode iterations one jump covers
         dec_ctx = int(ctx.sum())
-        compute = self.stages * self.cost.step_time(pre_len, L.prefilled[pre_ids].tolist() if pre_ids else [],
-                                                    num_dec, dec_ctx)
+        pre_ctx = L.prefilled[pre_ids].tolist() if pre_ids else []
+        compute = self.stages * self.cost.step_time(pre_len, pre_ctx, num_dec, dec_ctx)
         t0 = max(compute, swap_s) if cfg.swap_overlap else compute + swap_s
         k = 1
         if not pre_ids and num_dec and not self._blocked_queue_can_move():
@@ -619,6 +624,10 @@ class Instance:
         tokens = num_dec + sum(pre_len)
         resident = len(running) + (0 if cfg.scheduler == "sarathi" else len(pre_ids))
         self.iterations += k
+        if self._work is not None:   # the work is affine in the decodes' context: k times its mean
+            f, b = self._work(pre_len, pre_ctx, num_dec, dec_ctx + num_dec * (k - 1) / 2)
+            self.flops += f * k
+            self.bytes += b * k
         if not cfg.record:
             pass
         elif k > 1:
@@ -708,6 +717,11 @@ def virtual_engines(cost: Any, config: EngineConfig, ledger: Ledger, name: str =
 def result_of(ledger: Ledger, instances: list[Instance], makespan: float, num_gpus: int = 1) -> EngineResult:
     n = ledger.n
     tbt, tbt_w = ledger.tbt()
+    util = [math.nan, math.nan]
+    if makespan > 0 and all(hasattr(x.cost, "peak_flops") for x in instances):
+        physical = sum(1 / x.stages for x in instances)   # a pp instance is pp virtual engines on one set of GPUs
+        util = [sum(x.flops / x.cost.peak_flops for x in instances) / makespan / physical,
+                sum(x.bytes / x.cost.peak_bytes_per_s for x in instances) / makespan / physical]
     return EngineResult(ledger.arrival[:n].copy(), ledger.first[:n].copy(), ledger.finish[:n].copy(),
                         ledger.output[:n].copy(), ledger.preempts[:n].copy(), ledger.swaps[:n].copy(),
                         np.concatenate([np.asarray(x.iter_s) for x in instances]),
@@ -716,7 +730,7 @@ def result_of(ledger: Ledger, instances: list[Instance], makespan: float, num_gp
                         tbt, tbt_w, float(makespan), sum(x.num_blocks for x in instances), dict(ledger.unserved),
                         ledger.migrations[:n].copy(), num_gpus, {}, ledger.start[:n].copy(),
                         np.concatenate([np.asarray(x.iter_t) for x in instances]),
-                        np.concatenate([np.asarray(x.iter_resident, np.int64) for x in instances]))
+                        np.concatenate([np.asarray(x.iter_resident, np.int64) for x in instances]), *util)
 
 
 class Engine:
