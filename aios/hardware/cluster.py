@@ -36,7 +36,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from aios.errors import ConfigError
@@ -269,7 +269,6 @@ class DistServe:
     def __init__(self, placement: Placement, prefill_engine: EngineConfig, decode_engine: EngineConfig):
         if placement.num_prefill < 1 or placement.num_decode < 1:
             raise ConfigError("DistServe needs at least one prefill and one decode instance", field="placement")
-        from dataclasses import replace
         self.placement = placement
         self.prefill_engine = replace(prefill_engine, role="prefill")
         self.decode_engine = replace(decode_engine, role="decode")

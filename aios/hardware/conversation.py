@@ -71,7 +71,6 @@ class Conversations:
         releases: list[tuple[float, int]] = list(reversed(firsts))   # a stack, earliest last
         pending: list[tuple[float, int]] = []   # later turns, released by finishes
         live_sessions: dict[int, int] = {}     # session -> its current priority
-        seen = 0
         now_update = up.interval_s if up.interval_s else math.inf
 
         def release(i: int, t: float) -> None:
@@ -115,7 +114,6 @@ class Conversations:
                         pending.append((float(ledger.finish[i]) + think[j], j))
                     else:
                         live_sessions.pop(int(w.session[i]), None)
-                    seen += 1
                 if progress is not None and inst.finished:
                     progress(len(inst.finished))
                 inst.finished.clear()

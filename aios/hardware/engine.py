@@ -235,6 +235,15 @@ def _q(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q)) if len(values) else math.nan
 
 
+def kv_blocks(cost: Any, config: EngineConfig, share: float = 1.0) -> int:
+    """KV blocks of an instance (`share` of them for a virtual engine); a ConfigError if none."""
+    blocks = int(cost.kv_capacity_tokens(config.gpu_memory_utilization) * share // config.block_size)
+    if blocks < 1:
+        raise ConfigError("no room for the KV cache next to the weights",
+                          hint="use a device with more memory, or more tensor parallelism")
+    return blocks
+
+
 class Instance:
     """One serving instance (tp x pp GPUs) over a shared `Ledger`.
 
@@ -251,17 +260,14 @@ class Instance:
         # a pp-stage instance runs as pp virtual engines (`virtual_engines`), each with 1/pp
         # of the KV blocks, whose batches follow each other through the stages
         self.stages = int(getattr(cost, "pp", 1))
-        self.num_blocks = int(cost.kv_capacity_tokens(config.gpu_memory_utilization) * share // config.block_size)
-        if self.num_blocks < 1:
-            raise ConfigError("no room for the KV cache next to the weights",
-                              hint="use a device with more memory, or more tensor parallelism")
+        self.num_blocks = kv_blocks(cost, config, share)
         self.free = self.num_blocks
         self.watermark = int(config.watermark * self.num_blocks)
         self.now = 0.0
         self.waiting: list[int] = []     # FCFS, or by priority (preempted requests go to the front)
         self.running: list[int] = []
         self.swapped: list[int] = []     # KV in host memory (or, role decode, arriving from elsewhere)
-        self.resident_in: dict[int, bool] = {}   # swapped-queue entries whose KV needs no copy in
+        self.resident_in: set[int] = set()   # swapped-queue entries whose KV needs no copy in
         self.held: set[int] = set()      # suspended by the caller (kernel context switch)
         self.finished: list[int] = []
         self.handoff: list[int] = []
@@ -270,7 +276,6 @@ class Instance:
         self.iter_resident: list[int] = []   # requests holding KV on the GPU during it
         self.iter_batch: list[int] = []
         self.iter_tokens: list[int] = []
-        self.busy_s = 0.0
         self.iterations = 0              # iterations run (counted whether or not `record` keeps them)
         self.flops = self.bytes = 0.0    # work done per GPU (cost models with `step_work`)
         self._work = getattr(cost, "step_work", None)
@@ -327,7 +332,7 @@ class Instance:
             self.L.unserved[rid] = why
             return False
         if resident:
-            self.resident_in[rid] = True
+            self.resident_in.add(rid)
             self._enqueue(self.swapped, rid)
         else:
             if host_prefix:
@@ -372,7 +377,7 @@ class Instance:
     def cancel(self, rid: int) -> None:
         """Drops a request wherever it is, freeing its KV."""
         self.held.discard(rid)
-        self.resident_in.pop(rid, None)
+        self.resident_in.discard(rid)
         for queue in (self.running, self.waiting, self.swapped, self.handoff):
             if rid in queue:
                 queue.remove(rid)
@@ -493,8 +498,8 @@ class Instance:
             swapped.pop(0)
             self.free -= b
             L.blocks[i] = b
-            if self.resident_in.pop(i, False):
-                pass
+            if i in self.resident_in:
+                self.resident_in.discard(i)
             else:
                 swap_s += self._copy_s(ctx)
                 if not cfg.kv_reuse:
@@ -628,17 +633,10 @@ class Instance:
             f, b = self._work(pre_len, pre_ctx, num_dec, dec_ctx + num_dec * (k - 1) / 2)
             self.flops += f * k
             self.bytes += b * k
-        if not cfg.record:
-            pass
-        elif k > 1:
+        if cfg.record:
             self.iter_batch.extend([batch] * k)
             self.iter_tokens.extend([tokens] * k)
             self.iter_resident.extend([resident] * k)
-        else:
-            self.iter_batch.append(batch)
-            self.iter_tokens.append(tokens)
-            self.iter_resident.append(resident)
-        self.busy_s += total
         # the first token gap of each decode, then the uniform gaps of the rest of the run
         if num_dec and cfg.record:
             L.tbt_s.append(first_end - L.last[dec])
@@ -742,10 +740,7 @@ class Engine:
     def __init__(self, cost: Any, config: EngineConfig | None = None):
         self.cost = cost
         self.config = config or EngineConfig()
-        self.num_blocks = int(cost.kv_capacity_tokens(self.config.gpu_memory_utilization) // self.config.block_size)
-        if self.num_blocks < 1:
-            raise ConfigError("no room for the KV cache next to the weights",
-                              hint="use a device with more memory, or more tensor parallelism")
+        self.num_blocks = kv_blocks(cost, self.config)   # checks that there is room at all
 
     def run(self, w: Workload) -> EngineResult:
         if int(getattr(self.cost, "pp", 1)) > 1:   # pp virtual engines: a cluster of one instance

@@ -348,13 +348,9 @@ def _check(config: SimConfig) -> None:
                                                             or config.system.priority_per_iteration):
         raise fail("engine", "priority", "priority changes need priority scheduling", "set [engine] priority = true")
     if kind == "distserve":
-        s = config.system
-        for phase, tp, pp in (("prefill", s.prefill_tp, s.prefill_pp), ("decode", s.decode_tp, s.decode_pp)):
+        for phase, c in zip(("prefill", "decode"), phase_costs(config), strict=True):
             with _blame(config, "system", f"{phase}_tp"):
-                c = CostModel(get_model(config.model.name), get_device(config.model.device), tp=tp, pp=pp,
-                              dtype=config.model.dtype)
-            with _blame(config, "system", f"{phase}_tp"):
-                Engine(c, engine)
+                Engine(c, engine)   # is there room for the KV cache?
 
     if config.slo is not None and config.slo.ttft_s is None and config.slo.tpot_s is None:
         raise fail("slo", None, "an SLO needs ttft_s, tpot_s or both")
@@ -465,13 +461,20 @@ def run_cluster(config: SimConfig, workload: Workload, progress: Progress | None
     return Cluster(cost_model(config), engine_config(config), s.instances, cluster, m.tp * m.pp).run(workload)
 
 
-def run_distserve(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:
-    """Prefill and decode instances of [model] on its device, each with its own parallelism."""
+def phase_costs(config: SimConfig) -> tuple[CostModel, CostModel]:
+    """The prefill and the decode instances' cost models ([system] prefill_tp/pp, decode_tp/pp)."""
     s, m = config.system, config.model
     costs = []
     for phase, tp, pp in (("prefill", s.prefill_tp, s.prefill_pp), ("decode", s.decode_tp, s.decode_pp)):
         with _blame(config, "system", f"{phase}_tp"):
             costs.append(CostModel(get_model(m.name), get_device(m.device), tp=tp, pp=pp, dtype=m.dtype))
+    return costs[0], costs[1]
+
+
+def run_distserve(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:
+    """Prefill and decode instances of [model] on its device, each with its own parallelism."""
+    s = config.system
+    costs = phase_costs(config)
     place = Placement(costs[0], costs[1], s.prefill_instances, s.decode_instances, s.prefill_tp * s.prefill_pp,
                       s.decode_tp * s.decode_pp, s.transfer_link)
     engine = engine_config(config)
