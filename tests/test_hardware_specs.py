@@ -12,7 +12,7 @@ from aios.hardware import DTYPE_BYTES, get_device, get_model, load_devices, load
 # Published totals, from each model's paper or card (see `source` in data/models.toml).
 PUBLISHED_PARAMS = {
     "opt-13b": 12.9e9, "opt-66b": 65.7e9, "opt-175b": 175e9,
-    "llama-7b": 6.7e9, "llama-2-7b": 6.74e9, "llama-2-13b": 13.0e9, "llama-2-70b": 69.0e9,
+    "llama-7b": 6.7e9, "llama-30b": 32.5e9, "llama-2-7b": 6.74e9, "llama-2-13b": 13.0e9, "llama-2-70b": 69.0e9,
     "llama-3-8b": 8.03e9, "mistral-7b": 7.24e9, "yi-34b": 34.4e9,
     "qwen-32b": 32.5e9,  # Qwen1.5-32B, as its Hugging Face card counts it
     "falcon-180b": 180e9,

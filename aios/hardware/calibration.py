@@ -27,7 +27,8 @@ DEFAULT = "default"
 # fraction fields must lie in (0, 1]; the rest are non-negative seconds or bytes
 FRACTIONS = ("gemm_efficiency", "hbm_efficiency", "attention_prefill_efficiency",
              "attention_decode_efficiency", "nvlink_efficiency", "pcie_efficiency")
-AMOUNTS = ("collective_latency_s", "copy_latency_s", "overhead_s", "overhead_per_layer_s", "reserved_bytes")
+AMOUNTS = ("collective_latency_s", "copy_latency_s", "overhead_s", "overhead_per_layer_s", "overhead_per_seq_s",
+           "reserved_bytes")
 ENGINES = "engine"   # the table of engine profiles: [engine.NAME] overrides some fields on any device
 
 
@@ -56,6 +57,9 @@ class Calibration:
     """Fixed time of one iteration: CPU scheduling, input preparation, sampling, launches."""
     overhead_per_layer_s: float
     """Fixed time per layer of an iteration (an engine that launches its kernels one by one)."""
+    overhead_per_seq_s: float
+    """Fixed time per sequence in an iteration (an engine that prepares inputs and samples
+    each sequence in Python)."""
     reserved_bytes: float
     """Device memory per GPU that holds neither weights nor KV (activations, CUDA context)."""
     sources: Mapping[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -64,7 +68,7 @@ class Calibration:
     def ideal(self) -> Calibration:
         """The pure roofline: every efficiency 1, no fixed costs (memory reserve kept)."""
         return replace(self, family=f"{self.family} (ideal)", collective_latency_s=0.0, copy_latency_s=0.0, overhead_s=0.0,
-                       overhead_per_layer_s=0.0,
+                       overhead_per_layer_s=0.0, overhead_per_seq_s=0.0,
                        **{name: 1.0 for name in FRACTIONS})
 
 

@@ -71,7 +71,7 @@ class _Rates:
     __slots__ = ("_decode_base", "_decode_work", "ar_latency_s", "dec_s_per_ctx_token", "ar_s_per_token", "attn_flops_per_pair", "dec_byte_s", "elem_bytes_per_token",
                  "elem_s", "gemm_act_bytes_per_token", "gemm_flops_per_token", "gemm_weight_bytes", "gemms",
                  "kv_bytes", "layers", "lm_act_bytes_per_seq", "lm_flops_per_seq", "lm_head", "lm_weight_bytes",
-                 "overhead_s", "pre_byte_s", "pre_flop_s", "q_bytes", "send_latency_s", "send_s_per_token")
+                 "overhead_s", "seq_overhead_s", "pre_byte_s", "pre_flop_s", "q_bytes", "send_latency_s", "send_s_per_token")
 
     def __init__(self, model: ModelSpec, device: Device, tp: int, pp: int, dtype: str, cal: Calibration):
         b = DTYPE_BYTES[dtype]
@@ -117,6 +117,7 @@ class _Rates:
         self.send_latency_s = cal.collective_latency_s if pp > 1 else 0.0
         self.layers = math.ceil(model.num_layers / pp)
         self.overhead_s = cal.overhead_s + cal.overhead_per_layer_s * self.layers
+        self.seq_overhead_s = cal.overhead_per_seq_s
         self.dec_s_per_ctx_token = self.layers * self.kv_bytes * self.dec_byte_s   # one more cached token read
         self._decode_base: dict[int, float] = {}
         self._decode_work: dict[int, tuple[float, float]] = {}
@@ -187,7 +188,7 @@ class _Rates:
                 if not num_dec:
                     return 0.0
                 g, a, d, c = self.terms(num_dec, num_dec, 0, 0, 0.0, num_dec, num_dec)
-                base = self._decode_base[num_dec] = g + a + d + c + self.overhead_s
+                base = self._decode_base[num_dec] = g + a + d + c + self.overhead_s + num_dec * self.seq_overhead_s
             return base + dec_ctx_tokens * self.dec_s_per_ctx_token
         chunk_tokens = sum(prefill_lens)
         tokens = chunk_tokens + num_dec
@@ -196,9 +197,9 @@ class _Rates:
         pairs = 0.0
         if chunk_tokens:
             pairs = sum(c * (p + (c + 1) / 2) for c, p in zip(prefill_lens, prefill_ctx, strict=True))
-        g, a, d, c = self.terms(tokens, len(prefill_lens) + num_dec, chunk_tokens, sum(prefill_ctx), pairs, num_dec,
-                                dec_ctx_tokens + num_dec)
-        return g + a + d + c + self.overhead_s
+        seqs = len(prefill_lens) + num_dec
+        g, a, d, c = self.terms(tokens, seqs, chunk_tokens, sum(prefill_ctx), pairs, num_dec, dec_ctx_tokens + num_dec)
+        return g + a + d + c + self.overhead_s + seqs * self.seq_overhead_s
 
     def cost(self, prefill_lens: np.ndarray, prefill_ctx: np.ndarray, decode_ctx: np.ndarray) -> IterationCost:
         num_pre, num_dec = len(prefill_lens), len(decode_ctx)
@@ -215,8 +216,9 @@ class _Rates:
         gemm_s, attn_prefill_s, attn_decode_s, comm_s = self.terms(tokens, seqs, chunk_tokens, ctx_tokens, pairs,
                                                                    num_dec, read_tokens)
         flops, nbytes = self.work(tokens, seqs, chunk_tokens, ctx_tokens, pairs, num_dec, read_tokens)
-        time_s = gemm_s + attn_prefill_s + attn_decode_s + comm_s + self.overhead_s
-        return IterationCost(time_s, gemm_s, attn_prefill_s, attn_decode_s, comm_s, self.overhead_s, flops, nbytes)
+        overhead_s = self.overhead_s + seqs * self.seq_overhead_s
+        time_s = gemm_s + attn_prefill_s + attn_decode_s + comm_s + overhead_s
+        return IterationCost(time_s, gemm_s, attn_prefill_s, attn_decode_s, comm_s, overhead_s, flops, nbytes)
 
 
 class CostModel:
