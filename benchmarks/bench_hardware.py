@@ -36,7 +36,8 @@ from aios.hardware.calibration import load_calibration
 from aios.hardware.conversation import Conversations, PriorityUpdates
 from aios.hardware.cost import CostModel
 from aios.hardware.engine import Engine, EngineConfig, EngineResult
-from aios.hardware.metrics import SLO, capacity, max_rate
+from aios.hardware.metrics import SLO, attainment, max_rate
+from aios.hardware.profiles import get_profile
 from aios.hardware.specs import get_device, get_model
 from aios.hardware.workload import Arrivals, Lengths, Workload, dataset, from_dataset, sessions, synthetic
 
@@ -44,11 +45,14 @@ SIMULATED = ("SIMULATED: every figure comes from aios.hardware, a discrete-event
              "calibrated on single-operator measurements; no GPU ran")
 
 
-def cost_of(model: str, device: str, tp: int = 1, pp: int = 1, engine: str | None = None) -> CostModel:
-    """A cost model; `engine="eager"` for the eager-mode engines of the 2023-24 papers (their
-    per-layer launch overhead, measured in Sarathi-Serve's artifact: calibration.toml)."""
+def cost_of(model: str, device: str, tp: int = 1, pp: int = 1, engine: str | None = None,
+            profile: str | None = None) -> CostModel:
+    """A cost model; `engine="eager"` for the vLLM 0.1-0.2 engines of the 2023 papers (their
+    fixed and per-sequence costs, measured in Llumnix's artifact: calibration.toml);
+    `profile`: an engine's measured iteration times instead of the roofline (profiles.toml)."""
     cal = load_calibration().for_device(device, engine=engine) if engine else None
-    return CostModel(get_model(model), get_device(device), tp=tp, pp=pp, calibration=cal)
+    prof = get_profile(profile, model, device, tp) if profile else None
+    return CostModel(get_model(model), get_device(device), tp=tp, pp=pp, calibration=cal, profile=prof)
 
 
 def entry(paper: float, simulated: float, metric: str, setup: str, baseline: dict[str, Any],
@@ -151,49 +155,63 @@ def sarathi_serve(quick: bool, seed: int) -> dict[str, Any]:
 # ---- 3. DistServe vs vLLM: per-GPU goodput at 90% SLO attainment
 
 def distserve(quick: bool, seed: int) -> dict[str, Any]:
-    n, window_s, most = (100, 150.0, 600) if quick else (300, 600.0, 2500)
+    # DistServe's artifact measures each (system, rate) point with one run of 25 requests per
+    # GPU (vLLM on 4 GPUs: 100, DistServe on 8: 200); its goodput is where attainment crosses
+    # 90%. Short runs are part of the measure: a 15 s TTFT bound tolerates a queue that grows
+    # for a run of a minute. Here each point averages the attainment of several such runs.
+    runs = 3 if quick else 10
     model, device = "opt-66b", "a100-80gb"
     slo = SLO(ttft_s=15.0, tpot_s=0.15)
 
-    def workload(rate: float) -> Workload:
+    def workload(rate: float, count: int, run: int) -> Workload:
         """LongBench as DistServe's artifact prepares it: the answer's length is the output;
-        the context is cut to min(2040 - output, U[1900, 2048]) tokens. At least `n`
-        requests and `window_s` of arrivals (a short burst at a high rate would end before
-        its queues broke the SLO), at most `most` (far above capacity, a few hundred do)."""
-        rng = np.random.default_rng(seed)
-        count = min(most, max(n, int(rate * window_s)))
+        the context is cut to min(2040 - output, U[1900, 2048]) tokens."""
+        rng = np.random.default_rng([seed, run])
         arrival = Arrivals("poisson", rate).sample(rng, count)
         out = LONGBENCH_OUTPUT.sample(rng, count)
         prompt = np.minimum(2040 - out, rng.integers(1900, 2049, size=count))
         return Workload(arrival, prompt, out)
 
-    # the artifact's settings: vLLM 0.2.3 (eager) at TP4; DistServe's C++ engine with prefill
-    # at TP4 and decode at TP2 x PP2 on one 8-GPU node (KV over NVLink)
-    vllm_cost = cost_of(model, device, tp=4, engine="eager")
+    def goodput(serve: Callable[[Workload], EngineResult], count: int) -> Any:
+        def run_at(rate: float) -> list[EngineResult]:
+            return [serve(workload(rate, count, k)) for k in range(runs)]
+        return max_rate(run_at, lambda rs: float(np.mean([attainment(r, slo) for r in rs])), 0.9,  # type: ignore[arg-type]
+                        low=0.01, high=20.0, rel_tol=0.02,
+                        what="meets the SLO for only {score:.0%} of requests (target {target:.0%})")
+
+    # the artifact's settings: vLLM 0.2 at TP4; DistServe's C++ engine with prefill at TP4 and
+    # decode at TP2 x PP2 on one 8-GPU node (KV over NVLink). Each engine's iterations are timed
+    # by the profile DistServe's authors measured of it on A100-80GB (data/profiles.toml).
+    vllm_cost = cost_of(model, device, tp=4, profile="vllm-0.2")
     vllm_engine = EngineConfig(scheduler="vllm", max_num_seqs=1024, max_batched_tokens=16384,
                                gpu_memory_utilization=0.95, max_seq_len=2048)
-    vllm = capacity(lambda r: Engine(vllm_cost, vllm_engine).run(workload(r)), slo, target=0.9, low=0.01, high=20.0)
-    place = Placement(cost_of(model, device, tp=4), cost_of(model, device, tp=2, pp=2), 1, 1, 4, 4)
+    vllm = goodput(lambda w: Engine(vllm_cost, vllm_engine).run(w), 100)
+    place = Placement(cost_of(model, device, tp=4, profile="distserve"),
+                      cost_of(model, device, tp=2, pp=2, profile="distserve"), 1, 1, 4, 4)
     pre_engine = EngineConfig(scheduler="vllm", max_num_seqs=128, max_batched_tokens=8192,
                               gpu_memory_utilization=0.95, max_seq_len=2048)
     dec_engine = replace(pre_engine, max_num_seqs=1024, max_batched_tokens=65536)
-    full = capacity(lambda r: DistServe(place, pre_engine, dec_engine).run(workload(r)), slo, target=0.9,
-                    low=0.01, high=20.0)
+    full = goodput(lambda w: DistServe(place, pre_engine, dec_engine).run(w), 200)
     vllm_per_gpu, per_gpu = vllm.rate / 4, full.rate / place.num_gpus
     return entry(4.48, per_gpu / vllm_per_gpu if vllm_per_gpu else math.inf,
                  "per-GPU goodput (highest rate with 90% of requests within TTFT 15 s and TPOT 0.15 s, / GPUs), "
                  "DistServe / vLLM",
                  f"OPT-66B, A100-80GB SXM; LongBench prompts cut to ~1.9-2k tokens as DistServe's artifact does, "
-                 f"outputs {LONGBENCH_OUTPUT.source}; Poisson, {n} to {most} requests per probe",
-                 {"system": "vLLM 0.2.3 (eager), tensor parallelism 4, max 1024 sequences / 16384 tokens",
-                  "goodput_rps": _r(vllm.rate, 3), "gpus": 4, "per_gpu_rps": _r(vllm_per_gpu, 4)},
-                 {"system": "DistServe: prefill TP4 + decode TP2 x PP2 (the artifact's placement), KV over NVLink",
-                  "goodput_rps": _r(full.rate, 3), "gpus": place.num_gpus, "per_gpu_rps": _r(per_gpu, 4)},
-                 limits="LongBench's answer lengths (the outputs) were not found and are assumed; DistServe's C++ "
-                        "engine is given today's fixed cost and vLLM 0.2.3 the eager one; DistServe is bound here by "
-                        "its single prefill instance's throughput, vLLM by TPOT (prefills stall decodes). The paper's "
-                        "own placement search and its per-phase batching details beyond the artifact's limits are "
-                        "not reproduced.")
+                 f"outputs {LONGBENCH_OUTPUT.source}; Poisson; each point the mean attainment of {runs} runs of "
+                 "the artifact's size (25 requests per GPU); iterations timed by the engines' measured profiles",
+                 {"system": "vLLM 0.2, tensor parallelism 4, max 1024 sequences / 16384 tokens (DistServe's "
+                            "profile of it)",
+                  "goodput_rps": _r(vllm.rate, 3), "gpus": 4, "per_gpu_rps": _r(vllm_per_gpu, 4),
+                  "requests_per_run": 100},
+                 {"system": "DistServe: prefill TP4 + decode TP2 x PP2 (the artifact's placement), KV over NVLink "
+                            "(its engine's profile)",
+                  "goodput_rps": _r(full.rate, 3), "gpus": place.num_gpus, "per_gpu_rps": _r(per_gpu, 4),
+                  "requests_per_run": 200},
+                 note="the artifact's own run (evaluation/2-benchmark-serving/plot.ipynb, figure 9) crosses 90% at "
+                      "0.12 (vLLM) and 0.53 (DistServe) requests/s per GPU",
+                 limits="LongBench's answer lengths (the outputs) were not found and are assumed; the profiles "
+                        "were fitted on whole prefills and decode-only steps; the paper's own placement search is "
+                        "not reproduced (the artifact's placement is used).")
 
 
 LONGBENCH_OUTPUT = Lengths.lognormal(64, 1.0, cap=512, source="lognormal, median 64, sigma 1.0, capped at 512: an "

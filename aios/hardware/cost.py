@@ -46,6 +46,7 @@ import numpy as np
 
 from aios.errors import ConfigError
 from aios.hardware.calibration import Calibration, load_calibration
+from aios.hardware.profiles import IterationProfile
 from aios.hardware.specs import DTYPE_BYTES, Device, ModelSpec
 
 Link = Literal["nvlink", "pcie"]
@@ -226,7 +227,7 @@ class CostModel:
     instance of tp x pp GPUs. Raises ConfigError when the model does not fit."""
 
     def __init__(self, model: ModelSpec, device: Device, *, tp: int = 1, pp: int = 1, dtype: str = "fp16",
-                 calibration: Calibration | None = None):
+                 calibration: Calibration | None = None, profile: IterationProfile | None = None):
         if tp < 1 or pp < 1:
             raise ConfigError(f"tp and pp must be at least 1 (got tp={tp}, pp={pp})", field="tp" if tp < 1 else "pp")
         if model.num_heads % tp:
@@ -248,6 +249,13 @@ class CostModel:
         self._check_fits()
         self._rates = _Rates(model, device, tp, pp, dtype, self.calibration)
         self._ideal = _Rates(model, device, tp, pp, dtype, self.calibration.ideal())
+        self.profile = profile
+        """Measured iteration times that replace the roofline's (aios.hardware.profiles), or None."""
+        if profile is not None:
+            if (profile.model, profile.device, profile.tp) != (model.name, device.name, tp):
+                raise ConfigError(f"the profile of {profile.engine} is for {profile.model} on {profile.device} at "
+                                  f"tp={profile.tp}, not {model.name} on {device.name} at tp={tp}", field="profile")
+            self.step_time = self._profiled_step_time   # type: ignore[method-assign]
 
     def _check_fits(self) -> None:
         hbm, reserved = self.device.hbm_bytes, self.calibration.reserved_bytes
@@ -277,8 +285,13 @@ class CostModel:
         """One batched iteration: prefill chunks (`prefill_lens[i]` new tokens after
         `prefill_ctx[i]` already in the KV cache) and decodes (`decode_ctx[j]` tokens cached,
         one new). Integer numpy arrays, not checked (this is the simulator's hot path); an
-        empty batch costs nothing."""
-        return self._rates.cost(prefill_lens, prefill_ctx, decode_ctx)
+        empty batch costs nothing. With a profile, `time_s` is the measured time and the
+        breakdown is all zero (a fitted profile has none); FLOPs and bytes stay the roofline's."""
+        cost = self._rates.cost(prefill_lens, prefill_ctx, decode_ctx)
+        if self.profile is None or cost.time_s == 0:
+            return cost
+        time_s = self.step_time(prefill_lens.tolist(), prefill_ctx.tolist(), len(decode_ctx), int(decode_ctx.sum()))
+        return IterationCost(time_s, 0.0, 0.0, 0.0, 0.0, 0.0, cost.flops, cost.bytes)
 
     def step_work(self, prefill_lens: list[int], prefill_ctx: list[int], num_decodes: int,
                   decode_ctx_tokens: float) -> tuple[float, float]:
@@ -300,13 +313,18 @@ class CostModel:
         building arrays or the breakdown: the engine calls this once or twice an iteration."""
         return self._rates.step_time(prefill_lens, prefill_ctx, num_decodes, decode_ctx_tokens)
 
+    def _profiled_step_time(self, prefill_lens: list[int], prefill_ctx: list[int], num_decodes: int,
+                            decode_ctx_tokens: int) -> float:
+        """`step_time` from the measured profile: one stage of pp takes 1/pp of the whole."""
+        return self.profile.step_s(prefill_lens, num_decodes, decode_ctx_tokens + num_decodes) / self.pp  # type: ignore[union-attr]
+
     def prefill_time(self, num_tokens: int) -> float:
         """One prompt of `num_tokens`, prefilled whole in one iteration."""
-        return self._rates.cost(np.array([num_tokens]), np.zeros(1, np.int64), _EMPTY).time_s
+        return self.step_time([num_tokens], [0], 0, 0)
 
     def decode_time(self, batch: int, ctx: int) -> float:
         """One decode iteration of `batch` sequences with `ctx` tokens cached each."""
-        return self._rates.cost(_EMPTY, _EMPTY, np.full(batch, ctx, np.int64)).time_s
+        return self.step_time([], [], batch, batch * ctx)
 
     def decode_roofline_tokens_per_s(self, batch: int, ctx: int) -> float:
         """The pure roofline bound on decode throughput (every efficiency 1, no fixed costs):
