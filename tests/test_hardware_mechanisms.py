@@ -36,8 +36,8 @@ def test_migrated_requests_finish_exactly_once():
     """Thresholds that make every poll migrate: requests bounce between two instances, and
     each one still produces its tokens once and finishes once."""
     w = synthetic(60, Arrivals("poisson", 20.0), Lengths.uniform(20, 200), Lengths.uniform(50, 300), seed=4)
-    cfg = ClusterConfig(dispatch="llumnix", migration=True, poll_s=0.05, migrate_out_freeness=1e9,
-                        migrate_in_freeness=-1e9)
+    cfg = ClusterConfig(dispatch="least_load", migration=True, poll_s=0.05, migrate_out_threshold=-1e9,
+                        migrate_in_threshold=1e9)
     cost = AffineCost(capacity=20_000, per_ctx=1e-6)
     r = Cluster(cost, EngineConfig(), 2, cfg).run(w)
     every_request_finishes_once(r)
@@ -66,7 +66,7 @@ def test_round_robin_puts_one_request_on_each_instance():
 
 def test_dispatch_policies_balance_load():
     w = synthetic(200, Arrivals("poisson", 50.0), Lengths.uniform(50, 500), Lengths.uniform(20, 200), seed=2)
-    for dispatch in ("round_robin", "least_load", "llumnix"):
+    for dispatch in ("round_robin", "least_load"):
         r = Cluster(AffineCost(capacity=50_000), EngineConfig(), 4,
                     ClusterConfig(dispatch=dispatch, migration=False)).run(w)
         every_request_finishes_once(r)

@@ -224,7 +224,7 @@ def test_the_same_seed_gives_the_same_figures(tmp_path):
 
 def test_a_cluster_with_migration_a_distserve_pair_and_conversations(tmp_path):
     cluster = sim_json("--config", str(write(tmp_path, changed(
-        {"system": {"kind": "cluster", "instances": 3, "dispatch": "llumnix", "migration": True}}), "c.toml")))
+        {"system": {"kind": "cluster", "instances": 3, "dispatch": "least_load", "migration": True}}), "c.toml")))
     assert "cluster of 3 instances" in cluster["setup"]
     assert cluster["summary"]["finished"] == 30
     split = sim_json("--config", str(write(tmp_path, changed(

@@ -6,20 +6,21 @@ virtual engines); the loop always advances the instance whose clock is furthest 
 to the next global event (an arrival, a poll, a migration stage), so that instances run
 concurrently in simulated time and every decision sees a consistent picture.
 
-Dispatch (`ClusterConfig.dispatch`), as Llumnix's artifact defines its baselines:
+Dispatch (`ClusterConfig.dispatch`), as Llumnix's artifact (branch osdi24ae) defines it:
   round_robin   the i-th request to instance i mod N.
-  least_load    to the instance with the most free KV blocks per request (running and
-                queued); queued requests' demand is not subtracted (INFaaS++: load-aware
-                dispatch, no migration).
-  llumnix       the same, with the queued requests' demand subtracted from the free blocks
-                (Llumnix's virtual usage with de-fragmentation on).
+  least_load    to the instance with the most free KV blocks (less the watermark and the
+                queued requests' demand) per request, running or queued: the artifact's
+                `load` dispatch, which its INFaaS++ baseline and Llumnix share.
 
-Migration (`migration=True`, Llumnix): every `poll_s x migrate_every_polls`, the instances
-are ranked by freeness, blocks per running request (one more while requests queue) left
-after the queued demand and any high-priority headroom; the least free sends a request to
-the freest, the next to the next, while the source is below `migrate_out_freeness` and the
-destination above `migrate_in_freeness`. The request moved is the most recently admitted
-one that is decoding and not of high priority (LCFS). A migration is live: the KV is copied
+Migration (`migration=True`, Llumnix): every `poll_s x migrate_every_polls`, each instance's
+load is computed as the artifact's `consumed_speed` metric, the negative of its freeness:
+free blocks less the watermark (and, with `defrag`, less the queued requests' demand and
+any high-priority headroom) per running request (with `defrag`, one more while requests
+queue). An instance whose load exceeds `migrate_out_threshold`, or that holds requests it
+preempted, sends; one below `migrate_in_threshold` that holds none receives; the most
+loaded sender pairs with the least loaded receiver, the next with the next. The request
+moved is the most recently admitted one that is decoding and not of high priority (LCFS).
+A migration is live: the KV is copied
 in stages while the request keeps decoding on the source (stage 1 copies what it has,
 stage 2 what it produced meanwhile); the request then stops on the source, the last
 tokens' KV is copied (the downtime), and it resumes on the destination, whose blocks were
@@ -43,26 +44,27 @@ from aios.errors import ConfigError
 from aios.hardware.engine import EngineConfig, EngineResult, Instance, Ledger, result_of, virtual_engines
 from aios.hardware.workload import Workload
 
-Dispatch = Literal["round_robin", "least_load", "llumnix"]
+Dispatch = Literal["round_robin", "least_load"]
 _INF = math.inf
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
-    dispatch: Dispatch = "llumnix"
+    dispatch: Dispatch = "least_load"
     migration: bool = True
+    defrag: bool = True                     # queued demand counts in the migration load (Llumnix)
     poll_s: float = 0.05                    # Llumnix's polling interval (repo default)
-    migrate_out_freeness: float = 3.0       # below: the instance sends a request out (Llumnix's threshold)
-    migrate_in_freeness: float = 3.0        # above: the instance may take one in
+    migrate_out_threshold: float = 3.0      # load above it: the instance sends a request out
+    migrate_in_threshold: float = 3.0       # load below it: the instance may take one in
     migrate_every_polls: int = 4            # pairs are formed every this many polls (Llumnix: 4)
     migration_link: Literal["nvlink", "pcie"] = "pcie"
     priority_headroom_blocks: int = 0       # virtual usage added per running high-priority request
     max_events: int = 100_000_000
 
     def __post_init__(self) -> None:
-        if self.dispatch not in ("round_robin", "least_load", "llumnix"):
+        if self.dispatch not in ("round_robin", "least_load"):
             raise ConfigError(f"unknown dispatch {self.dispatch!r}", field="dispatch",
-                              hint="one of: round_robin, least_load, llumnix")
+                              hint="one of: round_robin, least_load")
         if not self.poll_s > 0:
             raise ConfigError("poll_s must be positive", field="poll_s")
 
@@ -153,26 +155,33 @@ class Cluster:
         migrating: set[int] = set()
         stats = {"migrations": 0, "aborted": 0}
 
-        def freeness(x: Instance) -> float:
-            """Llumnix's freeness for migration: blocks per running request (one more while
-            requests queue) left after the queued requests' demand and high-priority headroom."""
-            room = x.free - x.demand_blocks()
-            if cfg.priority_headroom_blocks:
-                room -= cfg.priority_headroom_blocks * sum(1 for r in x.running if ledger.priority[r] > 0)
-            return room / (len(x.running) + (1 if x.waiting or x.swapped else 0) or 1)
+        def load(x: Instance) -> float:
+            """Llumnix's migration load: minus the free blocks (less the watermark; with
+            `defrag`, less the queued demand and high-priority headroom) per running request
+            (with `defrag`, one more while requests queue); -inf when it runs nothing."""
+            room = x.free - x.watermark
+            busy = len(x.running)
+            if cfg.defrag:
+                room -= x.demand_blocks()
+                if cfg.priority_headroom_blocks:
+                    room -= cfg.priority_headroom_blocks * sum(1 for r in x.running if ledger.priority[r] > 0)
+                busy += 1 if x.waiting or x.swapped else 0
+            return -room / busy if busy else -_INF
 
-        def dispatch_freeness(x: Instance, defrag: bool) -> float:
-            """Free blocks (less the queued demand, with `defrag`) per request on the instance."""
-            room = x.free - (x.demand_blocks() if defrag else 0)
-            return room / max(1, len(x.running) + len(x.waiting) + len(x.swapped))
+        def dispatch_load(x: Instance) -> float:
+            """The artifact's dispatch load: minus the free blocks less the watermark and the
+            queued demand, per request running or queued; -inf when it has none."""
+            busy = len(x.running) + len(x.waiting) + len(x.swapped)
+            return -(x.free - x.watermark - x.demand_blocks()) / busy if busy else -_INF
+
+        def preempted(x: Instance) -> bool:
+            return bool(x.swapped) or any(ledger.preempts[r] > 0 for r in x.waiting)
 
         def on_arrival(rid: int, t: float) -> None:
             if cfg.dispatch == "round_robin":
                 x = insts[next(rr) % len(insts)]
-            elif cfg.dispatch == "least_load":   # INFaaS++: load-aware, queued demand not counted
-                x = max(insts, key=lambda y: dispatch_freeness(y, False))
             else:
-                x = max(insts, key=lambda y: dispatch_freeness(y, True))
+                x = min(insts, key=dispatch_load)
             loop.wake(x, t)
             x.add(rid)
             loop.added(x)
@@ -182,14 +191,12 @@ class Cluster:
         def poll(t: float) -> None:
             if any(x.has_work() for x in insts) or loop.events:
                 loop.at(t + cfg.poll_s * cfg.migrate_every_polls, poll)
-            f = {id(x): freeness(x) for x in insts}
-            ranked = sorted(insts, key=lambda x: f[id(x)])
-            # the least free sends to the freest, the next to the next, while they stay apart
-            for src, dst in zip(ranked, reversed(ranked), strict=True):
-                if src is dst or f[id(src)] >= f[id(dst)] or f[id(src)] >= cfg.migrate_out_freeness \
-                        or f[id(dst)] <= cfg.migrate_in_freeness:
-                    break
-                if src.running:
+            loads = {id(x): load(x) for x in insts}
+            ranked = sorted(insts, key=lambda x: loads[id(x)], reverse=True)
+            senders = [x for x in ranked if preempted(x) or loads[id(x)] > cfg.migrate_out_threshold]
+            receivers = [x for x in reversed(ranked) if not preempted(x) and loads[id(x)] < cfg.migrate_in_threshold]
+            for src, dst in zip(senders, receivers):   # the most loaded to the least, the next to the next
+                if src is not dst and src.running:
                     start_migration(src, dst, t)
 
         def start_migration(src: Instance, dst: Instance, t: float) -> None:
@@ -234,7 +241,7 @@ class Cluster:
                 loop.added(dst)
             loop.at(t + down, land)
 
-        if cfg.migration and cfg.dispatch == "llumnix" and len(w):
+        if cfg.migration and len(w):
             loop.at(float(w.arrival_s[0]), poll)
         makespan = loop.run(w.arrival_s.tolist(), on_arrival, lambda x: None)
         for x in insts:

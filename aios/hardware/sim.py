@@ -191,11 +191,12 @@ class SystemSection(_Section):
     kind: str = "single"
     # cluster
     instances: int = Field(1, ge=1)
-    dispatch: Literal["round_robin", "least_load", "llumnix"] = "llumnix"
+    dispatch: Literal["round_robin", "least_load"] = "least_load"
     migration: bool = False
+    defrag: bool = True
     poll_s: float = Field(0.05, gt=0)
-    migrate_out_freeness: float = 3.0
-    migrate_in_freeness: float = 3.0
+    migrate_out_threshold: float = 3.0
+    migrate_in_threshold: float = 3.0
     # distserve
     prefill_instances: int = Field(1, ge=1)
     prefill_tp: int = Field(1, ge=1)
@@ -455,8 +456,9 @@ def run_cluster(config: SimConfig, workload: Workload, progress: Progress | None
     """`instances` copies of the instance under a global scheduler."""
     s = config.system
     with _blame(config, "system"):
-        cluster = ClusterConfig(dispatch=s.dispatch, migration=s.migration, poll_s=s.poll_s,
-                                migrate_out_freeness=s.migrate_out_freeness, migrate_in_freeness=s.migrate_in_freeness)
+        cluster = ClusterConfig(dispatch=s.dispatch, migration=s.migration, defrag=s.defrag, poll_s=s.poll_s,
+                                migrate_out_threshold=s.migrate_out_threshold,
+                                migrate_in_threshold=s.migrate_in_threshold)
     m = config.model
     return Cluster(cost_model(config), engine_config(config), s.instances, cluster, m.tp * m.pp).run(workload)
 
