@@ -86,6 +86,21 @@ def test_swap_preemption_moves_kv_out_and_back():
     assert np.all(~np.isnan(recompute.finish_s))
 
 
+def test_a_recomputed_request_holds_its_prompt_and_tokens_once():
+    """Room for 40 tokens; two requests grow to 34 each. The newer is preempted when they
+    meet (about 20 each), recomputes its prompt and the tokens it had once the other is done,
+    and then fits to its end: one preemption, not a cascade of self-preemptions (its KV must
+    count the re-prefilled tokens once)."""
+    w = Workload(np.array([0.0, 0.0]), np.array([4, 4]), np.array([30, 30]))
+    cost = AffineCost(capacity=40, per_ctx=0.0)
+    r = Engine(cost, EngineConfig(scheduler="vllm", block_size=2, watermark=0.0, preemption="recompute")).run(w)
+    assert r.num_preemptions.tolist() == [0, 1]
+    assert np.all(~np.isnan(r.finish_s)) and not r.unserved
+    # the recompute is one prefill of the prompt and the tokens made before the preemption
+    prefills = r.iter_tokens[r.iter_tokens > 2]
+    assert prefills[0] == 8 and len(prefills) == 2 and 4 < prefills[1] < 4 + 30
+
+
 def test_conservation_and_determinism():
     w = synthetic(500, Arrivals("gamma", 20.0, cv=3.0), Lengths.lognormal(300, 1.0, cap=3000),
                   Lengths.lognormal(100, 1.0, cap=1000), seed=7)

@@ -649,6 +649,8 @@ class Instance:
         for i, length in zip(pre_ids, pre_len, strict=True):
             L.prefilled[i] += length
             if L.prefilled[i] >= L.target[i]:   # the prompt is in: the first (or next) token comes out
+                if L.target[i] > L.prompt[i]:   # a recompute re-prefilled the tokens made so far:
+                    L.prefilled[i] = L.target[i] = L.prompt[i]   # its KV is prompt + done again
                 if math.isnan(L.first[i]):
                     L.first[i] = first_end
                 L.done[i] += 1
