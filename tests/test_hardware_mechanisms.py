@@ -55,6 +55,20 @@ def test_migrated_requests_finish_exactly_once():
     assert np.array_equal(again.finish_s, r.finish_s) and np.array_equal(again.num_migrations, r.num_migrations)
 
 
+def test_migration_polls_go_on_across_an_idle_cluster():
+    """A first request done before the first poll leaves the cluster idle; the polls must
+    go on, so that the requests that come later can still be migrated."""
+    early = Workload(np.array([0.0]), np.array([10]), np.array([1]))
+    later = synthetic(40, Arrivals("poisson", 20.0), Lengths.uniform(20, 200), Lengths.uniform(50, 300), seed=4)
+    w = Workload(np.concatenate([early.arrival_s, later.arrival_s + 5.0]),
+                 np.concatenate([early.prompt_tokens, later.prompt_tokens]),
+                 np.concatenate([early.output_tokens, later.output_tokens]))
+    cfg = ClusterConfig(migration=True, migrate_out_threshold=-1e9, migrate_in_threshold=1e9)
+    r = Cluster(AffineCost(capacity=20_000, per_ctx=1e-6), EngineConfig(), 2, cfg).run(w)
+    every_request_finishes_once(r)
+    assert r.num_migrations[1:].sum() > 0
+
+
 def test_round_robin_puts_one_request_on_each_instance():
     w = Workload(np.array([0.0, 0.0]), np.array([100, 100]), np.array([400, 400]))
     cost = AffineCost(capacity=20_000, per_ctx=0.0)

@@ -189,7 +189,7 @@ class Cluster:
                 progress(1)
 
         def poll(t: float) -> None:
-            if any(x.has_work() for x in insts) or loop.events:
+            if t < last_arrival or any(x.has_work() for x in insts) or loop.events:   # polls go on while work may come
                 loop.at(t + cfg.poll_s * cfg.migrate_every_polls, poll)
             loads = {id(x): load(x) for x in insts}
             ranked = sorted(insts, key=lambda x: loads[id(x)], reverse=True)
@@ -241,6 +241,7 @@ class Cluster:
                 loop.added(dst)
             loop.at(t + down, land)
 
+        last_arrival = float(w.arrival_s[-1]) if len(w) else 0.0
         if cfg.migration and len(w):
             loop.at(float(w.arrival_s[0]), poll)
         makespan = loop.run(w.arrival_s.tolist(), on_arrival, lambda x: None)
