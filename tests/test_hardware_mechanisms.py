@@ -210,6 +210,25 @@ def test_priority_updates_swap_and_still_serve_everyone():
     assert np.sum(~np.isnan(small.finish_s)) + len(small.unserved) == len(w)
 
 
+def test_priority_updates_per_iteration_for_all_or_each_conversation():
+    """FastSwitch's "update frequency", read two ways: after an iteration, all live
+    conversations redrawn together with that chance, or each one on its own."""
+    w = sessions(20, Arrivals("poisson", 4.0), Lengths.uniform(50, 150), Lengths.uniform(50, 150), mean_turns=3,
+                 think_s=1.0, num_priorities=4, seed=9)
+    cost = AffineCost(capacity=4_000)
+    cfg = EngineConfig(priority=True, preemption="swap", block_size=16)
+    runs = {}
+    for scope in ("all", "each"):
+        up = PriorityUpdates(per_iteration=0.05, levels=4, scope=scope, seed=1)
+        runs[scope] = Conversations(cost, cfg, up).run(w)
+        every_request_finishes_once(runs[scope])
+        again = Conversations(cost, cfg, up).run(w)
+        assert np.array_equal(again.finish_s, runs[scope].finish_s)
+    assert not np.array_equal(runs["all"].finish_s, runs["each"].finish_s)
+    with pytest.raises(ConfigError, match="scope"):
+        PriorityUpdates(per_iteration=0.05, scope="some")   # type: ignore[arg-type]
+
+
 # ---- pipeline stages
 
 def test_pipeline_stages_multiply_latency_and_split_memory():

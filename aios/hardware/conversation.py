@@ -6,8 +6,8 @@ FastSwitch (fairness-aware serving, where priority changes force frequent KV swa
 turn a think time after the previous reply finished (the think time is the gap the
 workload put between the turns' arrivals). Every `updates.interval_s` (or, with
 `updates.per_iteration`, at each iteration with that probability: FastSwitch's "update
-frequency") the priorities of the
-live conversations are redrawn (`pattern`: "random" draws each anew, "markov" moves each one
+frequency"; with `scope="each"`, each conversation with that probability on its own) the
+priorities of the live conversations are redrawn (`pattern`: "random" draws each anew, "markov" moves each one
 level up or down with probability `markov_move`), and the instance re-sorts its queues and
 preempts by priority (`EngineConfig.priority` must be on).
 
@@ -35,6 +35,7 @@ class PriorityUpdates:
     levels: int = 4
     pattern: Literal["random", "markov"] = "random"
     markov_move: float = 0.5
+    scope: Literal["all", "each"] = "all"   # per_iteration: all conversations redrawn together, or each on its own
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -44,6 +45,8 @@ class PriorityUpdates:
             raise ConfigError("per_iteration is a probability in [0, 1]", field="per_iteration")
         if self.pattern not in ("random", "markov"):
             raise ConfigError(f"unknown priority pattern {self.pattern!r}", field="pattern", hint="random or markov")
+        if self.scope not in ("all", "each"):
+            raise ConfigError(f"unknown priority update scope {self.scope!r}", field="scope", hint="all or each")
 
 
 class Conversations:
@@ -83,8 +86,11 @@ class Conversations:
                 inst.now = max(inst.now, t)
             inst.add(i, host_prefix=prefix)
 
-        def redraw() -> None:
+        def redraw(chance: float = 1.0) -> None:
+            """New priorities: every live conversation's, or (chance < 1) each one's with that chance."""
             for s, p in live_sessions.items():
+                if chance < 1.0 and rng.random() >= chance:
+                    continue
                 if up.pattern == "random":
                     live_sessions[s] = int(rng.integers(0, up.levels))
                 elif rng.random() < up.markov_move:
@@ -119,7 +125,10 @@ class Conversations:
                 inst.finished.clear()
                 if up.per_iteration:   # each iteration of the step may be followed by a redraw
                     steps = inst.iterations - before[0]
-                    if steps and rng.random() < 1 - (1 - up.per_iteration) ** steps:
+                    chance = 1 - (1 - up.per_iteration) ** steps
+                    if steps and up.scope == "each":
+                        redraw(chance)
+                    elif steps and rng.random() < chance:
                         redraw()
                 continue
             if t_evt == math.inf:

@@ -210,6 +210,7 @@ class SystemSection(_Section):
     priority_per_iteration: float = Field(0.0, ge=0, le=1)
     priority_levels: int = Field(4, ge=1)
     priority_pattern: Literal["random", "markov"] = "random"
+    priority_scope: Literal["all", "each"] = "all"
 
 
 class SimConfig(_Section):
@@ -488,7 +489,8 @@ def run_conversations(config: SimConfig, workload: Workload, progress: Progress 
     s = config.system
     with _blame(config, "system"):
         updates = PriorityUpdates(interval_s=s.priority_interval_s, per_iteration=s.priority_per_iteration,
-                                  levels=s.priority_levels, pattern=s.priority_pattern, seed=config.workload.seed)
+                                  levels=s.priority_levels, pattern=s.priority_pattern, scope=s.priority_scope,
+                                  seed=config.workload.seed)
         return Conversations(cost_model(config), engine_config(config), updates).run(workload)
 
 
