@@ -107,3 +107,15 @@ def test_unsorted_input_is_sorted_by_arrival():
     assert list(w.arrival_s) == [1.0, 2.0, 3.0] and list(w.prompt_tokens) == [10, 20, 30]
     with pytest.raises(ConfigError, match="has 2 entries, not 3"):
         Workload(np.array([1.0, 2.0, 3.0]), np.array([1, 2]), np.array([1, 1, 1]))
+
+
+def test_a_mixture_draws_each_sample_from_one_part_by_weight():
+    m = Lengths.mixture([(1, Lengths.fixed(5)), (3, Lengths.fixed(100))], cap=1000)
+    x = m.sample(np.random.default_rng(0), 20_000)
+    assert set(np.unique(x)) == {5, 100}
+    assert abs((x == 5).mean() - 0.25) < 0.02
+    assert m.sample(np.random.default_rng(1), 0).shape == (0,)
+    with pytest.raises(ConfigError, match="mixture"):
+        Lengths.mixture([])
+    with pytest.raises(ConfigError, match="mixture"):
+        Lengths.mixture([(0, Lengths.fixed(5))])

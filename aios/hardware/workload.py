@@ -30,8 +30,8 @@ Z90 = 1.2815515655446004   # the standard normal's 0.9 quantile
 
 @dataclass(frozen=True, slots=True)
 class Lengths:
-    """Token counts: `kind` is fixed | uniform | lognormal | zipf; all are clipped to
-    [low, cap]."""
+    """Token counts: `kind` is fixed | uniform | lognormal | zipf | quantiles | mixture;
+    all are clipped to [low, cap]."""
     kind: str
     value: float = 0.0          # fixed: the length; lognormal: the median; zipf: the exponent a
     sigma: float = 0.0          # lognormal: sigma of the log
@@ -40,11 +40,14 @@ class Lengths:
     source: str = ""
     mean: float = 0.0           # zipf: if > 0, each sample set is rescaled to this mean (Llumnix's generator)
     points: tuple[tuple[float, float], ...] = ()   # quantiles: (probability, length), linear between
+    parts: tuple[tuple[float, Lengths], ...] = ()   # mixture: (weight, distribution), each sample from one
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fixed", "uniform", "lognormal", "zipf", "quantiles"):
+        if self.kind not in ("fixed", "uniform", "lognormal", "zipf", "quantiles", "mixture"):
             raise ConfigError(f"unknown length distribution {self.kind!r}", field="kind",
-                              hint="one of: fixed, uniform, lognormal, zipf, quantiles")
+                              hint="one of: fixed, uniform, lognormal, zipf, quantiles, mixture")
+        if self.kind == "mixture" and (not self.parts or any(not w > 0 for w, _ in self.parts)):
+            raise ConfigError("a mixture needs at least one part, each with a positive weight", field="parts")
         if self.kind == "quantiles":
             qs = [q for q, _ in self.points]
             vs = [v for _, v in self.points]
@@ -87,6 +90,12 @@ class Lengths:
         return cls("quantiles", cap=cap, source=source, points=tuple(zip(probabilities, lengths, strict=True)))
 
     @classmethod
+    def mixture(cls, parts: Sequence[tuple[float, Lengths]], *, cap: int = 1 << 20, source: str = "") -> Lengths:
+        """Each sample drawn from one of `parts`, chosen with probability proportional to its
+        weight (a dataset made of sub-datasets of different lengths)."""
+        return cls("mixture", cap=cap, source=source, parts=tuple((float(w), d) for w, d in parts))
+
+    @classmethod
     def zipf_mean(cls, a: float, mean: float, cap: int) -> Lengths:
         """Power-law lengths as Llumnix's benchmark generates them: ranks 1 .. 2 mean - 1
         drawn with probability proportional to rank^-a, the sample rescaled (rounding up) so
@@ -104,6 +113,13 @@ class Lengths:
             case "quantiles":
                 qs, vs = zip(*self.points, strict=True)
                 out = np.rint(np.interp(rng.random(n), qs, vs))
+            case "mixture":
+                weights = np.array([w for w, _ in self.parts])
+                which = rng.choice(len(self.parts), size=n, p=weights / weights.sum())
+                out = np.zeros(n, np.int64)
+                for k, (_, part) in enumerate(self.parts):
+                    picked = which == k
+                    out[picked] = part.sample(rng, int(picked.sum()))
             case _ if self.mean > 0:   # zipf over ranks 1 .. 2 mean - 1, rescaled to the mean
                 ranks = np.arange(1, max(2, int(2 * self.mean)))
                 weights = ranks ** -self.value
