@@ -195,7 +195,7 @@ class Cluster:
             ranked = sorted(insts, key=lambda x: loads[id(x)], reverse=True)
             senders = [x for x in ranked if preempted(x) or loads[id(x)] > cfg.migrate_out_threshold]
             receivers = [x for x in reversed(ranked) if not preempted(x) and loads[id(x)] < cfg.migrate_in_threshold]
-            for src, dst in zip(senders, receivers):   # the most loaded to the least, the next to the next
+            for src, dst in zip(senders, receivers, strict=False):   # the most loaded to the least, and on
                 if src is not dst and src.running:
                     start_migration(src, dst, t)
 
