@@ -108,6 +108,11 @@ class BackendBusy(BackendUnavailable):
     code = "backend_busy"
 
 
+class SandboxUnavailable(AiosError):
+    """The sandbox (bubblewrap) cannot run on this machine; the message says why."""
+    code = "sandbox_unavailable"
+
+
 class BackendError(AiosError):
     code = "backend_error"
 
@@ -140,7 +145,7 @@ ERRORS_BY_CODE: dict[str, type[AiosError]] = {
     cls.code: cls for cls in (
         InvalidSyscall, InvalidTransition, ConfigError, PermissionDenied, Unauthorized, NotFound,
         Conflict, ProgramError, MalformedRequest, PayloadTooLarge,
-        BackendUnavailable, BackendBusy, BackendError, ToolError, QuotaExceeded, DeadlineExceeded,
+        BackendUnavailable, BackendBusy, BackendError, SandboxUnavailable, ToolError, QuotaExceeded, DeadlineExceeded,
         JournalUnavailable, Cancelled, InternalError,
     )
 }

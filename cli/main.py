@@ -14,6 +14,7 @@ import typer
 from aios.cli import kernel as kernel_cli
 from aios.cli import mcp as mcp_cli
 from aios.cli import procs
+from aios.cli import sandbox as sandbox_cli
 from aios.cli import sim as sim_cli
 from aios.cli import trace as trace_cli
 from aios.errors import AiosError, ConfigError
@@ -26,6 +27,7 @@ app.add_typer(kernel_cli.app, name="kernel")
 app.add_typer(mcp_cli.app, name="mcp")
 app.add_typer(trace_cli.app, name="trace")
 app.add_typer(sim_cli.app, name="sim")
+app.add_typer(sandbox_cli.app, name="sandbox")
 procs.install(app)
 
 

@@ -1,0 +1,347 @@
+"""The sandbox: runs untrusted code so that it cannot escape, read what is not its own, or
+take the machine down.
+
+`run(argv, limits=Limits(...), network="none")` runs a command under bubblewrap (the Debian
+package `bubblewrap`, which `make` installs) in new user, pid, mount, IPC, UTS and cgroup
+namespaces, and a new network namespace unless the network is allowed:
+
+- the system is seen read-only (/usr and its /bin, /lib links), with nothing of /etc but
+  the loader cache and, when the network is allowed, the resolver and CA files: no
+  /etc/shadow, no home directories, no aios database;
+- the only writable places are a private work directory (bound at /work, the current
+  directory, whose files come back in the result) and a small /tmp in memory;
+- every capability is dropped and no new user namespace can be made inside;
+- rlimits cap CPU seconds, address space, open files, processes and file size; run as
+  root, the sandbox takes a user id of its own, so the process limit counts only its
+  processes;
+- a watchdog stops it at the wall-clock timeout or when the work directory outgrows its
+  disk quota, and the output kept is capped.
+
+Where bubblewrap cannot run, `SandboxUnavailable` says why. A weaker mode, `mode="rlimits"`
+(rlimits, a fresh directory and its own user id, but no namespaces: it can see the file
+system and the network), exists only when asked for by name, never as a silent fallback.
+
+What is not isolated: the kernel itself (a kernel exploit escapes any namespace), CPU time
+shared with the host within the CPU limit, and the host's /usr (read-only)."""
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from aios.errors import ConfigError, SandboxUnavailable
+
+Mode = Literal["bwrap", "rlimits"]
+Network = Literal["none", "host"]
+
+EXIT_TIMEOUT = 124       # the command ran past its wall-clock timeout (as coreutils' timeout)
+EXIT_LIMIT = 125         # another limit stopped it: CPU time, a signal from a limit, the disk quota
+EXIT_UNAVAILABLE = 69    # the sandbox cannot run here (sysexits' EX_UNAVAILABLE)
+
+_UID_BASE, _UID_SPAN = 200_000, 60_000   # run as root: a user id of its own from this range
+_POLL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a sandboxed command may use. Sizes in MiB; `cpu_s` defaults to the timeout."""
+    timeout_s: float = 30.0
+    memory_mb: int = 512          # address space
+    cpu_s: int | None = None
+    processes: int = 64
+    open_files: int = 256
+    file_size_mb: int = 64        # the largest file it may write
+    disk_mb: int = 256            # all it may write to its work directory
+    tmp_mb: int = 64              # its /tmp, in memory
+    output_kb: int = 1024         # stdout and stderr kept, each
+
+    def __post_init__(self) -> None:
+        checks = {"timeout_s": self.timeout_s > 0, "memory_mb": self.memory_mb >= 16, "processes": self.processes >= 1,
+                  "open_files": self.open_files >= 8, "file_size_mb": self.file_size_mb >= 1,
+                  "disk_mb": self.disk_mb >= 1, "tmp_mb": self.tmp_mb >= 1, "output_kb": self.output_kb >= 1,
+                  "cpu_s": self.cpu_s is None or self.cpu_s >= 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"sandbox limit {name} = {getattr(self, name)} is out of range", field=name,
+                                  hint="timeout_s > 0, memory_mb >= 16, processes >= 1, open_files >= 8, sizes >= 1")
+
+    @property
+    def cpu_seconds(self) -> int:
+        return self.cpu_s if self.cpu_s is not None else max(1, int(self.timeout_s + 1))
+
+
+@dataclass(slots=True)
+class SandboxResult:
+    argv: list[str]
+    exit_code: int                # the command's (128 + N if a signal N ended it)
+    stdout: str
+    stderr: str
+    duration_s: float
+    mode: Mode
+    network: Network
+    stopped_by: str | None = None   # "timeout" | "cpu" | "disk" | "signal" when the sandbox or a limit ended it
+    message: str = ""               # what stopped it, in words
+    files: dict[str, int] = field(default_factory=dict)      # what it left in /work: path -> bytes
+    contents: dict[str, bytes] = field(default_factory=dict)  # the small ones, read back
+    truncated: bool = False         # stdout or stderr was cut at the output limit
+
+    @property
+    def cli_exit_code(self) -> int:
+        """The command's exit code, or EXIT_TIMEOUT / EXIT_LIMIT when a limit stopped it."""
+        if self.stopped_by == "timeout":
+            return EXIT_TIMEOUT
+        if self.stopped_by in ("cpu", "disk"):
+            return EXIT_LIMIT
+        return self.exit_code
+
+
+def unavailable_reason() -> str | None:
+    """Why bubblewrap cannot run here (None if it can): it is tried once, on a no-op."""
+    return _probe()
+
+
+@functools.cache
+def _probe() -> str | None:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    try:
+        p = subprocess.run([bwrap, *_namespace_args("none"), *_system_binds("none"), "--", "/usr/bin/true"],
+                           capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bwrap could not start: {e}"
+    if p.returncode != 0:
+        return f"bwrap cannot create its namespaces here: {p.stderr.strip()[-300:] or f'exit {p.returncode}'}"
+    return None
+
+
+def run(argv: Sequence[str], *, limits: Limits | None = None, network: Network = "none", mode: Mode = "bwrap",
+        files: Mapping[str, bytes | str] | None = None, stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None, read_back_bytes: int = 64 * 1024) -> SandboxResult:
+    """Runs `argv` in the sandbox and waits for it. `files`: written to its work directory
+    first (relative paths). `read_back_bytes`: files up to this size come back in
+    `contents`. Raises SandboxUnavailable (mode "bwrap" where bubblewrap cannot run) or
+    ConfigError (a bad argument); a command that fails or is stopped is a result."""
+    limits = limits or Limits()
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise ConfigError("nothing to run: give the command and its arguments", field="argv")
+    if network not in ("none", "host"):
+        raise ConfigError(f"unknown network setting {network!r}", field="network", hint="none or host")
+    if mode not in ("bwrap", "rlimits"):
+        raise ConfigError(f"unknown sandbox mode {mode!r}", field="mode", hint="bwrap, or rlimits (weaker) by name")
+    if mode == "bwrap" and (why := _probe()) is not None:
+        raise SandboxUnavailable(f"the sandbox cannot run: {why}",
+                                 hint="install the Debian package bubblewrap (the Makefile does), or ask for the "
+                                      "weaker mode 'rlimits' by name")
+    root = os.geteuid() == 0
+    uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if root else os.getuid()
+    gid = uid if root else os.getgid()
+    work = Path(tempfile.mkdtemp(prefix="aios-sandbox-"))
+    try:
+        _seed(work, files or {})
+        if root:
+            for p in [work, *work.rglob("*")]:
+                os.lchown(p, uid, gid)
+        os.chmod(work, 0o700)
+        command = _command(argv, limits, network, mode, work, env or {}, root)
+        return _supervise(command, argv, limits, network, mode, work, uid if root else None, stdin, read_back_bytes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _seed(work: Path, files: Mapping[str, bytes | str]) -> None:
+    for name, data in files.items():
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or "\x00" in name or not rel.parts:
+            raise ConfigError(f"a sandbox file must be a relative path inside the work directory, not {name!r}",
+                              field="files")
+        path = work / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def _namespace_args(network: Network) -> list[str]:
+    args = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"]
+    if network == "none":
+        args.append("--unshare-net")
+    return args
+
+
+def _system_binds(network: Network) -> list[str]:
+    """A read-only view of the system: /usr and the merged-/usr links, the loader cache;
+    with the network, the resolver and CA files. Nothing else of /etc."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "lib", "lib64", "sbin", "lib32"):
+        host = Path("/") / top
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{top}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{top}"]
+    etc = ["/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime"]
+    if network == "host":
+        etc += ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"]
+    for path in etc:
+        args += ["--ro-bind-try", path, path]
+    return args + ["--proc", "/proc", "--dev", "/dev"]
+
+
+def _command(argv: list[str], limits: Limits, network: Network, mode: Mode, work: Path, env: Mapping[str, str],
+             root: bool) -> list[str]:
+    mib = 1 << 20
+    # as root the process limit counts only this sandbox's own user id; otherwise the
+    # caller's processes count too, so the limit is raised by what the caller already runs
+    nproc = limits.processes if root else limits.processes + _processes_of(os.getuid())
+    rlimits = [shutil.which("prlimit") or "/usr/bin/prlimit", f"--nproc={nproc}", f"--as={limits.memory_mb * mib}",
+               f"--cpu={limits.cpu_seconds}", f"--fsize={limits.file_size_mb * mib}",
+               f"--nofile={limits.open_files}", "--core=0", "--"]
+    variables = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+                 "PYTHONDONTWRITEBYTECODE": "1", **env}
+    if mode == "rlimits":
+        return rlimits + argv
+    box = [shutil.which("bwrap") or "/usr/bin/bwrap", *_namespace_args(network), *_system_binds(network),
+           "--size", str(limits.tmp_mb * mib), "--tmpfs", "/tmp",
+           "--bind", str(work), "/work", "--chdir", "/work", "--clearenv"]
+    for key, value in variables.items():
+        box += ["--setenv", key, value]
+    return rlimits + box + ["--", *argv]
+
+
+def _processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+def _supervise(command: list[str], argv: list[str], limits: Limits, network: Network, mode: Mode, work: Path,
+               uid: int | None, stdin: bytes | None, read_back_bytes: int) -> SandboxResult:
+    cap = limits.output_kb * 1024
+    kwargs: dict = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    if mode == "rlimits":
+        kwargs["cwd"] = str(work)
+        kwargs["env"] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8",
+                         "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+    except OSError as e:
+        raise SandboxUnavailable(f"the sandbox could not start {command[0]}: {e.strerror or e}",
+                                 hint="is util-linux's prlimit installed?") from None
+    out, err = _Drain(proc.stdout, cap), _Drain(proc.stderr, cap)
+    if stdin is not None and proc.stdin is not None:
+        try:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        except OSError:
+            pass
+    stopped_by, message = None, ""
+    while proc.poll() is None:
+        elapsed = time.monotonic() - start
+        if elapsed > limits.timeout_s:
+            stopped_by, message = "timeout", f"stopped after its {limits.timeout_s:g} s timeout"
+        elif _size(work) > limits.disk_mb * (1 << 20):
+            stopped_by, message = "disk", f"stopped: it wrote more than its {limits.disk_mb} MiB disk quota"
+        if stopped_by:
+            _kill(proc)
+            break
+        try:
+            proc.wait(timeout=_POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+    proc.wait()
+    out.join()
+    err.join()
+    code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    if stopped_by is None and code > 128:
+        sig = code - 128
+        if sig in (signal.SIGXCPU, signal.SIGKILL) and time.monotonic() - start < limits.timeout_s \
+                and _cpu_bound(code, limits):
+            stopped_by, message = "cpu", f"stopped at its {limits.cpu_seconds} s CPU limit"
+        elif sig == signal.SIGXFSZ:
+            stopped_by, message = "signal", f"stopped at its {limits.file_size_mb} MiB file size limit"
+    files = {str(p.relative_to(work)): p.stat().st_size for p in sorted(work.rglob("*")) if p.is_file()}
+    contents = {name: (work / name).read_bytes() for name, size in files.items() if size <= read_back_bytes}
+    if not stopped_by and any(size >= limits.file_size_mb * (1 << 20) for size in files.values()):
+        message = f"a file reached its {limits.file_size_mb} MiB size limit"
+    return SandboxResult(argv, code, out.text(), err.text(), time.monotonic() - start, mode, network, stopped_by,
+                         message, files, contents, out.truncated or err.truncated)
+
+
+def _cpu_bound(code: int, limits: Limits) -> bool:
+    """SIGXCPU is the CPU limit's; a SIGKILL is too when it came after the soft limit (the
+    hard limit is the same here, so the kernel sends SIGKILL right away)."""
+    return code - 128 == signal.SIGXCPU or limits.cpu_seconds < limits.timeout_s
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """The whole sandbox: bwrap dies, and with it (die-with-parent) the pid namespace."""
+    for target in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+        try:
+            target()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _size(work: Path) -> int:
+    total = 0
+    stack = [str(work)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+class _Drain:
+    """Reads a pipe to its end on a thread, keeping the first `cap` bytes."""
+
+    def __init__(self, pipe, cap: int):
+        self.cap, self.data, self.truncated = cap, bytearray(), False
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe) -> None:
+        with pipe:
+            while chunk := pipe.read(65536):
+                room = self.cap - len(self.data)
+                if room > 0:
+                    self.data += chunk[:room]
+                if len(chunk) > max(room, 0):
+                    self.truncated = True
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+__all__ = ["EXIT_LIMIT", "EXIT_TIMEOUT", "EXIT_UNAVAILABLE", "Limits", "SandboxResult", "SandboxUnavailable", "run",
+           "unavailable_reason"]

@@ -183,7 +183,7 @@ async def test_the_daemons_builtin_tools_run_in_a_kernel(make_settings):
     settings = make_settings()
     specs = builtin_tools(settings)
     assert [s.name for s in specs] == ["calculator", "search", "read_file", "write_file", "list_files",
-                                       "http_fetch"]
+                                       "http_fetch", "python"]
     assert {s.name for s in specs if s.needs_network} == {"http_fetch"}
     assert not any(s.irreversible for s in specs)
     async with Kernel(settings) as k:
@@ -199,6 +199,9 @@ async def test_the_daemons_builtin_tools_run_in_a_kernel(make_settings):
                 await k.submit({"kind": "tool", "tool": "search", "arguments": {"query": "x", "k": "many"}})
             with pytest.raises(PermissionDenied, match="http_fetch is off"):
                 await k.call({"kind": "tool", "tool": "http_fetch", "arguments": {"url": "http://example.com/"}})
+            ran = await k.call({"kind": "tool", "tool": "python",
+                                "arguments": {"code": "print(sum(range(10))); open('o.txt', 'w').write('x')"}})
+            assert ran["exit_code"] == 0 and ran["stdout"] == "45\n" and ran["files"] == {"o.txt": {"bytes": 1, "text": "x"}}
 
 
 # ---- http_fetch, against a loopback server

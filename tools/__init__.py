@@ -8,6 +8,7 @@ from aios.errors import ConfigError, NotFound
 from aios.tools.calculator import calculator
 from aios.tools.files import file_tools
 from aios.tools.http import http_fetch_tool
+from aios.tools.python import MAX_TIMEOUT_S, python
 from aios.tools.registry import ToolContext, ToolRegistry, ToolSpec, spec_of, tool
 from aios.tools.search import Corpus, search_tool
 
@@ -22,7 +23,8 @@ AIOS_DOCS_DESCRIPTION = ("Searches the documentation of aios, the agent operatin
 def builtin_tools(settings: Settings) -> list[ToolSpec]:
     """The tools the daemon offers, as the settings configure them: calculator, search
     (over `tools.corpus`, else the documentation aios ships), read_file, write_file,
-    list_files, and http_fetch (off unless `tools.http_allow` lists hosts)."""
+    list_files, http_fetch (off unless `tools.http_allow` lists hosts), and python (a
+    snippet in the sandbox)."""
     folder = settings.tools.corpus
     if folder is None:
         search = search_tool(Corpus.aios_docs(), description=AIOS_DOCS_DESCRIPTION)
@@ -32,7 +34,8 @@ def builtin_tools(settings: Settings) -> list[ToolSpec]:
         except NotFound as e:
             raise ConfigError(f"invalid setting tools.corpus: {e.message}", field="tools.corpus",
                               hint=e.hint) from None
-    return [tool(calculator, timeout_s=5.0), search, *file_tools(), http_fetch_tool(settings.tools)]
+    return [tool(calculator, timeout_s=5.0), search, *file_tools(), http_fetch_tool(settings.tools),
+            tool(python, timeout_s=MAX_TIMEOUT_S + 10.0, max_concurrency=4)]
 
 
 __all__ = ["ToolContext", "ToolRegistry", "ToolSpec", "builtin_tools", "spec_of", "tool"]

@@ -28,6 +28,7 @@ STATUS: dict[str, int] = {
     "backend_busy": 503,
     "backend_unavailable": 503,
     "journal_unavailable": 503,
+    "sandbox_unavailable": 503,
     "backend_error": 502,
     "tool_error": 502,
     "deadline_exceeded": 504,

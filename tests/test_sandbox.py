@@ -1,0 +1,205 @@
+"""The sandbox, with bubblewrap for real: harmless code runs and hands its files back, and
+each attack of the access issue is stopped and reported (a fork bomb, 10 GiB of memory,
+10 GiB of writes, a socket to the host, /etc/shadow, the aios database, a sleep that never
+ends, a busy loop). The Makefile installs bubblewrap; these tests do not skip without it."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import aios.sandbox as sandbox
+from aios.errors import ConfigError, SandboxUnavailable
+from aios.sandbox import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_UNAVAILABLE, Limits, run
+
+AIOS = Path(sys.executable).with_name("aios")
+
+
+def py(code: str, **kw) -> sandbox.SandboxResult:
+    return run(["python3", "-c", code], **kw)
+
+
+def test_bubblewrap_runs_here():
+    assert sandbox.unavailable_reason() is None, "make installs the Debian package bubblewrap"
+
+
+def test_a_harmless_snippet_runs_and_hands_back_its_files():
+    r = py("import sys; print(6 * 7); print('warn', file=sys.stderr); open('out/a.txt', 'w').write(open('in.txt').read())",
+           files={"in.txt": "hello", "out/keep": b""})
+    assert (r.exit_code, r.stdout, r.stderr, r.stopped_by) == (0, "42\n", "warn\n", None)
+    assert r.files == {"in.txt": 5, "out/a.txt": 5, "out/keep": 0} and r.contents["out/a.txt"] == b"hello"
+    assert r.mode == "bwrap" and r.network == "none"
+
+
+def test_the_exit_code_and_stdin_pass_through():
+    r = py("import sys; print(sys.stdin.read()[::-1]); sys.exit(3)", stdin=b"abc")
+    assert r.exit_code == 3 and r.stdout == "cba\n" and r.cli_exit_code == 3
+
+
+def test_a_fork_bomb_is_stopped_by_the_process_limit():
+    code = ("import os, time\nfor i in range(300):\n    if os.fork() == 0:\n        time.sleep(3)\n        os._exit(0)\n"
+            "print('ESCAPED')")
+    r = py(code, limits=Limits(processes=32, timeout_s=20))
+    assert "ESCAPED" not in r.stdout and r.exit_code != 0
+    assert "Resource temporarily unavailable" in r.stderr
+
+
+def test_ten_gib_of_memory_is_refused():
+    r = py("x = bytearray(10 * 1024 ** 3); print('ESCAPED')", limits=Limits(memory_mb=256))
+    assert "ESCAPED" not in r.stdout and r.exit_code != 0 and "MemoryError" in r.stderr
+
+
+def test_ten_gib_in_one_file_stops_at_the_file_size_limit():
+    code = "f = open('big', 'wb')\nfor i in range(10 * 1024):\n    f.write(b'x' * (1 << 20))\nprint('ESCAPED')"
+    r = py(code, limits=Limits(file_size_mb=8))
+    assert "ESCAPED" not in r.stdout and r.exit_code != 0 and "File too large" in r.stderr
+    assert r.files["big"] == 8 << 20 and "size limit" in r.message
+
+
+def test_many_files_stop_at_the_disk_quota():
+    code = ("for k in range(1000):\n    f = open(f'f{k}', 'wb')\n    for i in range(4):\n"
+            "        f.write(b'x' * (1 << 20))\n    f.close()\nprint('ESCAPED')")
+    r = py(code, limits=Limits(file_size_mb=8, disk_mb=32, timeout_s=20))
+    assert "ESCAPED" not in r.stdout and r.stopped_by == "disk" and r.cli_exit_code == EXIT_LIMIT
+    assert "disk quota" in r.message
+    assert sum(r.files.values()) < 32 * (1 << 20) * 8   # stopped soon after the quota, not at 4 GiB
+
+
+def test_tmp_is_small_and_in_memory():
+    code = "f = open('/tmp/big', 'wb')\nfor i in range(1024):\n    f.write(b'x' * (1 << 20))\nprint('ESCAPED')"
+    r = py(code, limits=Limits(tmp_mb=8, file_size_mb=64))
+    assert "ESCAPED" not in r.stdout and r.exit_code != 0
+    assert "No space left" in r.stderr or "File too large" in r.stderr
+
+
+def test_no_network_by_default():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        r = py(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); print('ESCAPED')")
+        assert "ESCAPED" not in r.stdout and r.exit_code != 0
+        r = py("import socket; socket.getaddrinfo('example.com', 80); print('ESCAPED')")
+        assert "ESCAPED" not in r.stdout and r.exit_code != 0
+    finally:
+        server.close()
+
+
+def test_the_host_network_when_allowed():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        r = py(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')",
+               network="host")
+        assert r.exit_code == 0 and r.stdout == "connected\n"
+    finally:
+        server.close()
+
+
+def test_secrets_and_the_aios_database_are_not_visible(tmp_path: Path):
+    db = tmp_path / "aios.db"
+    db.write_text("the journal")
+    r = py(f"import os\nfor p in ['/etc/shadow', '/etc/passwd', '/root', {str(db)!r}, {str(Path.home())!r}, "
+           f"{str(Path(__file__).parent)!r}]:\n    print(p, os.path.exists(p))")
+    assert r.exit_code == 0
+    assert all(line.endswith(" False") for line in r.stdout.splitlines()), r.stdout
+    r = py(f"print(open({str(db)!r}).read())")
+    assert "the journal" not in r.stdout and "No such file" in r.stderr
+
+
+def test_the_system_is_read_only_and_capabilities_are_gone():
+    r = py("import os\ntry:\n    open('/usr/evil', 'w')\nexcept OSError as e:\n    print('ro', e.errno)\n"
+           "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\nprint(os.getpid())")
+    lines = r.stdout.split()
+    assert lines[0] == "ro" and lines[2] == "0000000000000000"
+    assert int(lines[3]) < 10   # its own pid namespace
+
+
+def test_a_sleep_forever_is_stopped_at_the_timeout():
+    start = time.monotonic()
+    r = py("import time; time.sleep(1000)", limits=Limits(timeout_s=1.5))
+    assert r.stopped_by == "timeout" and r.cli_exit_code == EXIT_TIMEOUT and "timeout" in r.message
+    assert 1.4 < time.monotonic() - start < 15
+
+
+def test_a_busy_loop_is_stopped_at_the_cpu_limit():
+    r = py("while True: pass", limits=Limits(timeout_s=20, cpu_s=1))
+    assert r.stopped_by == "cpu" and r.cli_exit_code == EXIT_LIMIT and r.duration_s < 15
+
+
+def test_output_is_capped():
+    r = py("import sys\nfor i in range(200): sys.stdout.write('x' * 10000)", limits=Limits(output_kb=64))
+    assert r.truncated and len(r.stdout) == 64 * 1024 and r.exit_code == 0
+
+
+def test_bad_input_is_refused_with_the_field():
+    with pytest.raises(ConfigError, match="nothing to run"):
+        run([])
+    with pytest.raises(ConfigError) as err:
+        run(["true"], network="internet")   # type: ignore[arg-type]
+    assert err.value.field == "network"
+    with pytest.raises(ConfigError) as err:
+        run(["true"], mode="docker")   # type: ignore[arg-type]
+    assert err.value.field == "mode"
+    for name in ("../escape", "/etc/passwd", "a\x00b", ""):
+        with pytest.raises(ConfigError, match="relative path"):
+            run(["true"], files={name: "x"})
+    with pytest.raises(ConfigError) as err:
+        Limits(timeout_s=0)
+    assert err.value.field == "timeout_s"
+
+
+def test_without_bubblewrap_the_sandbox_says_why_and_the_weaker_mode_is_only_by_name(monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else real_which(name))
+    sandbox._probe.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match="bubblewrap") as err:
+            py("print(1)")
+        assert "rlimits" in err.value.hint
+        weak = py("import os; print(os.path.exists('/etc/passwd'))", mode="rlimits")
+        assert weak.exit_code == 0 and weak.mode == "rlimits"
+        assert weak.stdout == "True\n"   # no namespaces: it sees the system, as documented
+        slow = py("import time; time.sleep(100)", mode="rlimits", limits=Limits(timeout_s=1))
+        assert slow.stopped_by == "timeout"
+    finally:
+        monkeypatch.undo()
+        sandbox._probe.cache_clear()
+
+
+# ---- the command
+
+def aios(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(AIOS), "sandbox", "run", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_command_prints_and_passes_the_exit_code_on():
+    p = aios("--timeout", "10", "--", "python3", "-c", "print(6 * 7)")
+    assert (p.returncode, p.stdout) == (0, "42\n")
+    p = aios("--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (p.returncode, p.stdout, p.stderr) == (7, "out\n", "err\n")
+
+
+def test_the_command_reports_a_limit_with_its_own_exit_code():
+    p = aios("--timeout", "1", "--", "sleep", "100")
+    assert p.returncode == EXIT_TIMEOUT and "timeout" in p.stderr
+    p = aios("--timeout", "20", "--cpu", "1", "--", "python3", "-c", "while True: pass")
+    assert p.returncode == EXIT_LIMIT and "CPU limit" in p.stderr
+
+
+def test_the_command_refuses_bad_input():
+    p = aios()
+    assert p.returncode == 2 and "no command" in p.stderr
+    p = aios("--network", "internet", "--", "true")
+    assert p.returncode == 2 and "network" in p.stderr
+    p = aios("--timeout", "-1", "--", "true")
+    assert p.returncode == 2 and "timeout_s" in p.stderr
+    assert EXIT_UNAVAILABLE == 69
