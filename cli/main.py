@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from aios.cli import access as access_cli
 from aios.cli import kernel as kernel_cli
 from aios.cli import mcp as mcp_cli
 from aios.cli import procs
@@ -29,6 +30,7 @@ app.add_typer(trace_cli.app, name="trace")
 app.add_typer(sim_cli.app, name="sim")
 app.add_typer(sandbox_cli.app, name="sandbox")
 procs.install(app)
+access_cli.install(app)
 
 
 @app.command()

@@ -80,7 +80,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics(request: Request) -> PlainTextResponse:
         """Needs a token when tokens are configured: it names every principal's processes."""
-        principal_of(request)
+        await principal_of(request)
         return PlainTextResponse(request.app.state.metrics.render(),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -101,13 +101,29 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_exposure(settings: Settings, host: str) -> str:
-    """Refuses to listen beyond loopback without tokens; returns the line to print."""
+    """Refuses to listen beyond loopback without tokens (in the settings or the database's
+    API tokens, aios.access); returns the line to print."""
     if settings.server.tokens:
         return f"{len(settings.server.tokens)} bearer token(s) configured"
+    if _database_tokens(settings):
+        return "bearer tokens required (API tokens in the database: aios token list)"
     if not is_loopback(host):
         raise ConfigError(f"refusing to listen on {host} with no tokens configured", field="server.tokens",
-                          hint="add [server.tokens] to the config, or listen on 127.0.0.1")
+                          hint="make one with `aios token create --user NAME`, or add [server.tokens] to the "
+                               "config, or listen on 127.0.0.1")
     return "loopback only: no tokens are configured, so every local caller is trusted"
+
+
+def _database_tokens(settings: Settings) -> bool:
+    from aios import access
+    from aios.clock import WallClock
+    from aios.storage.db import Database
+    db = Database(settings.db_url, WallClock())
+    db.open()
+    try:
+        return access.has_tokens(db.engine)   # type: ignore[arg-type]
+    finally:
+        db.close()
 
 
 def serve(settings: Settings, host: str, port: int, *, on_ready: object = None) -> None:

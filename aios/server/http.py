@@ -6,11 +6,14 @@ import hmac
 import json
 import math
 import re
+import time
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from aios import access
+from aios.errors import Unauthorized
 from aios.kernel import Kernel
 from aios.process import Process
 from aios.server.errors import HttpError
@@ -81,20 +84,42 @@ async def read_model(request: Request, model: type[M]) -> M:
         raise HttpError("invalid_syscall", f"{field or 'body'}: {first['msg']}", field=field or None) from None
 
 
-def principal_of(request: Request) -> str:
-    """The caller's principal. With no tokens configured the server is loopback-only and
-    every caller is `local`; otherwise a known bearer token is required."""
-    tokens: dict[str, str] = request.app.state.settings.server.tokens
-    if not tokens:
-        return "local"
+_TOKENS_TTL_S = 1.0   # how long "the database holds tokens" is cached for callers without one
+
+
+async def principal_of(request: Request) -> str:
+    """The caller's principal, from its bearer token: one of `server.tokens`, or an API
+    token of the database (aios.access: checked on every request, so a revocation takes
+    effect at once, and audited). With no tokens anywhere the server is loopback-only and
+    every caller is `local`; once tokens exist (within a second of the first one), a
+    caller without a valid one is refused."""
+    settings_tokens: dict[str, str] = request.app.state.settings.server.tokens
+    if not settings_tokens and not await _database_has_tokens(request):
+        return access.LOCAL   # any header is ignored (OpenAI clients always send one)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise HttpError("unauthorized", "this server needs a bearer token",
                         hint="send the header Authorization: Bearer <token>")
-    for known, principal in tokens.items():
-        if hmac.compare_digest(known.encode(), token.strip().encode()):
+    for known, principal in settings_tokens.items():
+        if hmac.compare_digest(known.encode(), token.encode()):
             return principal
-    raise HttpError("unauthorized", "the bearer token is not valid", hint="check AIOS_TOKEN")
+    k = kernel_of(request)
+    now = time.time()
+    try:
+        return (await k.db.run(lambda e: access.authenticate(e, token, now))).name
+    except Unauthorized as e:
+        raise HttpError("unauthorized", e.message, hint=e.hint) from None
+
+
+async def _database_has_tokens(request: Request) -> bool:
+    state = request.app.state
+    cached = getattr(state, "db_tokens", None)
+    now = time.monotonic()
+    if cached is None or now - cached[1] > _TOKENS_TTL_S:
+        cached = (await kernel_of(request).db.run(access.has_tokens), now)
+        state.db_tokens = cached
+    return cached[0]
 
 
 def caller_pid(request: Request, principal: str) -> int:

@@ -48,7 +48,7 @@ def to_syscall(body: Any) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", tags=["openai"])
 async def chat_completions(request: Request):
-    principal = principal_of(request)
+    principal = await principal_of(request)
     pid = caller_pid(request, principal)
     body = await read_json(request)
     k = kernel_of(request)

@@ -46,7 +46,7 @@ async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
 async def submit(request: Request, wait: bool = Query(False, description="answer once the call is over")):
     """Submits any syscall. The answer comes once its record is durable; with
     `wait=true`, once the call is over."""
-    principal = principal_of(request)
+    principal = await principal_of(request)
     pid = caller_pid(request, principal)
     body = await read_json(request)
     ticket = await kernel_of(request).submit(body, pid=pid, principal=principal)
@@ -57,14 +57,14 @@ async def submit(request: Request, wait: bool = Query(False, description="answer
 @router.get("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
             tags=["syscalls"])
 async def get_syscall(request: Request, call_id: str):
-    return syscall_json(await owned_call(request, call_id, principal_of(request)))
+    return syscall_json(await owned_call(request, call_id, await principal_of(request)))
 
 
 @router.delete("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
                tags=["syscalls"])
 async def cancel_syscall(request: Request, call_id: str):
     """Cancels a call that is not over; a finished call is returned as it is."""
-    await owned_call(request, call_id, principal_of(request))
+    await owned_call(request, call_id, await principal_of(request))
     return syscall_json(await kernel_of(request).cancel(call_id))
 
 
@@ -73,7 +73,7 @@ async def cancel_syscall(request: Request, call_id: str):
 async def syscall_events(request: Request, call_id: str):
     """Server-sent events: `state` (each state change, the last one terminal), `token`
     (each piece of generated text), `lagged` (this client read too slowly and missed some)."""
-    await owned_call(request, call_id, principal_of(request))
+    await owned_call(request, call_id, await principal_of(request))
     k = kernel_of(request)
 
     async def events() -> AsyncIterator[str]:
@@ -120,7 +120,7 @@ def _sse(event: str, data: Any) -> str:
 @router.post("/v1/processes", status_code=201, response_model=schemas.ProcessOut, responses=schemas.ERRORS,
              openapi_extra=_body(schemas.ProcessIn), tags=["processes"])
 async def spawn(request: Request):
-    principal = principal_of(request)
+    principal = await principal_of(request)
     body = await read_model(request, schemas.ProcessIn)
     if body.parent_pid is not None:
         owned_process(request, body.parent_pid, principal)
@@ -136,7 +136,7 @@ async def process_logs(request: Request, pid: int, follow: bool = Query(False, d
                        "until the process exits")):
     """The process's output (its program's stdout and stderr, or an in-process agent's
     result and traceback), as plain text."""
-    owned_process(request, pid, principal_of(request))
+    owned_process(request, pid, await principal_of(request))
     k = kernel_of(request)
     path = k.supervisor.log_path(pid)
 
@@ -170,7 +170,7 @@ def _read_from(path: Path, offset: int) -> bytes:
             tags=["processes"])
 async def list_processes(request: Request,
                          include_exited: bool = Query(False, alias="all", description="exited ones too")):
-    principal = principal_of(request)
+    principal = await principal_of(request)
     procs = kernel_of(request).processes.procs.values()
     return [process_json(p) for p in procs
             if p.principal == principal and (include_exited or p.state is not ProcState.EXITED)]
@@ -179,7 +179,7 @@ async def list_processes(request: Request,
 @router.get("/v1/processes/{pid}", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
             tags=["processes"])
 async def get_process(request: Request, pid: int):
-    return process_json(owned_process(request, pid, principal_of(request)))
+    return process_json(owned_process(request, pid, await principal_of(request)))
 
 
 @router.post("/v1/processes/{pid}/signal", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
@@ -187,7 +187,7 @@ async def get_process(request: Request, pid: int):
 async def signal(request: Request, pid: int):
     """suspend: its calls stop being scheduled; resume; terminate and kill: its calls in
     flight are cancelled and it exits."""
-    principal = principal_of(request)
+    principal = await principal_of(request)
     body = await read_model(request, schemas.SignalIn)
     proc = owned_process(request, pid, principal)
     if proc.state is ProcState.EXITED:
@@ -207,7 +207,7 @@ async def signal(request: Request, pid: int):
 
 @router.get("/v1/models", tags=["models"])
 async def models(request: Request):
-    principal_of(request)
+    await principal_of(request)
     k = kernel_of(request)
     return {"object": "list", "data": [
         {"id": m, "object": "model", "created": 0, "owned_by": k.router.route(m).name} for m in k.router.models]}
@@ -215,7 +215,7 @@ async def models(request: Request):
 
 @router.get("/v1/tools", tags=["tools"])
 async def tools(request: Request):
-    principal_of(request)
+    await principal_of(request)
     return {"tools": kernel_of(request).tool_listing()}
 
 
@@ -223,7 +223,7 @@ async def tools(request: Request):
              tags=["kernel"])
 async def stop_kernel(request: Request):
     """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked."""
-    principal_of(request)
+    await principal_of(request)
     body = await read_model(request, schemas.StopIn)
     server = request.app.state.server
     if server is None:
@@ -237,7 +237,7 @@ async def stop_kernel(request: Request):
 async def kernel_stats(request: Request):
     """A snapshot for `aios top`: each resource's policy, queue and slots, calls in
     flight, tokens so far, and the caller's live processes."""
-    principal = principal_of(request)
+    principal = await principal_of(request)
     k = kernel_of(request)
     metrics = request.app.state.metrics
     return {"now": k.clock.now(), "policy": k.scheduler.policy_name, "num_in_flight": len(k.tickets),

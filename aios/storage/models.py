@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -98,3 +98,42 @@ class FileRow(Base):
     path: Mapped[str] = mapped_column(String(1024), primary_key=True)
     data: Mapped[str] = mapped_column(Text)
     updated: Mapped[float] = mapped_column(Float)
+
+
+class PrincipalRow(Base):
+    """A user or service account (aios.access). `groups` are privilege groups; an admin
+    may manage every principal, token and confirmation."""
+    __tablename__ = "principals"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))          # user | service
+    groups: Mapped[Any] = mapped_column(JSON)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[float] = mapped_column(Float)
+    disabled: Mapped[float | None] = mapped_column(Float)
+
+
+class TokenRow(Base):
+    """An API token: only its SHA-256 is kept; it is shown once, when it is made."""
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(200), ForeignKey("principals.name"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float | None] = mapped_column(Float)
+    revoked: Mapped[float | None] = mapped_column(Float)
+    last_used: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditRow(Base):
+    """The audit log: every permission decision, confirmation, token use and admin action.
+    Append-only: the database refuses updates and deletes (see aios.access)."""
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    principal: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(400), default="")
+    decision: Mapped[str] = mapped_column(String(16))      # allow | deny | info
+    detail: Mapped[Any] = mapped_column(JSON)
+
