@@ -111,6 +111,15 @@ class ToolsSettings(_Frozen):
                                 "(streamable HTTP); their tools are registered as name.tool")
 
 
+class AccessSettings(_Frozen):
+    """Principals' rights (aios.access): each privilege group's manifest. A principal in
+    configured groups may do what any of its groups allows; admins, the loopback `local`
+    principal and principals in no configured group are not limited here."""
+    groups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="group -> manifest "
+                                              "(models, tools, storage_read, storage_write, spawn, "
+                                              "max_concurrent_syscalls, priority_ceiling, budget.run)")
+
+
 BackendSettings = Annotated[HardwareBackendSettings | LiteLLMBackendSettings, Field(discriminator="kind")]
 
 
@@ -125,6 +134,7 @@ class Settings(_Frozen):
     shutdown: Literal["drain", "cancel"] = "drain"
     drain_timeout_s: float = Field(30.0, gt=0)
     tools: ToolsSettings = ToolsSettings()
+    access: AccessSettings = AccessSettings()
     tool_slots: int = Field(16, gt=0, le=MAX_SLOTS, description="concurrent calls per tool")
     memory_slots: int = Field(8, gt=0, le=MAX_SLOTS)
     storage_slots: int = Field(8, gt=0, le=MAX_SLOTS)

@@ -20,12 +20,14 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from aios.access.guard import Guard
+from aios.access.manifest import Manifest, beside
 from aios.agents import BUILTIN_AGENTS
 from aios.clock import Clock, VirtualClock, WallClock
 from aios.config import HardwareBackendSettings, LiteLLMBackendSettings, Settings
 from aios.context import ContextManager
 from aios.errors import (AiosError, BackendUnavailable, Cancelled, DeadlineExceeded, InternalError,
-                         InvalidSyscall, JournalUnavailable, NotFound)
+                         InvalidSyscall, JournalUnavailable, NotFound, PermissionDenied)
 from aios.events import Event, EventBus, EventKind
 from aios.llm import Backend, Chunk, Router, count_tokens
 from aios.llm.simulated import ENGINES
@@ -76,8 +78,10 @@ class Kernel:
         self.memory = MemoryManager(self.db)
         self.files = FileStore(self.db)
         self.processes = ProcessTable(self.db)
+        self.guard = Guard(self.db, settings, clock)
         self.tools = ToolRegistry()
         self.agents: dict[str, str] = dict(BUILTIN_AGENTS)   # registered agent name -> file or module
+        self.agent_manifests: dict[str, Manifest] = {}       # registered agent name -> its manifest
         self.endpoint: str | None = None          # the REST URL serving this kernel, if any
         self.supervisor = Supervisor(settings.home / "logs", self._process_exited)
         self.tickets: dict[str, Ticket] = {}     # calls in flight, by id
@@ -186,7 +190,11 @@ class Kernel:
         else:
             call = decode(call, pid=pid, principal=principal, created=now)
         if call.pid:
-            self.processes.check_live(call.pid)
+            proc = self.processes.check_live(call.pid)
+            tool = self.tools.get(call.tool) if isinstance(call, ToolSyscall) else None
+            call = await self.guard.check(call, (t.call for t in self.tickets.values()),
+                                          proc.usage.tokens_in + proc.usage.tokens_out, proc.usage.cost_usd,
+                                          tool.cost_usd if tool is not None else 0.0)
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
         ticket = Ticket(call, next(self._seq))
         self.tickets[call.id] = ticket
@@ -274,10 +282,13 @@ class Kernel:
 
     async def spawn(self, name: str, *, principal: str = "local", parent_pid: int | None = None,
                     priority: int = 0, program: str | None = None, task: str = "",
-                    runner: str = "inproc") -> Process:
+                    runner: str = "inproc", manifest: Manifest | dict[str, Any] | None = None) -> Process:
         """Creates a process; with a program (a .py file, a module or a registered agent
         name) it also starts running `main(task, os)` under the runner. A program that
-        cannot be found or imported is refused here, before anything is recorded."""
+        cannot be found or imported is refused here, before anything is recorded. Its
+        permission manifest (aios.access.manifest) is `manifest`, else the one registered
+        with the agent, else the TOML file beside its program; a manifest asking for more
+        than the principal (or the parent process) may grant is refused."""
         check_priority(priority)
         if not 0 < len(name) <= 200:
             raise InvalidSyscall("a process name needs 1 to 200 characters", field="name")
@@ -286,6 +297,11 @@ class Kernel:
         if parent_pid is not None:
             self.processes.check_live(parent_pid)
         prog = resolve(program, self.agents) if program is not None else None
+        declared = self._manifest_of(manifest, program, prog)
+        if declared is not None and declared.priority_ceiling is not None and priority > declared.priority_ceiling:
+            raise PermissionDenied(f"priority {priority} is above the manifest's ceiling {declared.priority_ceiling}",
+                                   field="priority")
+        effective = await self.guard.decide(principal, declared, parent_pid, name)
         main = None
         if prog is not None and runner == "inproc":
             main = load_main(prog)
@@ -295,6 +311,7 @@ class Kernel:
         proc = await self.processes.spawn(name, principal, self.clock.now(), parent_pid=parent_pid,
                                           priority=priority, program=prog.target if prog else None,
                                           runner=runner if prog else None)
+        await self.guard.attach(proc.pid, declared, effective)
         self.publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
         if prog is not None:
             assert self._tg is not None
@@ -310,9 +327,20 @@ class Kernel:
             env["AIOS_TOKEN"] = token
         return SubprocessRunner(prog, env)
 
-    def register_agent(self, name: str, program: str) -> None:
-        """Makes `aios run NAME` and spawn(program=NAME) run `program` (a file or module)."""
+    def register_agent(self, name: str, program: str, manifest: Manifest | dict[str, Any] | None = None) -> None:
+        """Makes `aios run NAME` and spawn(program=NAME) run `program` (a file or module),
+        under `manifest` if given."""
         self.agents[name] = program
+        if manifest is not None:
+            self.agent_manifests[name] = manifest if isinstance(manifest, Manifest) else Manifest.parse(manifest)
+
+    def _manifest_of(self, given: Manifest | dict[str, Any] | None, program: str | None, prog: Any) -> Manifest | None:
+        if given is not None:
+            return given if isinstance(given, Manifest) else Manifest.parse(given)
+        if program is not None and program in self.agent_manifests:
+            return self.agent_manifests[program]
+        path = beside(prog.target) if prog is not None else None
+        return Manifest.load(path) if path is not None else None
 
     async def suspend(self, pid: int) -> Process:
         self.processes.check_live(pid)

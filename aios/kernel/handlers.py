@@ -116,9 +116,9 @@ async def run_process(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     assert isinstance(call, ProcessSyscall)
     if call.op is ProcessOp.LIST:
         return [_proc_dict(p) for p in k.processes.procs.values()
-                if p.principal == call.principal], Usage()
+                if p.principal == call.principal and k.processes.sees(call.pid, p.pid)], Usage()
     target = k.processes.get(call.target_pid)   # type: ignore[arg-type]
-    if target.principal != call.principal:
+    if target.principal != call.principal or not k.processes.sees(call.pid, target.pid):
         raise NotFound(f"no process {call.target_pid}", field="target_pid")
     if target.pid == call.pid and call.op is not ProcessOp.STATUS:
         raise InvalidSyscall(f"a process cannot {call.op} itself", field="target_pid")

@@ -51,6 +51,20 @@ class ProcessTable:
         except KeyError:
             raise NotFound(f"no process {pid}", field="pid") from None
 
+    def sees(self, viewer: int, pid: int) -> bool:
+        """Whether an agent process `viewer` may see `pid`: itself or one of its descendants.
+        A viewer of 0 is the principal's own account, which sees all of its processes."""
+        if viewer == 0:
+            return True
+        seen: set[int] = set()
+        while pid and pid not in seen:
+            if pid == viewer:
+                return True
+            seen.add(pid)
+            proc = self.procs.get(pid)
+            pid = proc.parent_pid if proc is not None and proc.parent_pid is not None else 0
+        return False
+
     def check_live(self, pid: int) -> Process:
         proc = self.get(pid)
         if proc.state is ProcState.EXITED:

@@ -47,6 +47,7 @@ class Spawn:
     program: str | None
     task: str
     runner: str
+    manifest: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,12 +303,14 @@ class Processes(_Namespace):
     """The principal's processes. A process a client spawns is a child of the client's pid."""
 
     def spawn(self, name: str, priority: int = 0, program: str | None = None, task: str = "",
-              runner: str = "inproc"):
+              runner: str = "inproc", manifest: dict[str, Any] | None = None):
         """-> ProcessInfo of the new process. With a `program` (a .py file, a module or a
         registered agent name, as the kernel sees it) the process runs its `main(task, os)`
         under the runner ("inproc" or "subprocess"); without one it is an account to charge
-        calls to."""
-        return self._run(ask(Spawn(name, priority, self._client.pid, program, task, runner), ProcessInfo.from_json))
+        calls to. `manifest`: its permission manifest (aios.access.manifest), within this
+        principal's rights and this client's process's own manifest."""
+        return self._run(ask(Spawn(name, priority, self._client.pid, program, task, runner, manifest),
+                             ProcessInfo.from_json))
 
     def list(self, include_exited: bool = False):
         """-> list[ProcessInfo]"""

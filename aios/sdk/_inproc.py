@@ -40,12 +40,14 @@ class KernelTransport:
             case Cancel(call_id):
                 await self._owned_call(call_id)
                 return syscall_json(await k.cancel(call_id))
-            case Spawn(name, priority, parent_pid, program, task, runner):
+            case Spawn(name, priority, parent_pid, program, task, runner, manifest):
                 return process_json(await k.spawn(name, principal=self.principal, parent_pid=parent_pid,
-                                                  priority=priority, program=program, task=task, runner=runner))
+                                                  priority=priority, program=program, task=task, runner=runner,
+                                                  manifest=manifest))
             case ListProcesses(include_exited):
                 return [process_json(p) for p in k.processes.procs.values()
-                        if p.principal == self.principal and (include_exited or p.state is not ProcState.EXITED)]
+                        if p.principal == self.principal and (include_exited or p.state is not ProcState.EXITED)
+                        and k.processes.sees(self.pid, p.pid)]
             case GetProcess(pid):
                 return process_json(self._owned_process(pid))
             case Signal(pid, signal):
@@ -72,12 +74,13 @@ class KernelTransport:
         yield "state", syscall_json(ticket.call)
 
     async def _owned_call(self, call_id: str) -> None:
-        if (await self.kernel.lookup(call_id)).principal != self.principal:
+        call = await self.kernel.lookup(call_id)
+        if call.principal != self.principal or not self.kernel.processes.sees(self.pid, call.pid):
             raise NotFound(f"no syscall {call_id!r}", field="id")
 
     def _owned_process(self, pid: int) -> Process:
         proc = self.kernel.processes.procs.get(pid)
-        if proc is None or proc.principal != self.principal:
+        if proc is None or proc.principal != self.principal or not self.kernel.processes.sees(self.pid, pid):
             raise NotFound(f"no process {pid}", field="pid")
         return proc
 

@@ -140,3 +140,13 @@ def owned_process(request: Request, pid: int, principal: str) -> Process:
     if proc is None or proc.principal != principal:
         raise HttpError("not_found", f"no process {pid}", field="pid")
     return proc
+
+
+def visible_process(request: Request, pid: int, principal: str) -> Process:
+    """A process of the principal that the caller may see: an agent (X-Aios-Pid) sees
+    itself and its descendants only, the principal's own account all of them. Any other
+    pid does not exist for the caller."""
+    proc = owned_process(request, pid, principal)
+    if not kernel_of(request).processes.sees(caller_pid(request, principal), pid):
+        raise HttpError("not_found", f"no process {pid}", field="pid")
+    return proc

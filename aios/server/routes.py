@@ -17,7 +17,8 @@ from aios.events import EventKind
 from aios.process import ProcState, process_json
 from aios.server import schemas
 from aios.server.errors import HttpError
-from aios.server.http import caller_pid, kernel_of, owned_process, principal_of, read_json, read_model
+from aios import access
+from aios.server.http import caller_pid, kernel_of, principal_of, read_json, read_model, visible_process
 from aios.syscall import Syscall, syscall_json
 
 router = APIRouter()
@@ -33,8 +34,11 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
-    call = await kernel_of(request).lookup(call_id)
-    if call.principal != principal:
+    """A call of the principal that the caller may see (an agent: its own and its
+    descendants'); any other does not exist for it."""
+    k = kernel_of(request)
+    call = await k.lookup(call_id)
+    if call.principal != principal or not k.processes.sees(caller_pid(request, principal), call.pid):
         raise NotFound(f"no syscall {call_id!r}", field="id")
     return call
 
@@ -123,10 +127,10 @@ async def spawn(request: Request):
     principal = await principal_of(request)
     body = await read_model(request, schemas.ProcessIn)
     if body.parent_pid is not None:
-        owned_process(request, body.parent_pid, principal)
+        visible_process(request, body.parent_pid, principal)
     proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=body.parent_pid,
                                           priority=body.priority, program=body.program, task=body.task,
-                                          runner=body.runner)
+                                          runner=body.runner, manifest=body.manifest)
     return JSONResponse(process_json(proc), status_code=201)
 
 
@@ -136,7 +140,7 @@ async def process_logs(request: Request, pid: int, follow: bool = Query(False, d
                        "until the process exits")):
     """The process's output (its program's stdout and stderr, or an in-process agent's
     result and traceback), as plain text."""
-    owned_process(request, pid, await principal_of(request))
+    visible_process(request, pid, await principal_of(request))
     k = kernel_of(request)
     path = k.supervisor.log_path(pid)
 
@@ -171,15 +175,17 @@ def _read_from(path: Path, offset: int) -> bytes:
 async def list_processes(request: Request,
                          include_exited: bool = Query(False, alias="all", description="exited ones too")):
     principal = await principal_of(request)
-    procs = kernel_of(request).processes.procs.values()
-    return [process_json(p) for p in procs
-            if p.principal == principal and (include_exited or p.state is not ProcState.EXITED)]
+    table = kernel_of(request).processes
+    viewer = caller_pid(request, principal)
+    return [process_json(p) for p in table.procs.values()
+            if p.principal == principal and (include_exited or p.state is not ProcState.EXITED)
+            and table.sees(viewer, p.pid)]
 
 
 @router.get("/v1/processes/{pid}", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
             tags=["processes"])
 async def get_process(request: Request, pid: int):
-    return process_json(owned_process(request, pid, await principal_of(request)))
+    return process_json(visible_process(request, pid, await principal_of(request)))
 
 
 @router.post("/v1/processes/{pid}/signal", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
@@ -189,7 +195,7 @@ async def signal(request: Request, pid: int):
     flight are cancelled and it exits."""
     principal = await principal_of(request)
     body = await read_model(request, schemas.SignalIn)
-    proc = owned_process(request, pid, principal)
+    proc = visible_process(request, pid, principal)
     if proc.state is ProcState.EXITED:
         raise HttpError("conflict", f"process {pid} has already exited", field="pid")
     k = kernel_of(request)
@@ -222,8 +228,14 @@ async def tools(request: Request):
 @router.post("/v1/kernel/stop", status_code=202, responses=schemas.ERRORS, openapi_extra=_body(schemas.StopIn),
              tags=["kernel"])
 async def stop_kernel(request: Request):
-    """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked."""
-    await principal_of(request)
+    """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked.
+    Only the local principal or an admin may, and not from an agent process."""
+    principal = await principal_of(request)
+    if caller_pid(request, principal):
+        raise HttpError("permission_denied", "an agent process may not stop the kernel", field="X-Aios-Pid")
+    if principal != access.LOCAL and not await _is_admin(request, principal):
+        raise HttpError("permission_denied", f"principal {principal!r} may not stop the kernel: missing permission "
+                        "admin", hint="aios user add NAME --admin makes an admin")
     body = await read_model(request, schemas.StopIn)
     server = request.app.state.server
     if server is None:
@@ -252,3 +264,11 @@ async def healthz(request: Request):
     k = kernel_of(request)
     return {"status": "ok" if k.is_accepting else "stopping", "models": k.router.models,
             "num_in_flight": len(k.tickets)}
+
+
+async def _is_admin(request: Request, principal: str) -> bool:
+    try:
+        return (await kernel_of(request).db.run(lambda e: access.get_principal(e, principal))).admin
+    except NotFound:
+        return False
+

@@ -97,6 +97,9 @@ class ProcessIn(BaseModel):
                                 "none makes a bare process (an account to charge calls to)")
     task: str = Field("", description="passed to the program's main(task, os)")
     runner: Literal["inproc", "subprocess"] = "inproc"
+    manifest: dict[str, Any] | None = Field(None, description="its permission manifest (models, tools, "
+                                            "storage_read, storage_write, spawn, max_concurrent_syscalls, "
+                                            "priority_ceiling, budget.run)")
 
 
 class ProcessOut(BaseModel):

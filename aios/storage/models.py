@@ -137,3 +137,12 @@ class AuditRow(Base):
     decision: Mapped[str] = mapped_column(String(16))      # allow | deny | info
     detail: Mapped[Any] = mapped_column(JSON)
 
+
+
+class ManifestRow(Base):
+    """A process's permission manifest: as declared, and as enforced (intersected with its
+    principal's rights and its parent's)."""
+    __tablename__ = "process_manifests"
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    declared: Mapped[Any] = mapped_column(JSON)
+    effective: Mapped[Any] = mapped_column(JSON)

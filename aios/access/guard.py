@@ -1,0 +1,83 @@
+"""The kernel's gate (aios.access): each process's enforced manifest, decided at spawn and
+checked on every syscall it submits; every denial is written to the audit log."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Engine, insert
+
+from aios import access
+from aios.access.manifest import Manifest, check_call, excess, intersect, rights_of
+from aios.clock import Clock
+from aios.config import Settings
+from aios.errors import AiosError, NotFound, PermissionDenied
+from aios.storage import Database
+from aios.storage.models import ManifestRow
+
+
+class Guard:
+    def __init__(self, db: Database, settings: Settings, clock: Clock):
+        self.db, self.clock = db, clock
+        self.groups = {name: Manifest.parse(m, f"access.groups.{name}") for name, m in settings.access.groups.items()}
+        self.manifests: dict[int, Manifest] = {}   # pid -> the manifest enforced on it
+
+    async def rights(self, principal: str) -> Manifest:
+        if principal == access.LOCAL:
+            return Manifest()
+        try:
+            p = await self.db.run(lambda e: access.get_principal(e, principal))
+        except NotFound:
+            return Manifest()   # a principal of the settings' tokens: no groups, no limits here
+        return rights_of(p.groups, p.admin, self.groups)
+
+    async def decide(self, principal: str, declared: Manifest | None, parent_pid: int | None, name: str) -> Manifest | None:
+        """The manifest to enforce on a new process: its own, within its principal's rights
+        and its parent's manifest. PermissionDenied names what it asked beyond them."""
+        parent = self.manifests.get(parent_pid) if parent_pid is not None else None
+        if parent is not None and parent.spawn is False:
+            await self.deny(principal, "process.spawn", name, "spawn", {"parent_pid": parent_pid})
+            raise PermissionDenied(f"process {parent_pid} may not start processes: missing permission spawn",
+                                   field="parent_pid", hint="set spawn = true in its manifest")
+        rights = await self.rights(principal)
+        if declared is not None:
+            over = excess(declared, rights) + (excess(declared, parent) if parent is not None else [])
+            if over:
+                await self.deny(principal, "process.spawn", name, "; ".join(over), {"manifest": declared.to_dict()})
+                raise PermissionDenied(f"the manifest of {name!r} asks for more than {principal!r} may grant: "
+                                       f"{'; '.join(over)}", field="manifest",
+                                       hint="ask an admin to add the rights to one of its groups ([access.groups])")
+        layers = [m for m in (declared, rights, parent) if m is not None]
+        effective = layers[0]
+        for m in layers[1:]:
+            effective = intersect(effective, m)
+        return None if effective == Manifest() and declared is None else effective
+
+    async def attach(self, pid: int, declared: Manifest | None, effective: Manifest | None) -> None:
+        if effective is None:
+            return
+        self.manifests[pid] = effective
+
+        def write(engine: Engine) -> None:
+            with engine.begin() as conn:
+                conn.execute(insert(ManifestRow).values(pid=pid, declared=(declared or Manifest()).to_dict(),
+                                                        effective=effective.to_dict()))
+        await self.db.run(write)
+
+    async def check(self, call: Any, in_flight: Iterable[Any], used_tokens: int, used_cost: float,
+                    tool_cost: float = 0.0) -> Any:
+        manifest = self.manifests.get(call.pid)
+        if manifest is None:
+            return call
+        mine = [c for c in in_flight if c.pid == call.pid and not c.is_terminal]
+        try:
+            return check_call(call, manifest, mine, used_tokens, used_cost, tool_cost)
+        except AiosError as e:
+            await self.deny(call.principal, f"{call.kind.value}.submit", str(call.pid), e.message,
+                            {"field": e.field, "code": e.code})
+            raise
+
+    async def deny(self, principal: str, action: str, target: str, missing: str, detail: dict[str, Any]) -> None:
+        now = self.clock.now()
+        await self.db.run(lambda e: access.audit(e, now, principal, action, target, "deny",
+                                                 {"missing": missing, **detail}))

@@ -1,0 +1,253 @@
+"""Permission manifests: what an agent process may do, declared beside its program (a TOML
+file `NAME.toml` next to `NAME.py`, or given at spawn or registration), checked by the
+kernel on every syscall before any work is done.
+
+A manifest lists, each optional (left out: no limit of its own):
+
+    models = ["sim-llama-3-8b"]          # LLM models it may call
+    tools = ["calculator", "python"]     # tools it may call
+    storage_read = ["notes/*"]           # storage paths (globs) it may read or list
+    storage_write = ["notes/*"]          # ... write or delete
+    spawn = false                        # whether it may start processes or signal others
+    max_concurrent_syscalls = 4
+    priority_ceiling = 50
+    [budget.run]                         # per run of the process
+    tokens = 20000
+    cost_usd = 0.5
+
+What a process may do is its manifest intersected with its principal's rights (the
+principal's groups' manifests in the settings, `[access.groups.NAME]`; an admin, and the
+loopback `local` principal, have every right). A manifest asking for more than its
+principal has is refused at spawn, naming what it asked for.
+
+A denial is a PermissionDenied (HTTP 403) that names the missing permission; a budget
+that a call could exceed is a QuotaExceeded (HTTP 429) that says how much is left. Both
+are written to the audit log."""
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aios.errors import ConfigError
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tokens: int | None = Field(None, ge=0, description="tokens in and out")
+    cost_usd: float | None = Field(None, ge=0)
+
+
+class Budgets(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    run: Budget = Budget()
+
+
+class Manifest(BaseModel):
+    """What an agent may do; a field left out (None) sets no limit of its own."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    models: tuple[str, ...] | None = None
+    tools: tuple[str, ...] | None = None
+    storage_read: tuple[str, ...] | None = None
+    storage_write: tuple[str, ...] | None = None
+    spawn: bool | None = None
+    max_concurrent_syscalls: int | None = Field(None, ge=1)
+    priority_ceiling: int | None = Field(None, ge=0, le=99)
+    budget: Budgets = Budgets()
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], where: str = "manifest") -> Manifest:
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or where
+            raise ConfigError(f"{where}: {loc}: {err['msg']}", field=f"manifest.{loc}",
+                              hint="fields: models, tools, storage_read, storage_write, spawn, "
+                                   "max_concurrent_syscalls, priority_ceiling, [budget.run] tokens / cost_usd"
+                              ) from None
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read the manifest {path}: {e.strerror}", field="manifest") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"the manifest {path} is not valid TOML: {e}", field="manifest") from None
+        return cls.parse(data, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def beside(program: str | None) -> Path | None:
+    """The manifest file next to an agent program file (`agent.py` -> `agent.toml`)."""
+    if program is None:
+        return None
+    path = Path(program)
+    if path.suffix == ".py" and path.is_file():
+        toml = path.with_suffix(".toml")
+        return toml if toml.is_file() else None
+    return None
+
+
+def excess(asked: Manifest, allowed: Manifest) -> list[str]:
+    """What `asked` claims beyond `allowed` (the principal's rights), in words; empty if
+    nothing. A limit the principal has that the manifest leaves out is not an excess: the
+    principal's limit applies anyway."""
+    out: list[str] = []
+    for name in ("models", "tools"):
+        a, b = getattr(asked, name), getattr(allowed, name)
+        if a is not None and b is not None and (extra := sorted(set(a) - set(b))):
+            out.append(f"{name}: {', '.join(extra)}")
+    for name in ("storage_read", "storage_write"):
+        a, b = getattr(asked, name), getattr(allowed, name)
+        if a is not None and b is not None:
+            extra = [g for g in a if not any(fnmatch.fnmatchcase(g, h) for h in b)]
+            if extra:
+                out.append(f"{name}: {', '.join(extra)}")
+    if asked.spawn and allowed.spawn is False:
+        out.append("spawn")
+    for name in ("max_concurrent_syscalls", "priority_ceiling"):
+        a, b = getattr(asked, name), getattr(allowed, name)
+        if a is not None and b is not None and a > b:
+            out.append(f"{name}: {a} (at most {b})")
+    for name in ("tokens", "cost_usd"):
+        a, b = getattr(asked.budget.run, name), getattr(allowed.budget.run, name)
+        if a is not None and b is not None and a > b:
+            out.append(f"budget.run.{name}: {a} (at most {b})")
+    return out
+
+
+def intersect(a: Manifest, b: Manifest) -> Manifest:
+    """The rights both allow."""
+    def lists(x: tuple[str, ...] | None, y: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if x is None:
+            return y
+        if y is None:
+            return x
+        return tuple(v for v in x if v in y)
+
+    def globs(x: tuple[str, ...] | None, y: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if x is None:
+            return y
+        if y is None:
+            return x
+        return tuple(g for g in x if any(fnmatch.fnmatchcase(g, h) for h in y))
+
+    def low(x: Any, y: Any) -> Any:
+        return y if x is None else x if y is None else min(x, y)
+
+    spawn = None if a.spawn is None and b.spawn is None else bool(a.spawn is not False and b.spawn is not False)
+    return Manifest(models=lists(a.models, b.models), tools=lists(a.tools, b.tools),
+                    storage_read=globs(a.storage_read, b.storage_read),
+                    storage_write=globs(a.storage_write, b.storage_write), spawn=spawn,
+                    max_concurrent_syscalls=low(a.max_concurrent_syscalls, b.max_concurrent_syscalls),
+                    priority_ceiling=low(a.priority_ceiling, b.priority_ceiling),
+                    budget=Budgets(run=Budget(tokens=low(a.budget.run.tokens, b.budget.run.tokens),
+                                              cost_usd=low(a.budget.run.cost_usd, b.budget.run.cost_usd))))
+
+
+def rights_of(groups: Iterable[str], admin: bool, group_manifests: Mapping[str, Manifest]) -> Manifest:
+    """A principal's rights: everything for an admin; else the union of its groups'
+    manifests (a group not configured grants nothing beyond the defaults); a principal in
+    no configured group has every right (set groups to restrict it)."""
+    configured = [group_manifests[g] for g in groups if g in group_manifests]
+    if admin or not configured:
+        return Manifest()
+    return _union(configured)
+
+
+def _union(ms: list[Manifest]) -> Manifest:
+    def lists(name: str) -> tuple[str, ...] | None:
+        values = [getattr(m, name) for m in ms]
+        if any(v is None for v in values):
+            return None
+        return tuple(dict.fromkeys(x for v in values for x in v))
+
+    def high(values: list[Any]) -> Any:
+        return None if any(v is None for v in values) else max(values)
+
+    spawn_values = [m.spawn for m in ms]
+    return Manifest(models=lists("models"), tools=lists("tools"), storage_read=lists("storage_read"),
+                    storage_write=lists("storage_write"),
+                    spawn=None if any(v is None for v in spawn_values) else any(spawn_values),
+                    max_concurrent_syscalls=high([m.max_concurrent_syscalls for m in ms]),
+                    priority_ceiling=high([m.priority_ceiling for m in ms]),
+                    budget=Budgets(run=Budget(tokens=high([m.budget.run.tokens for m in ms]),
+                                              cost_usd=high([m.budget.run.cost_usd for m in ms]))))
+
+
+def path_allowed(path: str, globs: tuple[str, ...] | None) -> bool:
+    return globs is None or any(fnmatch.fnmatchcase(path, g) for g in globs)
+
+
+# ---- the check at submit
+
+def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tokens: int, used_cost: float,
+               tool_cost: float = 0.0) -> Any:
+    """The call as it may run (an LLM call's max_tokens cut to the run's token budget), or
+    PermissionDenied naming the missing permission, or QuotaExceeded saying what is left.
+    `in_flight`: the process's calls not finished yet, whose worst case counts against the
+    budget; `used_*`: what its finished calls used."""
+    from dataclasses import replace
+
+    from aios.errors import PermissionDenied, QuotaExceeded
+    from aios.llm import count_tokens
+    from aios.syscall import LLMSyscall, ProcessOp, ProcessSyscall, StorageOp, StorageSyscall, ToolSyscall
+
+    who = f"process {call.pid}"
+    if manifest.priority_ceiling is not None and call.priority > manifest.priority_ceiling:
+        raise PermissionDenied(f"{who} may not use priority {call.priority}: its ceiling is "
+                               f"{manifest.priority_ceiling}", field="priority",
+                               hint="permission priority_ceiling in the agent's manifest")
+    live = list(in_flight)
+    if manifest.max_concurrent_syscalls is not None and len(live) >= manifest.max_concurrent_syscalls:
+        raise QuotaExceeded(f"{who} has {len(live)} syscalls in flight, its limit "
+                            f"(max_concurrent_syscalls) is {manifest.max_concurrent_syscalls}",
+                            field="max_concurrent_syscalls", hint="wait for one to finish")
+    match call:
+        case LLMSyscall():
+            if manifest.models is not None and call.model not in manifest.models:
+                raise PermissionDenied(f"{who} may not call model {call.model!r}: missing permission "
+                                       f"models: {call.model}", field="model",
+                                       hint=f"its manifest allows: {', '.join(manifest.models) or 'no model'}")
+            budget = manifest.budget.run.tokens
+            if budget is not None:
+                reserved = sum(count_tokens(c.messages) + (c.max_tokens or 0) for c in live
+                               if isinstance(c, LLMSyscall))
+                left = budget - used_tokens - reserved
+                prompt = count_tokens(call.messages)
+                if prompt + 1 > left:
+                    raise QuotaExceeded(f"{who} would exceed its token budget: {max(left, 0)} of {budget} tokens per "
+                                        f"run left, and this call's prompt alone is about {prompt}",
+                                        field="budget.run.tokens", hint="the budget is in the agent's manifest")
+                if call.max_tokens is None or prompt + call.max_tokens > left:
+                    call = replace(call, max_tokens=left - prompt)   # it stops at the budget
+        case ToolSyscall():
+            if manifest.tools is not None and call.tool not in manifest.tools:
+                raise PermissionDenied(f"{who} may not call tool {call.tool!r}: missing permission tools: {call.tool}",
+                                       field="tool", hint=f"its manifest allows: {', '.join(manifest.tools) or 'no tool'}")
+        case StorageSyscall():
+            writing = call.op in (StorageOp.WRITE, StorageOp.DELETE)
+            globs = manifest.storage_write if writing else manifest.storage_read
+            name = "storage_write" if writing else "storage_read"
+            if not path_allowed(call.path, globs):
+                raise PermissionDenied(f"{who} may not {call.op.value} {call.path!r}: missing permission "
+                                       f"{name}: {call.path}", field="path",
+                                       hint=f"its manifest allows {name}: {', '.join(globs or ()) or 'nothing'}")
+        case ProcessSyscall() if call.op in (ProcessOp.SUSPEND, ProcessOp.RESUME, ProcessOp.KILL):
+            if call.target_pid not in (None, call.pid) and manifest.spawn is False:
+                raise PermissionDenied(f"{who} may not {call.op.value} process {call.target_pid}: missing permission "
+                                       "spawn", field="target_pid", hint="set spawn = true in its manifest")
+    cost_budget = manifest.budget.run.cost_usd
+    if cost_budget is not None and tool_cost and used_cost + tool_cost > cost_budget:
+        raise QuotaExceeded(f"{who} would exceed its cost budget: ${max(cost_budget - used_cost, 0):.4f} of "
+                            f"${cost_budget:g} per run left, and this call costs ${tool_cost:g}",
+                            field="budget.run.cost_usd", hint="the budget is in the agent's manifest")
+    return call

@@ -1,0 +1,175 @@
+"""Permission manifests (aios.access.manifest): parsed with clear errors, read beside a
+program, intersected with the principal's rights and the parent's manifest, enforced on
+every syscall before any work is done (403 naming the missing permission, 429 with what
+is left of a budget), and every denial audited."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aios import access
+from aios.access.manifest import Manifest, beside, excess, intersect, rights_of
+from aios.config import Settings
+from aios.errors import ConfigError, PermissionDenied, QuotaExceeded
+from aios.kernel import Kernel
+from aios.server import create_app
+from tests.conftest import llm, serve
+
+MODEL = "sim-llama-3-8b"
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_a_manifest_parses_and_says_what_is_wrong(tmp_path: Path):
+    m = Manifest.parse({"models": [MODEL], "tools": ["add"], "spawn": False, "budget": {"run": {"tokens": 100}}})
+    assert m.models == (MODEL,) and m.budget.run.tokens == 100 and m.storage_read is None
+    for bad, field in (({"tool": ["add"]}, "manifest.tool"), ({"budget": {"run": {"tokens": -1}}},
+                       "manifest.budget.run.tokens"), ({"priority_ceiling": 120}, "manifest.priority_ceiling")):
+        with pytest.raises(ConfigError) as err:
+            Manifest.parse(bad)
+        assert err.value.field == field
+    program = tmp_path / "agent.py"
+    program.write_text("def main(task, os):\n    return 'ok'\n")
+    assert beside(str(program)) is None
+    (tmp_path / "agent.toml").write_text('tools = ["add"]\n[budget.run]\ntokens = 50\n')
+    assert Manifest.load(beside(str(program))).tools == ("add",)   # type: ignore[arg-type]
+    (tmp_path / "agent.toml").write_text("tools = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Manifest.load(tmp_path / "agent.toml")
+
+
+def test_rights_combine_by_intersection_and_union():
+    asked = Manifest.parse({"tools": ["add", "python"], "storage_write": ["notes/*"], "priority_ceiling": 80})
+    allowed = Manifest.parse({"tools": ["add", "search"], "storage_write": ["notes/*", "tmp/*"], "priority_ceiling": 50})
+    assert excess(asked, allowed) == ["tools: python", "priority_ceiling: 80 (at most 50)"]
+    both = intersect(asked, allowed)
+    assert both.tools == ("add",) and both.storage_write == ("notes/*",) and both.priority_ceiling == 50
+    groups = {"interns": Manifest.parse({"tools": ["add"]}), "ops": Manifest.parse({"tools": ["search"]})}
+    assert rights_of(["interns", "ops"], False, groups).tools == ("add", "search")
+    assert rights_of(["interns"], True, groups) == Manifest()          # an admin
+    assert rights_of(["unknown"], False, groups) == Manifest()         # no configured group: not limited here
+
+
+@pytest.mark.anyio
+async def test_the_kernel_enforces_a_manifest_on_every_syscall(make_settings: Callable[..., Settings]):
+    manifest = {"models": [MODEL], "tools": ["add"], "storage_read": ["notes/*"], "storage_write": ["notes/*"],
+                "priority_ceiling": 10, "spawn": False}
+    async with Kernel(make_settings()) as k:
+        k.register_tool("add", add)
+        agent = await k.spawn("agent", manifest=manifest)
+        pid = agent.pid
+        assert await k.call({"kind": "tool", "tool": "add", "arguments": {"a": 1, "b": 2}}, pid=pid) == 3
+        assert await k.call({"kind": "storage", "op": "write", "path": "notes/a", "data": "x"}, pid=pid) is not None
+        denials = [
+            ({"kind": "tool", "tool": "python", "arguments": {"code": "print(1)"}}, "tools: python", "tool"),
+            (llm(model="sim-mistral-7b"), "models: sim-mistral-7b", "model"),
+            ({"kind": "storage", "op": "write", "path": "secrets/key", "data": "x"}, "storage_write: secrets/key",
+             "path"),
+            ({"kind": "storage", "op": "read", "path": "other/b"}, "storage_read: other/b", "path"),
+            ({"kind": "tool", "tool": "add", "arguments": {"a": 1, "b": 2}, "priority": 20}, "ceiling is 10",
+             "priority"),
+            ({"kind": "process", "op": "kill", "target_pid": 999}, "spawn", "target_pid"),
+        ]
+        for call, words, field in denials:
+            with pytest.raises(PermissionDenied) as err:
+                await k.submit(call, pid=pid)
+            assert words in err.value.message and err.value.field == field, err.value.message
+        with pytest.raises(PermissionDenied, match="may not start processes"):
+            await k.spawn("child", parent_pid=pid)
+        log = await k.db.run(lambda e: access.query_audit(e, decision="deny"))
+        assert len(log) == len(denials) + 1
+        assert {x.action for x in log} == {"tool.submit", "llm.submit", "storage.submit", "process.submit",
+                                           "process.spawn"}
+        # nothing refused was journaled
+        assert all(t.call.pid != pid or t.call.kind.value != "tool" or t.call.arguments.get("code") is None
+                   for t in k.tickets.values())
+
+
+@pytest.mark.anyio
+async def test_a_token_budget_is_checked_before_the_call_and_stops_a_generation_at_it(
+        make_settings: Callable[..., Settings]):
+    async with Kernel(make_settings()) as k:
+        agent = await k.spawn("agent", manifest={"budget": {"run": {"tokens": 60}}})
+        reply = await k.call(llm("hello", max_tokens=None), pid=agent.pid)   # no max_tokens: cut to the budget
+        used = k.processes.get(agent.pid).usage
+        assert used.tokens_in + used.tokens_out <= 60 and reply is not None
+        with pytest.raises(QuotaExceeded) as err:
+            await k.submit(llm("x " * 400, max_tokens=8), pid=agent.pid)
+        assert "token budget" in err.value.message and "left" in err.value.message
+        assert err.value.field == "budget.run.tokens"
+
+
+@pytest.mark.anyio
+async def test_concurrent_syscalls_are_capped(make_settings: Callable[..., Settings]):
+    async with Kernel(make_settings()) as k:
+        agent = await k.spawn("agent", manifest={"max_concurrent_syscalls": 1})
+        first = await k.submit(llm("one", max_tokens=50), pid=agent.pid)
+        with pytest.raises(QuotaExceeded, match="max_concurrent_syscalls"):
+            await k.submit(llm("two"), pid=agent.pid)
+        await first.wait()
+        await k.call(llm("three"), pid=agent.pid)   # room again
+
+
+@pytest.mark.anyio
+async def test_principal_rights_bound_a_manifest_and_a_parent_bounds_its_children(
+        make_settings: Callable[..., Settings]):
+    settings = make_settings(**{"access.groups": {"interns": {"tools": ["add"], "budget": {"run": {"tokens": 500}}}}})
+    async with Kernel(settings) as k:
+        k.register_tool("add", add)
+        await k.db.run(lambda e: access.create_principal(e, "bob", 1.0, groups=["interns"]))
+        with pytest.raises(PermissionDenied, match="asks for more than 'bob' may grant: tools: python") as err:
+            await k.spawn("greedy", principal="bob", manifest={"tools": ["add", "python"]})
+        assert err.value.field == "manifest"
+        plain = await k.spawn("plain", principal="bob")   # no manifest of its own: bob's rights apply
+        with pytest.raises(PermissionDenied, match="tools: python"):
+            await k.submit({"kind": "tool", "tool": "python", "arguments": {"code": "1"}}, pid=plain.pid,
+                           principal="bob")
+        assert k.guard.manifests[plain.pid].budget.run.tokens == 500
+        parent = await k.spawn("parent", manifest={"tools": ["add"], "spawn": True})
+        with pytest.raises(PermissionDenied, match="tools: python"):
+            await k.spawn("child", parent_pid=parent.pid, manifest={"tools": ["python"]})
+        child = await k.spawn("child", parent_pid=parent.pid)
+        assert k.guard.manifests[child.pid].tools == ("add",)   # a child never has more than its parent
+
+
+@pytest.mark.anyio
+async def test_a_processs_manifest_is_recorded_as_declared_and_as_enforced(make_settings: Callable[..., Settings]):
+    from sqlalchemy import select
+
+    from aios.storage.models import ManifestRow
+    settings = make_settings(**{"access.groups": {"interns": {"tools": ["add", "search"]}}})
+    async with Kernel(settings) as k:
+        await k.db.run(lambda e: access.create_principal(e, "bob", 1.0, groups=["interns"]))
+        agent = await k.spawn("agent", principal="bob", manifest={"tools": ["add"], "spawn": False})
+
+        def read(engine):
+            with engine.connect() as conn:
+                return conn.execute(select(ManifestRow).where(ManifestRow.pid == agent.pid)).one()
+        row = await k.db.run(read)
+        assert row.declared == {"tools": ["add"], "spawn": False, "budget": {"run": {}}}
+        assert row.effective["tools"] == ["add"] and row.effective["spawn"] is False
+
+
+@pytest.mark.anyio
+async def test_over_rest_a_denial_is_403_and_a_budget_429(make_settings: Callable[..., Settings]):
+    settings = make_settings(**{"clock.mode": "wall"})
+    async with Kernel(settings) as k:
+        k.register_tool("add", add)
+        async with serve(create_app(settings, kernel=k)) as url, httpx.AsyncClient(base_url=url) as c:
+            r = await c.post("/v1/processes", json={"name": "agent", "manifest": {"tools": ["add"],
+                                                                                   "budget": {"run": {"tokens": 20}}}})
+            assert r.status_code == 201, r.text
+            pid = r.json()["pid"]
+            headers = {"X-Aios-Pid": str(pid)}
+            r = await c.post("/v1/syscalls", json={"kind": "tool", "tool": "python", "arguments": {"code": "1"}},
+                             headers=headers)
+            assert r.status_code == 403 and "tools: python" in r.json()["error"]["message"]
+            r = await c.post("/v1/syscalls", json=llm("word " * 200), headers=headers)
+            assert r.status_code == 429 and "token budget" in r.json()["error"]["message"]
+            r = await c.post("/v1/processes", json={"name": "bad", "manifest": {"tool": ["add"]}})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "manifest.tool"
