@@ -118,6 +118,9 @@ class AccessSettings(_Frozen):
     groups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="group -> manifest "
                                               "(models, tools, storage_read, storage_write, spawn, "
                                               "max_concurrent_syscalls, priority_ceiling, budget.run)")
+    confirm: bool = Field(True, description="hold an agent process's irreversible actions (tools marked "
+                          "irreversible, storage deletes) until a principal approves them")
+    confirm_timeout_s: float = Field(300.0, gt=0, description="an action not approved in time is denied")
 
 
 BackendSettings = Annotated[HardwareBackendSettings | LiteLLMBackendSettings, Field(discriminator="kind")]

@@ -2,7 +2,7 @@
 the state machine every syscall follows.
 
 Invariant: a syscall changes state only through `advance`, which refuses moves not in MOVES.
-    queued -> running -> (preempted -> queued)* -> done | failed | cancelled
+    [waiting_confirmation ->] queued -> running -> (preempted -> queued)* -> done | failed | cancelled
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class Kind(StrEnum):
 
 
 class CallState(StrEnum):
+    WAITING_CONFIRMATION = "waiting_confirmation"   # an irreversible action held for a principal's yes or no
     QUEUED = "queued"        # waiting in its resource's queue
     RUNNING = "running"      # holds a slot of its resource
     PREEMPTED = "preempted"  # lost its slot mid-generation; its context is snapshotted
@@ -38,6 +39,7 @@ class CallState(StrEnum):
 
 
 MOVES: dict[CallState, frozenset[CallState]] = {
+    CallState.WAITING_CONFIRMATION: frozenset({CallState.QUEUED, CallState.FAILED, CallState.CANCELLED}),
     CallState.QUEUED: frozenset({CallState.RUNNING, CallState.FAILED, CallState.CANCELLED}),
     CallState.RUNNING: frozenset({CallState.PREEMPTED, CallState.DONE, CallState.FAILED,
                                   CallState.CANCELLED}),

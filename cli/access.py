@@ -147,7 +147,55 @@ def audit(
     console.print(table)
 
 
+
+
+# ---- confirmation of irreversible actions, through the running kernel
+
+def _kernel(method: str, path: str, body: Any = None) -> Any:
+    import httpx
+
+    from aios.cli.connect import auth_headers, kernel_url
+    from aios.sdk._http import TIMEOUT, read_response, unreachable
+    url = kernel_url()
+    try:
+        r = httpx.request(method, f"{url}{path}", json=body, headers=auth_headers(), timeout=TIMEOUT)
+    except httpx.TransportError as e:
+        raise unreachable(url, e) from None
+    return read_response(url, r.status_code, r.content)
+
+
+def confirmations(as_json: JsonFlag = False) -> None:
+    """Irreversible actions of agents waiting for your yes or no."""
+    held = _kernel("GET", "/v1/confirmations")
+    if as_json:
+        print(json.dumps(held))
+        return
+    table = Table("id", "pid", "principal", "kind", "what", "since (UTC)")
+    for c in held:
+        what = c.get("tool") or f"{c.get('op', '')} {c.get('path', '')}".strip()
+        args = c.get("arguments")
+        table.add_row(c["id"], str(c["pid"]), c["principal"], c["kind"],
+                      what + (f" {json.dumps(args)}" if args else ""), _when(c.get("created")))
+    console.print(table if held else "nothing is waiting for a confirmation")
+
+
+def approve(call_id: Annotated[str, typer.Argument(help="the held call's id (aios confirmations)")]) -> None:
+    """Approves a held irreversible action: it runs."""
+    _kernel("POST", f"/v1/confirmations/{call_id}", {"approve": True})
+    print(f"approved {call_id}")
+
+
+def deny(call_id: Annotated[str, typer.Argument(help="the held call's id (aios confirmations)")]) -> None:
+    """Denies a held irreversible action: it fails as denied."""
+    _kernel("POST", f"/v1/confirmations/{call_id}", {"approve": False})
+    print(f"denied {call_id}")
+
+
 def install(app: typer.Typer) -> None:
     app.add_typer(user_app, name="user")
     app.add_typer(token_app, name="token")
     app.command("audit")(audit)
+    app.command("confirmations")(confirmations)
+    app.command("approve")(approve)
+    app.command("deny")(deny)
+

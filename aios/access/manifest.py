@@ -234,10 +234,11 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
                 raise PermissionDenied(f"{who} may not call tool {call.tool!r}: missing permission tools: {call.tool}",
                                        field="tool", hint=f"its manifest allows: {', '.join(manifest.tools) or 'no tool'}")
         case StorageSyscall():
+            from aios.storage.files import check_path
             writing = call.op in (StorageOp.WRITE, StorageOp.DELETE)
             globs = manifest.storage_write if writing else manifest.storage_read
             name = "storage_write" if writing else "storage_read"
-            if not path_allowed(call.path, globs):
+            if not path_allowed(check_path(call.path) if call.path else "", globs):
                 raise PermissionDenied(f"{who} may not {call.op.value} {call.path!r}: missing permission "
                                        f"{name}: {call.path}", field="path",
                                        hint=f"its manifest allows {name}: {', '.join(globs or ()) or 'nothing'}")

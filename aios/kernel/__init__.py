@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from aios import access
 from aios.access.guard import Guard
 from aios.access.manifest import Manifest, beside
 from aios.agents import BUILTIN_AGENTS
@@ -41,8 +42,9 @@ from aios.process.table import ProcessTable
 from aios.kernel.handlers import HANDLERS, Preempted
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
+from aios.storage.files import check_path
 from aios.tools.registry import ToolRegistry, ToolSpec
-from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall,
+from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, StorageOp, StorageSyscall, Syscall, ToolSyscall,
                           Usage, advance, check_payload, check_priority, decode, new_id)
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Kernel:
         self.endpoint: str | None = None          # the REST URL serving this kernel, if any
         self.supervisor = Supervisor(settings.home / "logs", self._process_exited)
         self.tickets: dict[str, Ticket] = {}     # calls in flight, by id
+        self.awaiting: dict[str, Ticket] = {}    # irreversible calls held for a confirmation, by id
         self.is_accepting = False
         self.num_submitted = 0
         self._seq = itertools.count()
@@ -150,6 +153,8 @@ class Kernel:
         self.publish(EventKind.KERNEL, data={"state": "stopping", "drain": drain})
         for pid in list(self.supervisor.runs):   # agent programs stop first: they would only call on
             await self.supervisor.kill(pid, "stopped: the kernel shut down")
+        for ticket in list(self.awaiting.values()):   # nobody is left to confirm them
+            self._abort(ticket, Cancelled("the kernel shut down before this action was confirmed"))
         if drain:
             # calls held for a suspended process cannot run: they are cancelled, not waited for
             for ticket in [t for t in self.tickets.values() if t.pid in self.scheduler.suspended_pids]:
@@ -196,6 +201,8 @@ class Kernel:
                                           proc.usage.tokens_in + proc.usage.tokens_out, proc.usage.cost_usd,
                                           tool.cost_usd if tool is not None else 0.0)
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
+        if self._irreversible(call):
+            call = replace(call, state=CallState.WAITING_CONFIRMATION)
         ticket = Ticket(call, next(self._seq))
         self.tickets[call.id] = ticket
         # the call is queued by the journal once its record is durable, whether or not
@@ -213,7 +220,72 @@ class Kernel:
             return
         self.num_submitted += 1
         self._publish_state(ticket)
-        self._enqueue(ticket)
+        if ticket.call.state is CallState.WAITING_CONFIRMATION:
+            self._hold(ticket)
+        else:
+            self._enqueue(ticket)
+
+    # ---- confirmation of irreversible actions
+
+    def _irreversible(self, call: Syscall) -> bool:
+        """An agent process's tool marked irreversible, or its storage delete (the
+        principal's own calls, pid 0, are its own decision)."""
+        if not self.settings.access.confirm or not call.pid:
+            return False
+        if isinstance(call, ToolSyscall):
+            return self.tools[call.tool].irreversible
+        return isinstance(call, StorageSyscall) and call.op is StorageOp.DELETE
+
+    def _hold(self, ticket: Ticket) -> None:
+        assert self._tg is not None
+        self.awaiting[ticket.id] = ticket
+        self._tg.start_soon(self._confirmation_timeout, ticket)
+        self._audit_soon(ticket.call.principal, "confirmation.request", ticket.id, "info",
+                         {"pid": ticket.call.pid, "kind": ticket.call.kind.value, "payload": ticket.call.payload()})
+
+    def pending_confirmations(self, principal: str | None = None) -> list[Syscall]:
+        """Calls held for a yes or no, oldest first (`principal`: only its own)."""
+        return [t.call for t in self.awaiting.values() if principal is None or t.call.principal == principal]
+
+    async def confirm(self, call_id: str, *, approve: bool, by: str, is_admin: bool = False) -> Syscall:
+        """Approves (the call is queued) or denies (it fails with PermissionDenied) a held
+        call. The call's own principal or an admin may; anyone else gets NotFound."""
+        ticket = self.awaiting.get(call_id)
+        if ticket is None or (ticket.call.principal != by and not is_admin):
+            raise NotFound(f"no syscall {call_id!r} waiting for confirmation", field="id",
+                           hint="aios confirmations lists them")
+        del self.awaiting[call_id]
+        now = self.clock.now()
+        await self.db.run(lambda e: access.audit(e, now, by, "confirmation.approve" if approve else
+                                                 "confirmation.deny", call_id, "allow" if approve else "deny",
+                                                 {"pid": ticket.call.pid}))
+        if approve:
+            ticket.call = advance(ticket.call, CallState.QUEUED)
+            self.journal.append_nowait(ticket.call, now)
+            self._publish_state(ticket)
+            self._enqueue(ticket)
+            return ticket.call
+        self._finish(ticket, None, CallState.FAILED, None, ticket.call.usage,
+                     PermissionDenied(f"denied by {by}", field="id", hint="the action was not confirmed"))
+        return await ticket.wait()
+
+    async def _confirmation_timeout(self, ticket: Ticket) -> None:
+        timeout = self.settings.access.confirm_timeout_s
+        with anyio.move_on_after(timeout):
+            await ticket.done.wait()
+            return
+        if self.awaiting.pop(ticket.id, None) is None:
+            return   # approved meanwhile
+        self._audit_soon(ticket.call.principal, "confirmation.timeout", ticket.id, "deny", {"timeout_s": timeout})
+        self._finish(ticket, None, CallState.FAILED, None, ticket.call.usage,
+                     PermissionDenied(f"not confirmed within {timeout:g} s", field="id",
+                                      hint="aios approve ID confirms it in time; access.confirm_timeout_s"))
+
+    def _audit_soon(self, principal: str, action: str, target: str, decision: str, detail: dict[str, Any]) -> None:
+        now = self.clock.now()
+        assert self._tg is not None
+        self._tg.start_soon(self.db.run, lambda e: access.audit(e, now, principal, action, target, decision,
+                                                               detail))
 
     async def call(self, call: Syscall | dict[str, Any], *, pid: int = 0, principal: str = "local") -> Any:
         """Submits and waits: the result, or the call's error raised again."""
@@ -396,6 +468,8 @@ class Kernel:
         self._resource_of(call)
         if isinstance(call, ToolSyscall):
             self.tools[call.tool].bind(call.arguments)
+        elif isinstance(call, StorageSyscall) and call.path:
+            check_path(call.path)   # a bad path is refused at once, not after a confirmation
 
     def _resource_of(self, call: Syscall) -> Resource:
         match call:
@@ -545,6 +619,9 @@ class Kernel:
         if ticket.call.is_terminal or ticket.cancel_error is not None:
             return
         ticket.cancel_error = error
+        if self.awaiting.pop(ticket.id, None) is not None:
+            self._finish(ticket, None, _cancel_state(error), None, ticket.call.usage, error)
+            return
         if ticket.scope is not None:
             ticket.scope.cancel()
             return

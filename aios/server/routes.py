@@ -272,3 +272,33 @@ async def _is_admin(request: Request, principal: str) -> bool:
     except NotFound:
         return False
 
+
+
+# ---- confirmation of irreversible actions
+
+@router.get("/v1/confirmations", responses=schemas.ERRORS, tags=["access"])
+async def list_confirmations(request: Request):
+    """The caller's calls held for a confirmation (an admin sees everyone's). Agent
+    processes cannot list or confirm: a principal decides."""
+    principal = await principal_of(request)
+    _not_an_agent(request, principal)
+    everyone = principal == access.LOCAL or await _is_admin(request, principal)
+    return [syscall_json(c) for c in kernel_of(request).pending_confirmations(None if everyone else principal)]
+
+
+@router.post("/v1/confirmations/{call_id}", responses=schemas.ERRORS, openapi_extra=_body(schemas.ConfirmIn),
+             tags=["access"])
+async def confirm(request: Request, call_id: str):
+    """Approves (the call is queued) or denies (it fails) a held call."""
+    principal = await principal_of(request)
+    _not_an_agent(request, principal)
+    body = await read_model(request, schemas.ConfirmIn)
+    admin = principal == access.LOCAL or await _is_admin(request, principal)
+    call = await kernel_of(request).confirm(call_id, approve=body.approve, by=principal, is_admin=admin)
+    return syscall_json(call)
+
+
+def _not_an_agent(request: Request, principal: str) -> None:
+    if caller_pid(request, principal):
+        raise HttpError("permission_denied", "an agent process may not confirm actions: a principal decides",
+                        field="X-Aios-Pid")

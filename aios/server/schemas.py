@@ -102,6 +102,10 @@ class ProcessIn(BaseModel):
                                             "priority_ceiling, budget.run)")
 
 
+class ConfirmIn(BaseModel):
+    approve: bool = Field(description="true: the held call is queued; false: it fails as denied")
+
+
 class ProcessOut(BaseModel):
     pid: int
     name: str

@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 from sqlalchemy import Engine, select, update
 
-from aios.errors import AiosError, JournalUnavailable
+from aios.errors import AiosError, JournalUnavailable, PermissionDenied
 from aios.storage.db import Database
 from aios.storage.models import BootRow, SyscallRow, TransitionRow
 from aios.syscall import SYSCALL_TYPES, CallState, Kind, MemoryOp, ProcessOp, StorageOp, Syscall, Usage, advance
@@ -137,13 +137,20 @@ class Journal:
         Returns (calls to re-queue, calls failed); both are journaled before it returns."""
         def read(engine: Engine) -> list[Any]:
             with engine.connect() as conn:
-                live = (CallState.QUEUED, CallState.RUNNING, CallState.PREEMPTED)
+                live = (CallState.QUEUED, CallState.RUNNING, CallState.PREEMPTED, CallState.WAITING_CONFIRMATION)
                 return list(conn.execute(select(SyscallRow.__table__).where(SyscallRow.state.in_(live))
                                          .order_by(SyscallRow.created)))
         requeued, failed = [], []
         for row in await self.db.run(read):
             call = from_row(row._mapping)
             detail = {"recovered": True}
+            if call.state is CallState.WAITING_CONFIRMATION:
+                err = PermissionDenied("the kernel restarted before this irreversible action was confirmed",
+                                       hint="submit it again, then approve it")
+                call = advance(call, CallState.FAILED, finished=now, error=err.to_dict())
+                await self.append(call, now, wait=False, detail=detail)
+                failed.append(call)
+                continue
             if call.state is CallState.RUNNING and call.kind is not Kind.LLM:
                 err = Interrupted(f"the kernel stopped while this {call.kind} call was running; "
                                   "it was not re-run because it may already have acted",
