@@ -172,8 +172,9 @@ def confirmations(as_json: JsonFlag = False) -> None:
         return
     table = Table("id", "pid", "principal", "kind", "what", "since (UTC)")
     for c in held:
-        what = c.get("tool") or f"{c.get('op', '')} {c.get('path', '')}".strip()
-        args = c.get("arguments")
+        p = c.get("payload") or {}
+        what = p.get("tool") or f"{p.get('op', '')} {p.get('path', '')}".strip()
+        args = p.get("arguments")
         table.add_row(c["id"], str(c["pid"]), c["principal"], c["kind"],
                       what + (f" {json.dumps(args)}" if args else ""), _when(c.get("created")))
     console.print(table if held else "nothing is waiting for a confirmation")

@@ -7,15 +7,18 @@ Ctrl-C stops the foreground agent, never the shell; Ctrl-Z suspends it into `job
 from __future__ import annotations
 
 import cmd
+import json
 import os
 import shlex
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import readline
 
+from aios.cli import access as access_cli
 from aios.cli import procs
 from aios.cli.connect import client
 from aios.config import load_settings
@@ -23,7 +26,7 @@ from aios.errors import AiosError
 
 DEFAULT_AGENT = "aios.agents.examples.chat"
 BUILTINS = ("ps", "run", "jobs", "fg", "bg", "kill", "suspend", "resume", "logs", "models", "tools",
-            "help", "exit")
+            "confirm", "approve", "deny", "help", "exit")
 
 
 class Suspended(Exception):
@@ -49,7 +52,11 @@ class Shell(cmd.Cmd):
         return proc.pid
 
     def _foreground(self, pid: int) -> None:
-        """Follows the agent's output until it exits; Ctrl-C kills it, Ctrl-Z suspends it."""
+        """Follows the agent's output until it exits; Ctrl-C kills it, Ctrl-Z suspends it.
+        An irreversible action it asks for meanwhile is announced: Ctrl-Z, then answer."""
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._announce_held, args=(stop,), daemon=True)
+        watcher.start()
         try:
             with _sigtstp_raises():
                 procs.follow_logs(pid, follow=True)
@@ -60,6 +67,57 @@ class Shell(cmd.Cmd):
             self.os.processes.suspend(pid)
             job = self._add_job(pid)
             print(f"\n[{job}] suspended  {pid}")
+        finally:
+            stop.set()
+
+    # ---- confirmation of irreversible actions
+
+    def _held(self) -> list[dict]:
+        try:
+            return access_cli._kernel("GET", "/v1/confirmations")
+        except AiosError:
+            return []
+
+    def _announce_held(self, stop: threading.Event) -> None:
+        seen: set[str] = set()
+        while not stop.wait(0.5):
+            for call in self._held():
+                if call["id"] not in seen:
+                    seen.add(call["id"])
+                    print(f"\n[waiting for your confirmation] process {call['pid']}: {_describe(call)}"
+                          " (Ctrl-Z, then answer at the prompt)", flush=True)
+
+    def _ask(self) -> None:
+        """Asks, for each held action, whether it may go ahead."""
+        for call in self._held():
+            try:
+                answer = input(f"process {call['pid']} wants to {_describe(call)}. Allow it? [y/N] ")
+            except EOFError:
+                answer = ""
+            approve = answer.strip().lower() in ("y", "yes")
+            try:
+                access_cli._kernel("POST", f"/v1/confirmations/{call['id']}", {"approve": approve})
+                print("approved" if approve else "denied")
+            except AiosError as e:
+                print(f"error: {e.message}")
+
+    def postcmd(self, stop: bool, line: str) -> bool:
+        if not stop:
+            self._ask()
+        return stop
+
+    def do_confirm(self, arg: str) -> None:
+        """confirm: asks about each irreversible action agents wait to run."""
+        if not self._held():
+            print("nothing is waiting for a confirmation")
+
+    def do_approve(self, arg: str) -> None:
+        """approve ID: lets a held irreversible action run."""
+        access_cli.approve(arg.strip())
+
+    def do_deny(self, arg: str) -> None:
+        """deny ID: refuses a held irreversible action."""
+        access_cli.deny(arg.strip())
 
     def _add_job(self, pid: int) -> int:
         job = max(self.jobs, default=0) + 1
@@ -184,6 +242,14 @@ class Shell(cmd.Cmd):
                 return
             except KeyboardInterrupt:
                 print("^C")
+
+
+def _describe(call: dict) -> str:
+    """A held call in words: `run tool send {"to": "bob"}`, `delete notes`."""
+    payload = call.get("payload") or {}
+    if payload.get("tool"):
+        return f"run tool {payload['tool']} {json.dumps(payload.get('arguments') or {})}"
+    return f"{payload.get('op', call['kind'])} {payload.get('path', '')}".strip()
 
 
 def _pid(arg: str) -> int:

@@ -151,7 +151,7 @@ async def test_a_processs_manifest_is_recorded_as_declared_and_as_enforced(make_
             with engine.connect() as conn:
                 return conn.execute(select(ManifestRow).where(ManifestRow.pid == agent.pid)).one()
         row = await k.db.run(read)
-        assert row.declared == {"tools": ["add"], "spawn": False, "budget": {"run": {}}}
+        assert row.declared == {"tools": ["add"], "spawn": False, "budget": {"run": {}, "day": {}}}
         assert row.effective["tools"] == ["add"] and row.effective["spawn"] is False
 
 
@@ -173,3 +173,48 @@ async def test_over_rest_a_denial_is_403_and_a_budget_429(make_settings: Callabl
             assert r.status_code == 429 and "token budget" in r.json()["error"]["message"]
             r = await c.post("/v1/processes", json={"name": "bad", "manifest": {"tool": ["add"]}})
             assert r.status_code == 422 and r.json()["error"]["field"] == "manifest.tool"
+
+
+@pytest.mark.anyio
+async def test_network_tools_reach_only_the_hosts_a_manifest_lists(make_settings: Callable[..., Settings]):
+    settings = make_settings(**{"tools.http_allow": ["example.com", "docs.example.org"]})
+    from aios.tools import builtin_tools
+    async with Kernel(settings) as k:
+        for spec in builtin_tools(settings):
+            k.register_tool(spec)
+        agent = await k.spawn("agent", manifest={"network": ["docs.example.org"]})
+        with pytest.raises(PermissionDenied, match="network: example.com") as err:
+            await k.submit({"kind": "tool", "tool": "http_fetch", "arguments": {"url": "https://example.com/x"}},
+                           pid=agent.pid)
+        assert err.value.field == "arguments.url"
+        offline = await k.spawn("offline", manifest={"network": []})
+        with pytest.raises(PermissionDenied, match="docs.example.org"):
+            await k.submit({"kind": "tool", "tool": "http_fetch",
+                            "arguments": {"url": "https://docs.example.org/"}}, pid=offline.pid)
+        assert intersect(Manifest.parse({"network": ["a.com", "b.com"]}),
+                         Manifest.parse({"network": ["b.com"]})).network == ("b.com",)
+        assert intersect(Manifest.parse({"network": ["*"]}), Manifest.parse({"network": ["b.com"]})).network == ("b.com",)
+        assert excess(Manifest.parse({"network": ["evil.com"]}), Manifest.parse({"network": ["b.com"]})) == [
+            "network: evil.com"]
+
+
+@pytest.mark.anyio
+async def test_a_day_budget_counts_every_run_of_the_agent_today(make_settings: Callable[..., Settings]):
+    async with Kernel(make_settings(**{"clock.mode": "wall"})) as k:
+        manifest = {"budget": {"day": {"tokens": 80}}}
+        first = await k.spawn("writer", manifest=manifest)
+        await k.call(llm("hello", max_tokens=None), pid=first.pid)
+        await k.journal.flush()
+        used = k.processes.get(first.pid).usage
+        spent = used.tokens_in + used.tokens_out
+        assert 0 < spent <= 80
+        second = await k.spawn("writer", manifest=manifest)     # another run, the same day
+        assert await k.guard.used_today("local", "writer") == (spent, 0.0)
+        with pytest.raises(QuotaExceeded, match="per day left") as err:
+            await k.submit(llm("x " * 100, max_tokens=8), pid=second.pid)
+        assert err.value.field == "budget.day.tokens"
+        other = await k.spawn("reader", manifest=manifest)      # another agent has its own day
+        assert await k.guard.used_today("local", "reader") == (0, 0.0)
+        await k.call(llm("hi", max_tokens=4), pid=other.pid)
+        allowed = await k.db.run(lambda e: access.query_audit(e, decision="allow", action="llm.submit"))
+        assert len(allowed) >= 2   # the allow decisions of manifest-bound processes are audited too

@@ -119,3 +119,41 @@ def test_shell_through_a_pty(daemon, tmp_path: Path):
         except ProcessLookupError:
             pass
     assert (Path(daemon["AIOS_HOME"]) / "shell_history").read_text().count("\n") >= 5
+
+
+DELETER_AGENT = '''
+async def main(task, os):
+    await os.storage.write("notes", "x")
+    print("asking to delete", flush=True)
+    await os.storage.delete("notes")
+    print("deleted", flush=True)
+    return "done"
+'''
+
+
+def test_the_shell_announces_and_asks_about_an_irreversible_action(daemon, tmp_path: Path):
+    deleter = tmp_path / "deleter.py"
+    deleter.write_text(DELETER_AGENT)
+    term = Terminal([sys.executable, "-m", "aios.cli.main", "shell"], daemon)
+    try:
+        term.expect("aios> ", timeout_s=60.0)
+        term.send(f"run {deleter}\n")
+        term.expect("[waiting for your confirmation] process 1: delete notes")   # while it runs in the foreground
+        term.send("\x1a")                                 # Ctrl-Z: back to the prompt, which asks
+        term.expect("suspended")
+        term.expect("wants to delete notes. Allow it? [y/N] ")
+        term.send("y\n")
+        term.expect("approved")
+        term.expect("aios> ")
+        term.send("fg 1\n")
+        term.expect("deleted")
+        term.expect("aios> ")
+        term.send("confirm\n")
+        assert "nothing is waiting" in term.expect("aios> ")
+        term.send("exit\n")
+        assert term.close() == 0
+    finally:
+        try:
+            os.kill(term.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, func, insert, select
 
 from aios import access
 from aios.access.manifest import Manifest, check_call, excess, intersect, rights_of
@@ -13,7 +13,7 @@ from aios.clock import Clock
 from aios.config import Settings
 from aios.errors import AiosError, NotFound, PermissionDenied
 from aios.storage import Database
-from aios.storage.models import ManifestRow
+from aios.storage.models import ManifestRow, ProcessRow, SyscallRow
 
 
 class Guard:
@@ -65,17 +65,37 @@ class Guard:
         await self.db.run(write)
 
     async def check(self, call: Any, in_flight: Iterable[Any], used_tokens: int, used_cost: float,
-                    tool_cost: float = 0.0) -> Any:
+                    tool_cost: float = 0.0, needs_network: bool = False, name: str = "") -> Any:
         manifest = self.manifests.get(call.pid)
         if manifest is None:
             return call
         mine = [c for c in in_flight if c.pid == call.pid and not c.is_terminal]
+        today = None
+        if manifest.budget.day.tokens is not None or manifest.budget.day.cost_usd is not None:
+            today = await self.used_today(call.principal, name)
         try:
-            return check_call(call, manifest, mine, used_tokens, used_cost, tool_cost)
+            return check_call(call, manifest, mine, used_tokens, used_cost, tool_cost, needs_network, today)
         except AiosError as e:
             await self.deny(call.principal, f"{call.kind.value}.submit", str(call.pid), e.message,
                             {"field": e.field, "code": e.code})
             raise
+
+    async def used_today(self, principal: str, name: str) -> tuple[int, float]:
+        """Tokens and dollars the principal's runs of the agent `name` used since UTC midnight
+        (finished calls; those in flight are counted by the caller)."""
+        now = self.clock.now()
+        midnight = now - now % 86400
+
+        def read(engine: Engine) -> tuple[int, float]:
+            query = (select(func.coalesce(func.sum(SyscallRow.tokens_in + SyscallRow.tokens_out), 0),
+                            func.coalesce(func.sum(SyscallRow.cost_usd), 0.0))
+                     .join(ProcessRow, ProcessRow.pid == SyscallRow.pid)
+                     .where(ProcessRow.name == name, ProcessRow.principal == principal,
+                            SyscallRow.finished >= midnight))
+            with engine.connect() as conn:
+                tokens, cost = conn.execute(query).one()
+            return int(tokens), float(cost)
+        return await self.db.run(read)
 
     async def deny(self, principal: str, action: str, target: str, missing: str, detail: dict[str, Any]) -> None:
         now = self.clock.now()

@@ -8,12 +8,15 @@ A manifest lists, each optional (left out: no limit of its own):
     tools = ["calculator", "python"]     # tools it may call
     storage_read = ["notes/*"]           # storage paths (globs) it may read or list
     storage_write = ["notes/*"]          # ... write or delete
+    network = ["example.com"]            # hosts network tools may reach ("*.x.org", "*" any; [] none)
     spawn = false                        # whether it may start processes or signal others
     max_concurrent_syscalls = 4
     priority_ceiling = 50
     [budget.run]                         # per run of the process
     tokens = 20000
     cost_usd = 0.5
+    [budget.day]                         # per UTC day, over all runs of the agent (its name)
+    tokens = 200000
 
 What a process may do is its manifest intersected with its principal's rights (the
 principal's groups' manifests in the settings, `[access.groups.NAME]`; an admin, and the
@@ -45,6 +48,7 @@ class Budget(BaseModel):
 class Budgets(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     run: Budget = Budget()
+    day: Budget = Budget()   # per UTC day, over every run of the same agent (name) of the principal
 
 
 class Manifest(BaseModel):
@@ -55,6 +59,7 @@ class Manifest(BaseModel):
     storage_read: tuple[str, ...] | None = None
     storage_write: tuple[str, ...] | None = None
     spawn: bool | None = None
+    network: tuple[str, ...] | None = None   # hosts its network tools may reach ("*" any); () none
     max_concurrent_syscalls: int | None = Field(None, ge=1)
     priority_ceiling: int | None = Field(None, ge=0, le=99)
     budget: Budgets = Budgets()
@@ -67,7 +72,7 @@ class Manifest(BaseModel):
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or where
             raise ConfigError(f"{where}: {loc}: {err['msg']}", field=f"manifest.{loc}",
-                              hint="fields: models, tools, storage_read, storage_write, spawn, "
+                              hint="fields: models, tools, storage_read, storage_write, network, spawn, "
                                    "max_concurrent_syscalls, priority_ceiling, [budget.run] tokens / cost_usd"
                               ) from None
 
@@ -101,9 +106,9 @@ def excess(asked: Manifest, allowed: Manifest) -> list[str]:
     nothing. A limit the principal has that the manifest leaves out is not an excess: the
     principal's limit applies anyway."""
     out: list[str] = []
-    for name in ("models", "tools"):
+    for name in ("models", "tools", "network"):
         a, b = getattr(asked, name), getattr(allowed, name)
-        if a is not None and b is not None and (extra := sorted(set(a) - set(b))):
+        if a is not None and b is not None and "*" not in b and (extra := sorted(set(a) - set(b))):
             out.append(f"{name}: {', '.join(extra)}")
     for name in ("storage_read", "storage_write"):
         a, b = getattr(asked, name), getattr(allowed, name)
@@ -117,10 +122,11 @@ def excess(asked: Manifest, allowed: Manifest) -> list[str]:
         a, b = getattr(asked, name), getattr(allowed, name)
         if a is not None and b is not None and a > b:
             out.append(f"{name}: {a} (at most {b})")
-    for name in ("tokens", "cost_usd"):
-        a, b = getattr(asked.budget.run, name), getattr(allowed.budget.run, name)
-        if a is not None and b is not None and a > b:
-            out.append(f"budget.run.{name}: {a} (at most {b})")
+    for period in ("run", "day"):
+        for name in ("tokens", "cost_usd"):
+            a, b = getattr(getattr(asked.budget, period), name), getattr(getattr(allowed.budget, period), name)
+            if a is not None and b is not None and a > b:
+                out.append(f"budget.{period}.{name}: {a} (at most {b})")
     return out
 
 
@@ -145,12 +151,15 @@ def intersect(a: Manifest, b: Manifest) -> Manifest:
 
     spawn = None if a.spawn is None and b.spawn is None else bool(a.spawn is not False and b.spawn is not False)
     return Manifest(models=lists(a.models, b.models), tools=lists(a.tools, b.tools),
+                    network=_hosts(a.network, b.network),
                     storage_read=globs(a.storage_read, b.storage_read),
                     storage_write=globs(a.storage_write, b.storage_write), spawn=spawn,
                     max_concurrent_syscalls=low(a.max_concurrent_syscalls, b.max_concurrent_syscalls),
                     priority_ceiling=low(a.priority_ceiling, b.priority_ceiling),
-                    budget=Budgets(run=Budget(tokens=low(a.budget.run.tokens, b.budget.run.tokens),
-                                              cost_usd=low(a.budget.run.cost_usd, b.budget.run.cost_usd))))
+                    budget=Budgets(**{p: Budget(tokens=low(getattr(a.budget, p).tokens, getattr(b.budget, p).tokens),
+                                                cost_usd=low(getattr(a.budget, p).cost_usd,
+                                                             getattr(b.budget, p).cost_usd))
+                                      for p in ("run", "day")}))
 
 
 def rights_of(groups: Iterable[str], admin: bool, group_manifests: Mapping[str, Manifest]) -> Manifest:
@@ -174,13 +183,32 @@ def _union(ms: list[Manifest]) -> Manifest:
         return None if any(v is None for v in values) else max(values)
 
     spawn_values = [m.spawn for m in ms]
-    return Manifest(models=lists("models"), tools=lists("tools"), storage_read=lists("storage_read"),
+    return Manifest(models=lists("models"), tools=lists("tools"), network=lists("network"),
+                    storage_read=lists("storage_read"),
                     storage_write=lists("storage_write"),
                     spawn=None if any(v is None for v in spawn_values) else any(spawn_values),
                     max_concurrent_syscalls=high([m.max_concurrent_syscalls for m in ms]),
                     priority_ceiling=high([m.priority_ceiling for m in ms]),
-                    budget=Budgets(run=Budget(tokens=high([m.budget.run.tokens for m in ms]),
-                                              cost_usd=high([m.budget.run.cost_usd for m in ms]))))
+                    budget=Budgets(**{p: Budget(tokens=high([getattr(m.budget, p).tokens for m in ms]),
+                                                cost_usd=high([getattr(m.budget, p).cost_usd for m in ms]))
+                                      for p in ("run", "day")}))
+
+
+def _host_of(url: Any) -> str | None:
+    from urllib.parse import urlsplit
+    try:
+        return urlsplit(str(url)).hostname if url else None
+    except ValueError:
+        return None
+
+
+def _hosts(x: tuple[str, ...] | None, y: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Hosts both allow: None is no limit, "*" any host."""
+    if x is None or "*" in x:
+        return y if y is not None else x
+    if y is None or "*" in y:
+        return x
+    return tuple(h for h in x if h in y)
 
 
 def path_allowed(path: str, globs: tuple[str, ...] | None) -> bool:
@@ -190,7 +218,8 @@ def path_allowed(path: str, globs: tuple[str, ...] | None) -> bool:
 # ---- the check at submit
 
 def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tokens: int, used_cost: float,
-               tool_cost: float = 0.0) -> Any:
+               tool_cost: float = 0.0, needs_network: bool = False,
+               used_today: tuple[int, float] | None = None) -> Any:
     """The call as it may run (an LLM call's max_tokens cut to the run's token budget), or
     PermissionDenied naming the missing permission, or QuotaExceeded saying what is left.
     `in_flight`: the process's calls not finished yet, whose worst case counts against the
@@ -217,22 +246,30 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
                 raise PermissionDenied(f"{who} may not call model {call.model!r}: missing permission "
                                        f"models: {call.model}", field="model",
                                        hint=f"its manifest allows: {', '.join(manifest.models) or 'no model'}")
-            budget = manifest.budget.run.tokens
-            if budget is not None:
-                reserved = sum(count_tokens(c.messages) + (c.max_tokens or 0) for c in live
-                               if isinstance(c, LLMSyscall))
-                left = budget - used_tokens - reserved
-                prompt = count_tokens(call.messages)
+            reserved = sum(count_tokens(c.messages) + (c.max_tokens or 0) for c in live if isinstance(c, LLMSyscall))
+            prompt = count_tokens(call.messages)
+            for period, budget, used in (("run", manifest.budget.run.tokens, used_tokens),
+                                         ("day", manifest.budget.day.tokens, (used_today or (0, 0.0))[0])):
+                if budget is None:
+                    continue
+                left = budget - used - reserved
                 if prompt + 1 > left:
                     raise QuotaExceeded(f"{who} would exceed its token budget: {max(left, 0)} of {budget} tokens per "
-                                        f"run left, and this call's prompt alone is about {prompt}",
-                                        field="budget.run.tokens", hint="the budget is in the agent's manifest")
+                                        f"{period} left, and this call's prompt alone is about {prompt}",
+                                        field=f"budget.{period}.tokens", hint="the budget is in the agent's manifest")
                 if call.max_tokens is None or prompt + call.max_tokens > left:
                     call = replace(call, max_tokens=left - prompt)   # it stops at the budget
         case ToolSyscall():
             if manifest.tools is not None and call.tool not in manifest.tools:
                 raise PermissionDenied(f"{who} may not call tool {call.tool!r}: missing permission tools: {call.tool}",
                                        field="tool", hint=f"its manifest allows: {', '.join(manifest.tools) or 'no tool'}")
+            if needs_network and manifest.network is not None and "*" not in manifest.network:
+                host = _host_of(call.arguments.get("url")) if call.tool == "http_fetch" else None
+                from aios.tools.http import is_allowed
+                if host is None or not is_allowed(host, list(manifest.network)):
+                    raise PermissionDenied(f"{who} may not reach {host or 'the network'} with {call.tool!r}: "
+                                           f"missing permission network: {host or '*'}", field="arguments.url",
+                                           hint=f"its manifest allows: {', '.join(manifest.network) or 'no host'}")
         case StorageSyscall():
             from aios.storage.files import check_path
             writing = call.op in (StorageOp.WRITE, StorageOp.DELETE)
@@ -246,9 +283,12 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
             if call.target_pid not in (None, call.pid) and manifest.spawn is False:
                 raise PermissionDenied(f"{who} may not {call.op.value} process {call.target_pid}: missing permission "
                                        "spawn", field="target_pid", hint="set spawn = true in its manifest")
-    cost_budget = manifest.budget.run.cost_usd
-    if cost_budget is not None and tool_cost and used_cost + tool_cost > cost_budget:
-        raise QuotaExceeded(f"{who} would exceed its cost budget: ${max(cost_budget - used_cost, 0):.4f} of "
-                            f"${cost_budget:g} per run left, and this call costs ${tool_cost:g}",
-                            field="budget.run.cost_usd", hint="the budget is in the agent's manifest")
+    for period, cost_budget, spent in (("run", manifest.budget.run.cost_usd, used_cost),
+                                       ("day", manifest.budget.day.cost_usd, (used_today or (0, 0.0))[1])):
+        if cost_budget is not None and spent >= cost_budget or cost_budget is not None and tool_cost \
+                and spent + tool_cost > cost_budget:
+            raise QuotaExceeded(f"{who} would exceed its cost budget: ${max(cost_budget - spent, 0):.4f} of "
+                                f"${cost_budget:g} per {period} left" + (f", and this call costs ${tool_cost:g}"
+                                                                         if tool_cost else ""),
+                                field=f"budget.{period}.cost_usd", hint="the budget is in the agent's manifest")
     return call

@@ -199,8 +199,11 @@ class Kernel:
             tool = self.tools.get(call.tool) if isinstance(call, ToolSyscall) else None
             call = await self.guard.check(call, (t.call for t in self.tickets.values()),
                                           proc.usage.tokens_in + proc.usage.tokens_out, proc.usage.cost_usd,
-                                          tool.cost_usd if tool is not None else 0.0)
+                                          tool.cost_usd if tool is not None else 0.0,
+                                          tool is not None and tool.needs_network, proc.name)
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
+        if call.pid in self.guard.manifests:   # a manifest's allow decisions are audited too
+            self._audit_soon(call.principal, f"{call.kind.value}.submit", str(call.pid), "allow", {"id": call.id})
         if self._irreversible(call):
             call = replace(call, state=CallState.WAITING_CONFIRMATION)
         ticket = Ticket(call, next(self._seq))
