@@ -171,9 +171,11 @@ def _seed(work: Path, files: Mapping[str, bytes | str]) -> None:
         path.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
-def _namespace_args(network: Network) -> list[str]:
+def _namespace_args(network: Network, new_session: bool = True) -> list[str]:
     args = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"]
+            "--die-with-parent", "--cap-drop", "ALL", "--hostname", "sandbox"]
+    if new_session:   # no terminal injection (TIOCSTI); an agent keeps its process group, to be stopped
+        args.append("--new-session")
     if network == "none":
         args.append("--unshare-net")
     return args
@@ -198,24 +200,60 @@ def _system_binds(network: Network) -> list[str]:
 
 
 def _command(argv: list[str], limits: Limits, network: Network, mode: Mode, work: Path, env: Mapping[str, str],
-             root: bool) -> list[str]:
+             root: bool, read_only: Sequence[str] = (), cpu: bool = True, new_session: bool = True,
+             mount: str = "/work") -> list[str]:
     mib = 1 << 20
     # as root the process limit counts only this sandbox's own user id; otherwise the
     # caller's processes count too, so the limit is raised by what the caller already runs
     nproc = limits.processes if root else limits.processes + _processes_of(os.getuid())
     rlimits = [shutil.which("prlimit") or "/usr/bin/prlimit", f"--nproc={nproc}", f"--as={limits.memory_mb * mib}",
-               f"--cpu={limits.cpu_seconds}", f"--fsize={limits.file_size_mb * mib}",
+               *([f"--cpu={limits.cpu_seconds}"] if cpu else []), f"--fsize={limits.file_size_mb * mib}",
                f"--nofile={limits.open_files}", "--core=0", "--"]
-    variables = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+    variables = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": mount, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
                  "PYTHONDONTWRITEBYTECODE": "1", **env}
     if mode == "rlimits":
         return rlimits + argv
-    box = [shutil.which("bwrap") or "/usr/bin/bwrap", *_namespace_args(network), *_system_binds(network),
-           "--size", str(limits.tmp_mb * mib), "--tmpfs", "/tmp",
-           "--bind", str(work), "/work", "--chdir", "/work", "--clearenv"]
+    box = [shutil.which("bwrap") or "/usr/bin/bwrap", *_namespace_args(network, new_session), *_system_binds(network),
+           "--size", str(limits.tmp_mb * mib), "--tmpfs", "/tmp"]
+    for path in read_only:   # after /tmp: a bound folder may lie under it
+        box += ["--ro-bind", path, path]
+    box += ["--bind", str(work), mount, "--chdir", mount, "--clearenv"]
     for key, value in variables.items():
         box += ["--setenv", key, value]
     return rlimits + box + ["--", *argv]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A sandboxed command to start yourself (a long-running agent): `argv` under user
+    `uid` (None: as the caller), in `work`, which the caller removes once it is over."""
+    argv: list[str]
+    uid: int | None
+    work: Path
+
+
+def prepare(argv: Sequence[str], *, limits: Limits, network: Network, read_only: Sequence[str] = (),
+            env: Mapping[str, str] | None = None) -> Prepared:
+    """The command line that runs `argv` in the sandbox with `read_only` host paths bound
+    at the same place, no CPU-time limit and no wall-clock watchdog (the caller supervises
+    it), keeping its process group so that it can be stopped and continued as a whole.
+    Raises SandboxUnavailable where bubblewrap cannot run.
+
+    It runs under the caller's own user id, seen inside as nobody (65534): the interpreter
+    and packages it needs may live in folders only that user can read (a pyenv under
+    /root). Only what is bound is visible, read-only but for its work directory; the
+    process limit then counts the caller's processes too (it is raised by what runs)."""
+    if (why := _probe()) is not None:
+        raise SandboxUnavailable(f"the sandbox cannot run: {why}",
+                                 hint="install the Debian package bubblewrap (the Makefile does)")
+    work = Path(tempfile.mkdtemp(prefix="aios-agent-"))
+    os.chmod(work, 0o700)
+    # its work directory at /sandbox: host paths it needs may lie under /work
+    command = _command([str(a) for a in argv], limits, network, "bwrap", work, env or {}, root=False,
+                       read_only=[str(p) for p in read_only], cpu=False, new_session=False, mount="/sandbox")
+    at = command.index("--cap-drop")
+    command[at:at] = ["--uid", "65534", "--gid", "65534"]
+    return Prepared(command, None, work)
 
 
 def _processes_of(uid: int) -> int:
@@ -343,5 +381,5 @@ class _Drain:
         return self.data.decode("utf-8", errors="replace")
 
 
-__all__ = ["EXIT_LIMIT", "EXIT_TIMEOUT", "EXIT_UNAVAILABLE", "Limits", "SandboxResult", "SandboxUnavailable", "run",
-           "unavailable_reason"]
+__all__ = ["EXIT_LIMIT", "EXIT_TIMEOUT", "EXIT_UNAVAILABLE", "Limits", "Prepared", "SandboxResult",
+           "SandboxUnavailable", "prepare", "run", "unavailable_reason"]

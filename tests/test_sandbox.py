@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import aios.sandbox as sandbox
-from aios.errors import ConfigError, SandboxUnavailable
+from aios.errors import ConfigError, InvalidSyscall, SandboxUnavailable
 from aios.sandbox import EXIT_LIMIT, EXIT_TIMEOUT, EXIT_UNAVAILABLE, Limits, run
 
 AIOS = Path(sys.executable).with_name("aios")
@@ -203,3 +203,47 @@ def test_the_command_refuses_bad_input():
     p = aios("--timeout", "-1", "--", "true")
     assert p.returncode == 2 and "timeout_s" in p.stderr
     assert EXIT_UNAVAILABLE == 69
+
+
+# ---- agents whose manifest asks for the sandbox
+
+SANDBOXED_AGENT = '''
+import os as host
+
+async def main(task, os):
+    await os.storage.write("from-sandbox", "hi")
+    print("uid", host.getuid(), flush=True)
+    print("db visible", host.path.exists({db!r}), flush=True)
+    print("passwd visible", host.path.exists("/etc/passwd"), flush=True)
+    try:
+        open("/usr/evil", "w")
+    except OSError:
+        print("usr read-only", flush=True)
+    return "ok"
+'''
+
+
+@pytest.mark.anyio
+async def test_an_agent_whose_manifest_asks_runs_in_the_sandbox(make_settings, tmp_path: Path):
+    import anyio
+
+    from aios.kernel import Kernel
+    from aios.server import create_app
+    from tests.conftest import serve
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    program = agents / "boxed.py"
+    settings = make_settings(**{"clock.mode": "wall"})
+    program.write_text(SANDBOXED_AGENT.format(db=str(settings.home / "aios.db")))
+    async with Kernel(settings) as k, serve(create_app(settings, kernel=k)) as url:
+        k.endpoint = url
+        with pytest.raises(InvalidSyscall) as err:   # an agent in the kernel's own process cannot be boxed
+            await k.spawn("boxed", program=str(program), manifest={"sandbox": True})
+        assert "subprocess runner" in err.value.message
+        proc = await k.spawn("boxed", program=str(program), runner="subprocess", manifest={"sandbox": True})
+        with anyio.fail_after(60):
+            done = await k.wait(proc.pid)
+        log = (k.supervisor.log_path(proc.pid)).read_text()
+        assert done.exit_code == 0, log
+        assert "db visible False" in log and "passwd visible False" in log and "usr read-only" in log
+        assert int(log.split("uid ")[1].split()[0]) == 65534   # nobody, in its own user namespace

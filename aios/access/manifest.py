@@ -10,6 +10,7 @@ A manifest lists, each optional (left out: no limit of its own):
     storage_write = ["notes/*"]          # ... write or delete
     network = ["example.com"]            # hosts network tools may reach ("*.x.org", "*" any; [] none)
     spawn = false                        # whether it may start processes or signal others
+    sandbox = true                       # its program runs under bubblewrap (subprocess runner)
     max_concurrent_syscalls = 4
     priority_ceiling = 50
     [budget.run]                         # per run of the process
@@ -60,6 +61,7 @@ class Manifest(BaseModel):
     storage_write: tuple[str, ...] | None = None
     spawn: bool | None = None
     network: tuple[str, ...] | None = None   # hosts its network tools may reach ("*" any); () none
+    sandbox: bool | None = None   # run its program (subprocess runner) under the sandbox
     max_concurrent_syscalls: int | None = Field(None, ge=1)
     priority_ceiling: int | None = Field(None, ge=0, le=99)
     budget: Budgets = Budgets()
@@ -150,7 +152,8 @@ def intersect(a: Manifest, b: Manifest) -> Manifest:
         return y if x is None else x if y is None else min(x, y)
 
     spawn = None if a.spawn is None and b.spawn is None else bool(a.spawn is not False and b.spawn is not False)
-    return Manifest(models=lists(a.models, b.models), tools=lists(a.tools, b.tools),
+    sandbox = True if a.sandbox or b.sandbox else (None if a.sandbox is None and b.sandbox is None else False)
+    return Manifest(sandbox=sandbox, models=lists(a.models, b.models), tools=lists(a.tools, b.tools),
                     network=_hosts(a.network, b.network),
                     storage_read=globs(a.storage_read, b.storage_read),
                     storage_write=globs(a.storage_write, b.storage_write), spawn=spawn,

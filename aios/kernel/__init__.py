@@ -377,6 +377,9 @@ class Kernel:
             raise PermissionDenied(f"priority {priority} is above the manifest's ceiling {declared.priority_ceiling}",
                                    field="priority")
         effective = await self.guard.decide(principal, declared, parent_pid, name)
+        if prog is not None and effective is not None and effective.sandbox and runner != "subprocess":
+            raise InvalidSyscall("a sandboxed agent runs only under the subprocess runner", field="runner",
+                                 hint="spawn it with runner=subprocess, or drop sandbox from its manifest")
         main = None
         if prog is not None and runner == "inproc":
             main = load_main(prog)
@@ -400,7 +403,8 @@ class Kernel:
         token = next((t for t, p in self.settings.server.tokens.items() if p == proc.principal), None)
         if token is not None:
             env["AIOS_TOKEN"] = token
-        return SubprocessRunner(prog, env)
+        manifest = self.guard.manifests.get(proc.pid)
+        return SubprocessRunner(prog, env, sandboxed=bool(manifest and manifest.sandbox), private=self.settings.home)
 
     def register_agent(self, name: str, program: str, manifest: Manifest | dict[str, Any] | None = None) -> None:
         """Makes `aios run NAME` and spawn(program=NAME) run `program` (a file or module),

@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,18 +124,54 @@ class SubprocessRunner:
     URL, a token and its pid in the environment (AIOS_URL, AIOS_TOKEN, AIOS_PID)."""
     name = "subprocess"
 
-    def __init__(self, program: Program, env: Mapping[str, str]):
+    def __init__(self, program: Program, env: Mapping[str, str], sandboxed: bool = False,
+                 private: Path | None = None):
         self.program = program
         self.env = env
+        self.sandboxed = sandboxed
+        self.private = private   # the kernel's state folder: never visible to a sandboxed agent
         self.os_pid: int | None = None
 
     async def run(self, task: str, log_path: Path) -> Exit:
         cmd = [sys.executable, "-m", "aios.agents.run", self.program.target, task]
+        prepared = self._sandbox(cmd) if self.sandboxed else None
+
         def start() -> subprocess.Popen[bytes]:
             with open(log_path, "ab") as log:
+                if prepared is not None:
+                    extra: dict = {"user": prepared.uid, "group": prepared.uid, "extra_groups": []} \
+                        if prepared.uid is not None else {}
+                    return subprocess.Popen(prepared.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True, **extra)
                 return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env={**os.environ, **self.env}, start_new_session=True)
-        popen = await anyio.to_thread.run_sync(start)
+        try:
+            return await self._wait(await anyio.to_thread.run_sync(start))
+        finally:
+            if prepared is not None:
+                shutil.rmtree(prepared.work, ignore_errors=True)
+
+    def _sandbox(self, cmd: list[str]) -> Any:
+        """The agent under bubblewrap (aios.sandbox): the interpreter, the installed packages
+        and its program's folder read-only, its own work directory, no capabilities, its own
+        user id and rlimits. It shares the host's network: it must reach the kernel."""
+        from aios.sandbox import Limits, prepare
+        interpreter = Path(os.path.realpath(sys.executable))
+        read_only = {str(Path(sys.prefix)), str(Path(sys.base_prefix)), str(interpreter.parent.parent)}
+        read_only |= {p for p in sys.path if p and Path(p).is_dir() and not p.startswith("/usr")}
+        target = Path(self.program.target)
+        if target.is_file():
+            read_only.add(str(target.resolve().parent))
+        if self.private is not None:   # nothing that would show the kernel's database
+            secret = self.private.resolve()
+            read_only = {p for p in read_only if not secret.is_relative_to(Path(p).resolve())}
+        env = {"AIOS_URL": self.env.get("AIOS_URL", ""), "AIOS_PID": self.env.get("AIOS_PID", ""),
+               **({"AIOS_TOKEN": self.env["AIOS_TOKEN"]} if "AIOS_TOKEN" in self.env else {})}
+        limits = Limits(timeout_s=1e9, memory_mb=2048, processes=64, open_files=1024, file_size_mb=256, disk_mb=1024)
+        return prepare(cmd, limits=limits, network="host", env=env,
+                       read_only=sorted(p for p in read_only if not p.startswith("/usr")))
+
+    async def _wait(self, popen: subprocess.Popen[bytes]) -> Exit:
         self.os_pid = popen.pid
         try:
             _, status, usage = await anyio.to_thread.run_sync(os.wait4, popen.pid, 0, abandon_on_cancel=True)
