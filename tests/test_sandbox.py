@@ -247,3 +247,44 @@ async def test_an_agent_whose_manifest_asks_runs_in_the_sandbox(make_settings, t
         assert done.exit_code == 0, log
         assert "db visible False" in log and "passwd visible False" in log and "usr read-only" in log
         assert int(log.split("uid ")[1].split()[0]) == 65534   # nobody, in its own user namespace
+
+
+@pytest.mark.anyio
+async def test_the_kernel_keeps_serving_after_attacks_through_the_python_tool(make_settings):
+    import anyio
+
+    from aios.kernel import Kernel
+    from aios.tools import builtin_tools
+    settings = make_settings(**{"clock.mode": "wall"})
+    attacks = {
+        "fork": "import os, time\nfor i in range(300):\n    if os.fork() == 0:\n        time.sleep(3)\n        os._exit(0)",
+        "memory": "x = bytearray(10 * 1024 ** 3)",
+        "disk": "f = open('big', 'wb')\nfor i in range(10 * 1024):\n    f.write(b'x' * (1 << 20))",
+        "socket": "import socket; socket.create_connection(('127.0.0.1', 22), timeout=2)",
+        "shadow": "print(open('/etc/shadow').read())",
+        "database": f"print(open({str(settings.home / 'aios.db')!r}, 'rb').read(100))",
+        "sleep": "import time; time.sleep(1000)",
+    }
+    async with Kernel(settings) as k:
+        for spec in builtin_tools(settings):
+            k.register_tool(spec)
+        agent = await k.spawn("agent")
+        await k.call({"kind": "storage", "op": "write", "path": "keep", "data": "precious"}, pid=agent.pid)
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:   # all at once
+                results: dict[str, dict] = {}
+
+                async def attack(name: str, code: str) -> None:
+                    results[name] = await k.call({"kind": "tool", "tool": "python",
+                                                  "arguments": {"code": code, "timeout_s": 5}}, pid=agent.pid)
+                for name, code in attacks.items():
+                    tg.start_soon(attack, name, code)
+        for name, r in results.items():
+            assert r["exit_code"] != 0 or r["stopped_by"], (name, r)
+            assert "root:" not in r["stdout"] and "SQLite" not in r["stdout"], name
+        assert results["sleep"]["stopped_by"] == "timeout"
+        # the kernel still serves, and nothing stored before was lost
+        assert await k.call({"kind": "storage", "op": "read", "path": "keep"}, pid=agent.pid) == {
+            "path": "keep", "data": "precious"}
+        ok = await k.call({"kind": "tool", "tool": "python", "arguments": {"code": "print(2 + 2)"}}, pid=agent.pid)
+        assert ok["stdout"] == "4\n"
