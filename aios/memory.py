@@ -1,5 +1,6 @@
 """Agent memory: entries each process adds, gets, searches and deletes, seen only by
-that process. (The memory issue adds the working-memory budget, eviction and embedding
+that process, unless its manifest shares it (`memory_share`): then the other agents of
+its principal may get, list and search it (`owner`), read-only. (The memory issue adds the working-memory budget, eviction and embedding
 retrieval; search here ranks entries by how many query words they contain.)"""
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class MemoryManager:
         self.db = db
 
     async def execute(self, call: MemorySyscall, now: float) -> Any:
-        pid = call.pid
+        pid = call.owner if call.owner is not None else call.pid   # the kernel checked the sharing
         match call.op:
             case MemoryOp.ADD:
                 key = call.key or uuid.uuid4().hex

@@ -163,6 +163,7 @@ class MemorySyscall(Syscall):
     content: str | None = None
     query: str | None = None
     k: int = 5
+    owner: int | None = None   # get, list, search: another agent's memory that it shares (its pid)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

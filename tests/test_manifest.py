@@ -218,3 +218,30 @@ async def test_a_day_budget_counts_every_run_of_the_agent_today(make_settings: C
         await k.call(llm("hi", max_tokens=4), pid=other.pid)
         allowed = await k.db.run(lambda e: access.query_audit(e, decision="allow", action="llm.submit"))
         assert len(allowed) >= 2   # the allow decisions of manifest-bound processes are audited too
+
+
+@pytest.mark.anyio
+async def test_memory_is_shared_read_only_and_only_when_its_manifest_says_so(make_settings: Callable[..., Settings]):
+    async with Kernel(make_settings()) as k:
+        sharer = await k.spawn("sharer", manifest={"memory_share": True})
+        keeper = await k.spawn("keeper")
+        reader = await k.spawn("reader")
+        await k.call({"kind": "memory", "op": "add", "key": "plan", "content": "the shared plan"}, pid=sharer.pid)
+        await k.call({"kind": "memory", "op": "add", "key": "diary", "content": "private"}, pid=keeper.pid)
+        got = await k.call({"kind": "memory", "op": "get", "key": "plan", "owner": sharer.pid}, pid=reader.pid)
+        assert got == {"key": "plan", "content": "the shared plan"}
+        found = await k.call({"kind": "memory", "op": "search", "query": "plan", "owner": sharer.pid}, pid=reader.pid)
+        assert [e["key"] for e in found["entries"]] == ["plan"]
+        with pytest.raises(PermissionDenied, match="does not share its memory"):
+            await k.submit({"kind": "memory", "op": "get", "key": "diary", "owner": keeper.pid}, pid=reader.pid)
+        with pytest.raises(PermissionDenied, match="read-only"):
+            await k.submit({"kind": "memory", "op": "delete", "key": "plan", "owner": sharer.pid}, pid=reader.pid)
+        with pytest.raises(PermissionDenied, match="read-only"):
+            await k.submit({"kind": "memory", "op": "add", "content": "x", "owner": sharer.pid}, pid=reader.pid)
+        from aios.errors import NotFound
+        with pytest.raises(NotFound):
+            await k.submit({"kind": "memory", "op": "get", "key": "plan", "owner": 999}, pid=reader.pid)
+        other = await k.spawn("other", principal="mallory")
+        with pytest.raises(NotFound):   # another principal's agent: it does not exist for mallory
+            await k.submit({"kind": "memory", "op": "get", "key": "plan", "owner": sharer.pid}, pid=other.pid,
+                           principal="mallory")

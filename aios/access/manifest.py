@@ -11,6 +11,7 @@ A manifest lists, each optional (left out: no limit of its own):
     network = ["example.com"]            # hosts network tools may reach ("*.x.org", "*" any; [] none)
     spawn = false                        # whether it may start processes or signal others
     sandbox = true                       # its program runs under bubblewrap (subprocess runner)
+    memory_share = true                  # the principal's other agents may read its memory
     max_concurrent_syscalls = 4
     priority_ceiling = 50
     [budget.run]                         # per run of the process
@@ -62,6 +63,7 @@ class Manifest(BaseModel):
     spawn: bool | None = None
     network: tuple[str, ...] | None = None   # hosts its network tools may reach ("*" any); () none
     sandbox: bool | None = None   # run its program (subprocess runner) under the sandbox
+    memory_share: bool | None = None   # the principal's other agents may read its memory
     max_concurrent_syscalls: int | None = Field(None, ge=1)
     priority_ceiling: int | None = Field(None, ge=0, le=99)
     budget: Budgets = Budgets()
@@ -153,7 +155,8 @@ def intersect(a: Manifest, b: Manifest) -> Manifest:
 
     spawn = None if a.spawn is None and b.spawn is None else bool(a.spawn is not False and b.spawn is not False)
     sandbox = True if a.sandbox or b.sandbox else (None if a.sandbox is None and b.sandbox is None else False)
-    return Manifest(sandbox=sandbox, models=lists(a.models, b.models), tools=lists(a.tools, b.tools),
+    share = a.memory_share if a.memory_share is not None else b.memory_share
+    return Manifest(sandbox=sandbox, memory_share=share, models=lists(a.models, b.models), tools=lists(a.tools, b.tools),
                     network=_hosts(a.network, b.network),
                     storage_read=globs(a.storage_read, b.storage_read),
                     storage_write=globs(a.storage_write, b.storage_write), spawn=spawn,

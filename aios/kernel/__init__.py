@@ -44,7 +44,8 @@ from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
 from aios.storage.files import check_path
 from aios.tools.registry import ToolRegistry, ToolSpec
-from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, StorageOp, StorageSyscall, Syscall, ToolSyscall,
+from aios.syscall import (CallState, Kind, LLMSyscall, MemoryOp, MemorySyscall, ProcessSyscall, StorageOp,
+                          StorageSyscall, Syscall, ToolSyscall,
                           Usage, advance, check_payload, check_priority, decode, new_id)
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,8 @@ class Kernel:
                                           tool.cost_usd if tool is not None else 0.0,
                                           tool is not None and tool.needs_network, proc.name)
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
+        if isinstance(call, MemorySyscall) and call.owner not in (None, call.pid):
+            self._check_shared(call)
         if call.pid in self.guard.manifests:   # a manifest's allow decisions are audited too
             self._audit_soon(call.principal, f"{call.kind.value}.submit", str(call.pid), "allow", {"id": call.id})
         if self._irreversible(call):
@@ -227,6 +230,18 @@ class Kernel:
             self._hold(ticket)
         else:
             self._enqueue(ticket)
+
+    def _check_shared(self, call: MemorySyscall) -> None:
+        """Reading another agent's memory: only what it shares, within one principal."""
+        owner = self.processes.procs.get(call.owner)   # type: ignore[arg-type]
+        if owner is None or owner.principal != call.principal:
+            raise NotFound(f"no process {call.owner}", field="owner")
+        if call.op not in (MemoryOp.GET, MemoryOp.LIST, MemoryOp.SEARCH):
+            raise PermissionDenied(f"another agent's memory is read-only: {call.op.value} is refused", field="op")
+        manifest = self.guard.manifests.get(owner.pid)
+        if manifest is None or not manifest.memory_share:
+            raise PermissionDenied(f"process {owner.pid} does not share its memory: missing permission memory_share "
+                                   "in its manifest", field="owner", hint="its manifest sets memory_share = true")
 
     # ---- confirmation of irreversible actions
 
