@@ -92,7 +92,9 @@ async def test_a_timeout_denies(make_settings):
         with anyio.fail_after(10):
             ended = await held.wait()
         assert ended.state is CallState.FAILED and "not confirmed within" in ended.error["message"]
-        log = await k.db.run(lambda e: access.query_audit(e, action="confirmation.timeout"))
+        with anyio.fail_after(10):   # audited in the background
+            while not (log := await k.db.run(lambda e: access.query_audit(e, action="confirmation.timeout"))):
+                await anyio.sleep(0.02)
         assert [x.target for x in log] == [held.id]
 
 
