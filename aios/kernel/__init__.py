@@ -197,11 +197,12 @@ class Kernel:
             call = decode(call, pid=pid, principal=principal, created=now)
         if call.pid:
             proc = self.processes.check_live(call.pid)
-            tool = self.tools.get(call.tool) if isinstance(call, ToolSyscall) else None
-            call = await self.guard.check(call, (t.call for t in self.tickets.values()),
-                                          proc.usage.tokens_in + proc.usage.tokens_out, proc.usage.cost_usd,
-                                          tool.cost_usd if tool is not None else 0.0,
-                                          tool is not None and tool.needs_network, proc.name)
+            if call.pid in self.guard.manifests:   # the permission check, before any work
+                tool = self.tools.get(call.tool) if isinstance(call, ToolSyscall) else None
+                call = await self.guard.check(call, (t.call for t in self.tickets.values()),
+                                              proc.usage.tokens_in + proc.usage.tokens_out, proc.usage.cost_usd,
+                                              tool.cost_usd if tool is not None else 0.0,
+                                              tool is not None and tool.needs_network, proc.name)
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
         if isinstance(call, MemorySyscall) and call.owner not in (None, call.pid):
             self._check_shared(call)
