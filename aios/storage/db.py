@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
-from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy import Engine, create_engine, event, insert, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -48,7 +48,7 @@ class Database:
         if self.is_sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
         try:
-            Base.metadata.create_all(engine)
+            migrate(engine)
             with engine.begin() as conn:   # proves the database is writable
                 conn.execute(insert(BootRow).values(started=self.clock.now()))
         except SQLAlchemyError as e:
@@ -71,6 +71,27 @@ class Database:
                 return await anyio.to_thread.run_sync(fn, engine, limiter=self._limiter)
             except SQLAlchemyError as e:
                 raise describe(e, self.url) from None
+
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+FIRST_REVISION = "0001_first"
+
+
+def migrate(engine: Engine) -> None:
+    """Brings the database to the newest schema revision (aios/storage/migrations). A
+    database made before migrations existed (by create_all) is completed and stamped as
+    the first revision, then upgraded like any other."""
+    from alembic import command
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        tables = set(inspect(conn).get_table_names())
+        if "alembic_version" not in tables and "syscalls" in tables:
+            Base.metadata.create_all(conn)   # the tables a pre-migration database may lack
+            command.stamp(cfg, FIRST_REVISION)
+        command.upgrade(cfg, "head")
 
 
 def describe(e: SQLAlchemyError, url: str) -> JournalUnavailable:

@@ -1,0 +1,66 @@
+"""Schema migrations (Alembic, aios/storage/migrations): a new database is built by them
+and matches the models exactly; a database made before migrations existed is completed,
+stamped and upgraded without losing a row; the audit log's append-only triggers come with
+the schema."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy.exc import DBAPIError
+
+from aios.clock import WallClock
+from aios.storage.db import Database
+from aios.storage.models import Base, ProcessRow
+
+
+def opened(path: Path) -> Database:
+    db = Database(f"sqlite:///{path}", WallClock())
+    db.open()
+    return db
+
+
+def head(db: Database) -> str:
+    with db.engine.connect() as conn:   # type: ignore[union-attr]
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+
+
+def test_a_new_database_is_built_by_the_migrations_and_matches_the_models(tmp_path: Path):
+    db = opened(tmp_path / "new.db")
+    try:
+        assert head(db) == "0001_first"
+        with db.engine.connect() as conn:   # type: ignore[union-attr]
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], f"the models and the migrations differ; add a revision: {diff}"
+        with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as conn:   # type: ignore[union-attr]
+            conn.execute(text("INSERT INTO audit_log (at, principal, action, target, decision, detail) "
+                              "VALUES (1, 'a', 'b', '', 'info', '{}')"))
+            conn.execute(text("DELETE FROM audit_log"))
+    finally:
+        db.close()
+    db = opened(tmp_path / "new.db")   # opening again changes nothing
+    assert head(db) == "0001_first"
+    db.close()
+
+
+def test_a_database_made_before_migrations_is_stamped_and_keeps_its_rows(tmp_path: Path):
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine, tables=[ProcessRow.__table__,
+                                             Base.metadata.tables["syscalls"], Base.metadata.tables["files"]])
+    with engine.begin() as conn:
+        conn.execute(insert(ProcessRow).values(pid=7, name="old", principal="local", state="exited", created=1.0,
+                                               priority=0, tokens_in=0, tokens_out=0, cost_usd=0.0, service_s=0.0,
+                                               cpu_s=0.0, max_rss_kib=0))
+    engine.dispose()
+    db = opened(path)
+    try:
+        assert head(db) == "0001_first"
+        with db.engine.connect() as conn:   # type: ignore[union-attr]
+            assert conn.execute(select(ProcessRow.name).where(ProcessRow.pid == 7)).scalar_one() == "old"
+            assert "audit_log" in {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
+    finally:
+        db.close()
