@@ -141,6 +141,7 @@ class Settings(_Frozen):
     tool_slots: int = Field(16, gt=0, le=MAX_SLOTS, description="concurrent calls per tool")
     memory_slots: int = Field(8, gt=0, le=MAX_SLOTS)
     storage_slots: int = Field(8, gt=0, le=MAX_SLOTS)
+    storage_quota_bytes: int = Field(64 << 20, gt=0, description="the bytes of current files each agent may keep")
 
     @field_validator("home")
     @classmethod

@@ -64,6 +64,9 @@ class StorageOp(StrEnum):
     WRITE = "write"
     LIST = "list"
     DELETE = "delete"
+    VERSIONS = "versions"    # the file's versions, oldest first
+    DIFF = "diff"            # a unified diff between two versions (default: the last two)
+    ROLLBACK = "rollback"    # a new version with the content of `version`, or of the version current `at` a time
 
 
 class ProcessOp(StrEnum):
@@ -172,6 +175,9 @@ class StorageSyscall(Syscall):
     op: StorageOp
     path: str = ""
     data: str | None = None
+    version: int | None = None   # read, diff (from), rollback (to)
+    other: int | None = None     # diff: the version to compare with (default: the current one)
+    at: float | None = None      # rollback: to the version current at this time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,7 +302,10 @@ def check_payload(call: Syscall) -> None:
             raise InvalidSyscall(f"memory {call.op} needs 'key'", field="key")
         case StorageSyscall(op=StorageOp.WRITE) if call.data is None:
             raise InvalidSyscall("storage write needs 'data'", field="data")
-        case StorageSyscall(op=StorageOp.READ | StorageOp.WRITE | StorageOp.DELETE) if not call.path:
+        case StorageSyscall(op=StorageOp.ROLLBACK) if (call.version is None) == (call.at is None):
+            raise InvalidSyscall("storage rollback needs exactly one of 'version' and 'at'", field="version")
+        case StorageSyscall(op=StorageOp.READ | StorageOp.WRITE | StorageOp.DELETE | StorageOp.VERSIONS
+                            | StorageOp.DIFF | StorageOp.ROLLBACK) if not call.path:
             raise InvalidSyscall(f"storage {call.op} needs 'path'", field="path")
         case ProcessSyscall(op=op) if op not in (ProcessOp.LIST,) and call.target_pid is None:
             raise InvalidSyscall(f"process {op} needs 'target_pid'", field="target_pid")

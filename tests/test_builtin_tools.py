@@ -134,7 +134,7 @@ async def test_file_tools_act_in_the_callers_own_storage_space(make_settings):
 
         with anyio.fail_after(30):
             assert await run(a.pid, "write_file", path="notes/plan.md", content="go to Lisbon") == \
-                {"path": "notes/plan.md", "bytes": 12}
+                {"path": "notes/plan.md", "bytes": 12, "version": 1}
             await run(a.pid, "write_file", path="todo.txt", content="pack")
             assert await run(a.pid, "read_file", path="./notes//plan.md") == \
                 {"path": "notes/plan.md", "content": "go to Lisbon"}

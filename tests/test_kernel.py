@@ -478,7 +478,8 @@ async def test_storage_syscalls(make_settings):
             return await ticket.result()
 
         with anyio.fail_after(30):
-            assert await fs(a, "write", path="notes/a.txt", data="héllo") == {"path": "notes/a.txt", "bytes": 6}
+            assert await fs(a, "write", path="notes/a.txt", data="héllo") == {"path": "notes/a.txt", "bytes": 6,
+                                                                               "version": 1}
             assert (await fs(a, "write", path="notes//./b.txt", data="b"))["path"] == "notes/b.txt"
             await fs(a, "write", path="top.txt", data="t")
             assert await fs(a, "read", path="notes/a.txt") == {"path": "notes/a.txt", "data": "héllo"}
@@ -492,7 +493,7 @@ async def test_storage_syscalls(make_settings):
             assert (await fs(b, "list", path="a_c"))["paths"] == ["a_c/x"]   # '_' is no wildcard
             with pytest.raises(NotFound):
                 await fs(b, "read", path="top.txt")
-            assert await fs(a, "delete", path="top.txt") == {"path": "top.txt", "deleted": True}
+            assert await fs(a, "delete", path="top.txt") == {"path": "top.txt", "deleted": True, "version": 2}
             with pytest.raises(NotFound) as info:
                 await fs(a, "read", path="top.txt")
             assert info.value.field == "path"

@@ -49,7 +49,8 @@ async def read_file(path: str, ctx: ToolContext) -> dict[str, str]:
 
 
 async def write_file(path: str, content: str, ctx: ToolContext) -> dict[str, Any]:
-    """Writes text to a file in your own file space, creating it or replacing what it held.
+    """Writes text to a file in your own file space, creating it or replacing what it held
+    (the earlier content stays as an older version).
 
     Args:
         path: the file's path in your file space, relative, e.g. "notes/plan.md"

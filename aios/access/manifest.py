@@ -278,7 +278,7 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
                                            hint=f"its manifest allows: {', '.join(manifest.network) or 'no host'}")
         case StorageSyscall():
             from aios.storage.files import check_path
-            writing = call.op in (StorageOp.WRITE, StorageOp.DELETE)
+            writing = call.op in (StorageOp.WRITE, StorageOp.DELETE, StorageOp.ROLLBACK)
             globs = manifest.storage_write if writing else manifest.storage_read
             name = "storage_write" if writing else "storage_read"
             if not path_allowed(check_path(call.path) if call.path else "", globs):

@@ -75,6 +75,9 @@ class Database:
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 FIRST_REVISION = "0001_first"
+# the tables of the first revision: all a database made before migrations can have had
+FIRST_TABLES = ("processes", "syscalls", "syscall_transitions", "kernel_boots", "memory_entries", "files",
+                "principals", "api_tokens", "audit_log", "process_manifests")
 
 
 def migrate(engine: Engine) -> None:
@@ -89,7 +92,8 @@ def migrate(engine: Engine) -> None:
         cfg.attributes["connection"] = conn
         tables = set(inspect(conn).get_table_names())
         if "alembic_version" not in tables and "syscalls" in tables:
-            Base.metadata.create_all(conn)   # the tables a pre-migration database may lack
+            # the first revision's tables it may lack (made by an older create_all)
+            Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in FIRST_TABLES])
             command.stamp(cfg, FIRST_REVISION)
         command.upgrade(cfg, "head")
 

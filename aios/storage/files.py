@@ -1,16 +1,18 @@
 """The per-agent file space: each process reads and writes only paths under its own pid.
-(The storage issue adds versions, diffs, rollback and quotas on top of this.)"""
+Every write is a new version (content-addressed: equal contents are stored once), with
+`versions`, `diff` and `rollback` to a version or a point in time, and a quota of current
+bytes per process."""
 from __future__ import annotations
 
+import difflib
+import hashlib
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Engine, delete, func, insert, select
 
-from aios.errors import InvalidSyscall, NotFound
+from aios.errors import InvalidSyscall, NotFound, QuotaExceeded
 from aios.storage.db import Database
-from aios.storage.models import FileRow
+from aios.storage.models import BlobRow, FileRow, FileVersionRow
 from aios.syscall import StorageOp, StorageSyscall
 
 
@@ -28,13 +30,24 @@ def check_path(path: str) -> str:
 
 
 class FileStore:
-    def __init__(self, db: Database):
+    """Reads and lists come from `files` (each file's current content); every write and
+    delete also appends a version, whose content is a blob stored once by its SHA-256.
+    `quota_bytes` bounds the current files of each process."""
+
+    def __init__(self, db: Database, quota_bytes: int = 64 << 20):
         self.db = db
+        self.quota_bytes = quota_bytes
 
     async def execute(self, call: StorageSyscall, now: float) -> Any:
         path = check_path(call.path) if call.path else ""
         pid = call.pid
         match call.op:
+            case StorageOp.READ if call.version is not None:
+                version = await self.db.run(lambda e: _version(e, pid, path, call.version))
+                if version.digest is None:
+                    raise NotFound(f"version {call.version} of {path!r} is a deletion", field="version")
+                return {"path": path, "version": version.version,
+                        "data": await self.db.run(lambda e: _blob(e, version.digest))}
             case StorageOp.READ:
                 def read(engine: Engine) -> str | None:
                     with engine.connect() as conn:
@@ -44,16 +57,8 @@ class FileStore:
                     raise NotFound(f"no file {path!r}", field="path")
                 return {"path": path, "data": data}
             case StorageOp.WRITE:
-                insert = sqlite_insert if self.db.is_sqlite else pg_insert
-                stmt = insert(FileRow).values(pid=pid, path=path, data=call.data, updated=now)
-                stmt = stmt.on_conflict_do_update(index_elements=["pid", "path"],
-                                                  set_={"data": call.data, "updated": now})
-
-                def write(engine: Engine) -> None:
-                    with engine.begin() as conn:
-                        conn.execute(stmt)
-                await self.db.run(write)
-                return {"path": path, "bytes": len(call.data.encode())}
+                version = await self.db.run(lambda e: self._write(e, pid, path, call.data, now))   # type: ignore[arg-type]
+                return {"path": path, "bytes": len(call.data.encode()), "version": version}   # type: ignore[union-attr]
             case StorageOp.LIST:
                 def ls(engine: Engine) -> list[str]:
                     with engine.connect() as conn:
@@ -62,9 +67,104 @@ class FileStore:
                         return list(conn.execute(q.order_by(FileRow.path)).scalars())
                 return {"paths": await self.db.run(ls)}
             case StorageOp.DELETE:
-                def rm(engine: Engine) -> int:
-                    with engine.begin() as conn:
-                        return conn.execute(delete(FileRow).where(FileRow.pid == pid, FileRow.path == path)).rowcount
-                if not await self.db.run(rm):
-                    raise NotFound(f"no file {path!r}", field="path")
-                return {"path": path, "deleted": True}
+                version = await self.db.run(lambda e: self._write(e, pid, path, None, now))
+                return {"path": path, "deleted": True, "version": version}
+            case StorageOp.VERSIONS:
+                def versions(engine: Engine) -> list[dict[str, Any]]:
+                    with engine.connect() as conn:
+                        rows = conn.execute(select(FileVersionRow).where(FileVersionRow.pid == pid,
+                                                                         FileVersionRow.path == path)
+                                            .order_by(FileVersionRow.version)).all()
+                    return [{"version": r.version, "bytes": r.size, "deleted": r.digest is None, "created": r.created,
+                             "sha256": r.digest} for r in rows]
+                found = await self.db.run(versions)
+                if not found:
+                    raise NotFound(f"no file {path!r}, now or before", field="path")
+                return {"path": path, "versions": found}
+            case StorageOp.DIFF:
+                return await self.db.run(lambda e: _diff(e, pid, path, call.version, call.other))
+            case StorageOp.ROLLBACK:
+                def rollback(engine: Engine) -> dict[str, Any]:
+                    target = (_version(engine, pid, path, call.version) if call.version is not None
+                              else _version_at(engine, pid, path, call.at))   # type: ignore[arg-type]
+                    data = _blob(engine, target.digest) if target.digest is not None else None
+                    version = self._write(engine, pid, path, data, now, missing_ok=True)
+                    return {"path": path, "version": version, "restored": target.version, "deleted": data is None}
+                return await self.db.run(rollback)
+        raise InvalidSyscall(f"unknown storage op {call.op!r}", field="op")
+
+    def _write(self, engine: Engine, pid: int, path: str, data: str | None, now: float, *,
+               missing_ok: bool = False) -> int:
+        """A new version of `path` (None: a deletion) in one transaction: its blob (once),
+        the version row and the current file. Returns the version number."""
+        with engine.begin() as conn:
+            current = conn.execute(select(FileRow.data).where(FileRow.pid == pid, FileRow.path == path)).scalar()
+            if data is None and current is None and not missing_ok:
+                raise NotFound(f"no file {path!r}", field="path")
+            digest = size = None
+            if data is not None:
+                raw = data.encode()
+                size = len(raw)
+                used = conn.execute(select(func.coalesce(func.sum(func.length(FileRow.data)), 0))
+                                    .where(FileRow.pid == pid, FileRow.path != path)).scalar_one()
+                if used + size > self.quota_bytes:
+                    raise QuotaExceeded(f"the write of {size} bytes would pass the storage quota: "
+                                        f"{max(self.quota_bytes - used, 0)} of {self.quota_bytes} bytes left",
+                                        field="data", hint="delete files, or raise storage_quota_bytes")
+                digest = hashlib.sha256(raw).hexdigest()
+                if conn.execute(select(BlobRow.digest).where(BlobRow.digest == digest)).first() is None:
+                    conn.execute(insert(BlobRow).values(digest=digest, size=size, data=data))
+            last = conn.execute(select(func.max(FileVersionRow.version))
+                                .where(FileVersionRow.pid == pid, FileVersionRow.path == path)).scalar() or 0
+            conn.execute(insert(FileVersionRow).values(pid=pid, path=path, version=last + 1, digest=digest,
+                                                       size=size or 0, created=now))
+            conn.execute(delete(FileRow).where(FileRow.pid == pid, FileRow.path == path))
+            if data is not None:
+                conn.execute(insert(FileRow).values(pid=pid, path=path, data=data, updated=now))
+            return last + 1
+
+
+def _version(engine: Engine, pid: int, path: str, version: int) -> Any:
+    with engine.connect() as conn:
+        row = conn.execute(select(FileVersionRow).where(FileVersionRow.pid == pid, FileVersionRow.path == path,
+                                                        FileVersionRow.version == version)).first()
+    if row is None:
+        raise NotFound(f"{path!r} has no version {version}", field="version",
+                       hint="the versions op lists them")
+    return row
+
+
+def _version_at(engine: Engine, pid: int, path: str, at: float) -> Any:
+    with engine.connect() as conn:
+        row = conn.execute(select(FileVersionRow).where(FileVersionRow.pid == pid, FileVersionRow.path == path,
+                                                        FileVersionRow.created <= at)
+                           .order_by(FileVersionRow.version.desc()).limit(1)).first()
+    if row is None:
+        raise NotFound(f"{path!r} had no version at time {at}", field="at", hint="the versions op lists their times")
+    return row
+
+
+def _blob(engine: Engine, digest: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(BlobRow.data).where(BlobRow.digest == digest)).scalar_one()
+
+
+def _diff(engine: Engine, pid: int, path: str, version: int | None, other: int | None) -> dict[str, Any]:
+    """A unified diff from `version` (default: the one before the newest) to `other`
+    (default: the newest)."""
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(FileVersionRow.version))
+                              .where(FileVersionRow.pid == pid, FileVersionRow.path == path)).scalar()
+    if newest is None:
+        raise NotFound(f"no file {path!r}, now or before", field="path")
+    b = newest if other is None else other
+    a = (b - 1) if version is None else version
+    if a < 1:
+        raise NotFound(f"{path!r} has no version before {b}", field="version")
+    texts = []
+    for v in (a, b):
+        row = _version(engine, pid, path, v)
+        texts.append(_blob(engine, row.digest) if row.digest is not None else "")
+    lines = difflib.unified_diff(texts[0].splitlines(keepends=True), texts[1].splitlines(keepends=True),
+                                 fromfile=f"{path}@{a}", tofile=f"{path}@{b}")
+    return {"path": path, "from": a, "to": b, "diff": "".join(lines)}

@@ -100,6 +100,28 @@ class FileRow(Base):
     updated: Mapped[float] = mapped_column(Float)
 
 
+class BlobRow(Base):
+    """File contents, stored once by their SHA-256 however many versions hold them."""
+    __tablename__ = "blobs"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[str] = mapped_column(Text)
+
+
+class FileVersionRow(Base):
+    """Every write of a file is a new version; a delete is a version with no blob. `files`
+    holds each file's current version for reads and listings."""
+    __tablename__ = "file_versions"
+    __table_args__ = (Index("ix_file_versions_pid_path_version", "pid", "path", "version", unique=True),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(1024))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str | None] = mapped_column(String(64), ForeignKey("blobs.digest"))
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[float] = mapped_column(Float)
+
+
 class PrincipalRow(Base):
     """A user or service account (aios.access). `groups` are privilege groups; an admin
     may manage every principal, token and confirmation."""
