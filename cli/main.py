@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from aios.cli import access as access_cli
+from aios.cli import fs as fs_cli
 from aios.cli import kernel as kernel_cli
 from aios.cli import mcp as mcp_cli
 from aios.cli import procs
@@ -29,6 +30,7 @@ app.add_typer(mcp_cli.app, name="mcp")
 app.add_typer(trace_cli.app, name="trace")
 app.add_typer(sim_cli.app, name="sim")
 app.add_typer(sandbox_cli.app, name="sandbox")
+app.add_typer(fs_cli.app, name="fs")
 procs.install(app)
 access_cli.install(app)
 

@@ -358,3 +358,25 @@ def test_a_wrong_aios_url_is_an_aios_error_for_every_command(args, not_aios):
         assert says in result.exception.message
         if says.startswith("no aios kernel"):
             assert isinstance(result.exception, BackendUnavailable)
+
+
+# ---- aios fs: the versioned file space
+
+def test_fs_writes_versions_diffs_and_rolls_back(daemon):
+    assert cli(daemon, "fs", "write", "cli-notes.md", "--data", "one\ntwo\n").exit_code == 0
+    assert cli(daemon, "fs", "write", "cli-notes.md", "--data", "one\n2\n").exit_code == 0
+    assert "cli-notes.md" in cli(daemon, "fs", "ls", "cli-").stdout.split()
+    found = json.loads(cli(daemon, "fs", "versions", "cli-notes.md", "--json").stdout)
+    assert [v["version"] for v in found] == [1, 2]
+    diff = cli(daemon, "fs", "diff", "cli-notes.md").stdout
+    assert "-two" in diff and "+2" in diff
+    back = cli(daemon, "fs", "rollback", "cli-notes.md", "--version", "1")
+    assert back.exit_code == 0 and "version 3 restores version 1" in back.stdout
+    assert cli(daemon, "fs", "cat", "cli-notes.md").stdout == "one\ntwo\n"
+    assert cli(daemon, "fs", "cat", "cli-notes.md", "--version", "2").stdout == "one\n2\n"
+    bad = aios(daemon.home, "fs", "rollback", "cli-notes.md", "--version", "9")
+    assert bad.returncode == 2 and "no version 9" in bad.stderr
+    both = aios(daemon.home, "fs", "rollback", "cli-notes.md")
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    assert cli(daemon, "fs", "rm", "cli-notes.md").exit_code == 0
+    assert json.loads(cli(daemon, "fs", "versions", "cli-notes.md", "--json").stdout)[-1]["deleted"]

@@ -291,8 +291,28 @@ class Storage(_Namespace):
         return self._run(then(result({"kind": "storage", "op": "list", "path": prefix}), lambda r: r["paths"]))
 
     def delete(self, path: str):
-        """-> None; NotFound if there is no such file."""
+        """-> None; NotFound if there is no such file. (An agent's delete waits for its
+        principal's confirmation; the file stays in its versions.)"""
         return self._run(then(result({"kind": "storage", "op": "delete", "path": path}), lambda r: None))
+
+    def versions(self, path: str):
+        """-> list[dict]: each version's number, bytes, sha256, time, and whether it is a deletion."""
+        return self._run(then(result({"kind": "storage", "op": "versions", "path": path}), lambda r: r["versions"]))
+
+    def read_version(self, path: str, version: int):
+        """-> str, the content of an older version."""
+        return self._run(then(result({"kind": "storage", "op": "read", "path": path, "version": version}),
+                              lambda r: r["data"]))
+
+    def diff(self, path: str, version: int | None = None, other: int | None = None):
+        """-> str, a unified diff from `version` (default: the one before) to `other` (default: the newest)."""
+        return self._run(then(result({"kind": "storage", "op": "diff", "path": path, "version": version,
+                                      "other": other}), lambda r: r["diff"]))
+
+    def rollback(self, path: str, version: int | None = None, at: float | None = None):
+        """-> int, the new version that restores `version` (or the one current at time `at`)."""
+        return self._run(then(result({"kind": "storage", "op": "rollback", "path": path, "version": version,
+                                      "at": at}), lambda r: r["version"]))
 
 
 def _processes(data: list[dict[str, Any]]) -> list[ProcessInfo]:
