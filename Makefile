@@ -6,15 +6,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install bench clean
 
-# Debian packages the project needs: bubblewrap (the sandbox's isolation). Installed when
-# missing and running as root (as CI does); otherwise the message says what to install.
-DEBS := bubblewrap
+# Debian packages the project needs: bubblewrap (the sandbox's isolation) and postgresql
+# (the tests run the database tests on a real server, started on loopback for the run).
+# Installed when missing and running as root (as CI does); otherwise the message says
+# what to install.
+DEBS := bubblewrap postgresql
 
 $(STAMP): pyproject.toml
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; \
-	  else echo "install the Debian package(s): $(DEBS) (the sandbox needs bubblewrap)"; fi; }
+	  else echo "install the Debian package(s): $(DEBS)"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

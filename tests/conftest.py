@@ -1,10 +1,18 @@
 """Shared fixtures: a kernel on SQLite in tmp_path, on a virtual clock by default, with
 the hardware-model backend as the fake LLM; `serve` runs an app under a real uvicorn
-server on a loopback port."""
+server on a loopback port; `postgres` runs a real PostgreSQL server on loopback for the
+session (the Debian package, which `make` installs), and `database_url` gives a test a
+fresh SQLite file or a fresh PostgreSQL database, for the tests that run on both."""
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +27,56 @@ from aios.config import Settings, load_settings
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server of its own for the session, on a free loopback port; yields its
+    SQLAlchemy base URL (no database name). Run as the `postgres` user when the tests run
+    as root (the server refuses root). Missing binaries fail: `make` installs them."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed: `make test` installs the Debian package postgresql")
+    bin_dir = bins[-1]
+    folder = tempfile.mkdtemp(prefix="aios-pg-")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = os.path.join(folder, "data")
+    subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", data, "--auth=trust", "-U", "aios", "-E", "UTF8"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"),
+                    "-o", f"-p {port} -h 127.0.0.1 -k {folder} -c fsync=off", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql+psycopg://aios@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_postgres_database(base_url: str) -> str:
+    import psycopg
+    name = f"aios_{uuid.uuid4().hex[:12]}"
+    host_port = base_url.split("@", 1)[1]
+    host, port = host_port.split(":")
+    with psycopg.connect(host=host, port=int(port), user="aios", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each kind: an SQLite file, and a database on the session's
+    PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'aios.db'}"
+    return fresh_postgres_database(request.getfixturevalue("postgres"))
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 the database refusing to boot when it cannot be written, and the recovery rule."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -14,7 +15,7 @@ from sqlalchemy import create_engine, event, insert
 from sqlalchemy.exc import OperationalError
 
 from aios.clock import VirtualClock
-from aios.config import Settings
+from aios.config import Settings, load_settings
 from aios.errors import JournalUnavailable
 from aios.kernel import Kernel
 from aios.llm import count_tokens
@@ -25,14 +26,46 @@ from aios.syscall import CallState, LLMSyscall
 from tests.conftest import llm
 
 
-def db_file(settings: Settings) -> Path:
+@pytest.fixture
+def make_sqlite_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings on SQLite only: the tests of a database file's own failure modes."""
+    def make(**overrides: Any) -> Settings:
+        return load_settings(env={}, overrides={"home": str(tmp_path), "clock.mode": "virtual", **overrides})
+    return make
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    """The shared fixture's settings, on each database: SQLite, and a real PostgreSQL."""
+    def make(**overrides: Any) -> Settings:
+        base = {"home": str(tmp_path), "clock.mode": "virtual", "database_url": database_url}
+        return load_settings(env={}, overrides={**base, **overrides})
+    return make
+
+
+
+def db_file(settings: Settings) -> str:
+    """The database to read behind the kernel's back: its URL (SQLite or PostgreSQL)."""
+    return settings.db_url
+
+
+def db_path(settings: Settings) -> Path:
+    """The SQLite file itself, for the tests of SQLite's own failure modes."""
     return settings.home / "aios.db"
 
 
-def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Reads the database file through a connection of its own, as another process would."""
-    with closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql, args).fetchall()
+def query(target: Path | str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Reads the database through a connection of its own, as another process would (an
+    SQLite file's path, or any database's URL)."""
+    engine = create_engine(target if isinstance(target, str) else f"sqlite:///{target}")
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                sql = sql.replace("?", "%s")
+            return [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in r)
+                    for r in conn.exec_driver_sql(sql, tuple(args)).fetchall()]
+    finally:
+        engine.dispose()
 
 
 def states(path: Path, call_id: str) -> list[str]:
@@ -153,15 +186,15 @@ async def test_group_commit(make_settings: Callable[..., Settings]) -> None:
 
 
 @pytest.mark.anyio
-async def test_wal_and_synchronous_full(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
+async def test_wal_and_synchronous_full(make_sqlite_settings: Callable[..., Settings]) -> None:
+    settings = make_sqlite_settings()
     async with Kernel(settings) as k:
         assert k.db.engine is not None
         with k.db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2   # FULL
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-    assert query(db_file(settings), "PRAGMA journal_mode") == [("wal",)]   # persists in the file
+    assert query(db_path(settings), "PRAGMA journal_mode") == [("wal",)]   # persists in the file
 
 
 # ---- a database the kernel cannot write
@@ -172,10 +205,10 @@ async def two_done_calls(settings: Settings) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_read_only_database_refuses_to_boot(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
+async def test_read_only_database_refuses_to_boot(make_sqlite_settings: Callable[..., Settings]) -> None:
+    settings = make_sqlite_settings()
     ids = await two_done_calls(settings)
-    path = db_file(settings)
+    path = db_path(settings)
     boots = query(path, "SELECT count(*) FROM kernel_boots")
     read_only = settings.model_copy(update={"database_url": f"sqlite:///file:{path}?mode=ro&uri=true"})
     with pytest.raises(JournalUnavailable) as info:
@@ -188,12 +221,12 @@ async def test_read_only_database_refuses_to_boot(make_settings: Callable[..., S
 
 
 @pytest.mark.anyio
-async def test_corrupt_database_refuses_to_boot(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+async def test_corrupt_database_refuses_to_boot(tmp_path: Path, make_sqlite_settings: Callable[..., Settings]) -> None:
     path = tmp_path / "aios.db"
     garbage = bytes(range(256)) * 64
     path.write_bytes(garbage)
     with pytest.raises(JournalUnavailable) as info:
-        async with Kernel(make_settings()):
+        async with Kernel(make_sqlite_settings()):
             pytest.fail("a kernel booted on a corrupt database")
     assert "corrupt" in info.value.message
     assert str(path) in info.value.message
@@ -201,8 +234,8 @@ async def test_corrupt_database_refuses_to_boot(tmp_path: Path, make_settings: C
 
 
 @pytest.mark.anyio
-async def test_database_turning_read_only_mid_run(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
+async def test_database_turning_read_only_mid_run(make_sqlite_settings: Callable[..., Settings]) -> None:
+    settings = make_sqlite_settings()
     async with Kernel(settings) as k:
         before = [await k.submit(llm(f"before {i}")) for i in range(3)]
         for t in before:
@@ -226,9 +259,9 @@ async def test_database_turning_read_only_mid_run(make_settings: Callable[..., S
         writable = True
         after = await k.call(llm("after"))
         assert after["usage"]["completion_tokens"] == 8
-    rows = dict(query(db_file(settings), "SELECT id, state FROM syscalls"))
+    rows = dict(query(db_path(settings), "SELECT id, state FROM syscalls"))
     assert all(rows[t.id] == "done" for t in before)
-    assert all(states(db_file(settings), t.id) == ["queued", "running", "done"] for t in before)
+    assert all(states(db_path(settings), t.id) == ["queued", "running", "done"] for t in before)
     assert refused.id not in rows
 
 
@@ -405,10 +438,10 @@ async def test_boot_fails_recovered_calls_it_cannot_serve(make_settings: Callabl
 
 @pytest.mark.anyio
 async def test_database_folder_that_cannot_be_made_refuses_to_boot(
-        tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+        tmp_path: Path, make_sqlite_settings: Callable[..., Settings]) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    settings = make_settings(home=str(blocker / "home"))
+    settings = make_sqlite_settings(home=str(blocker / "home"))
     with pytest.raises(JournalUnavailable) as info:
         async with Kernel(settings):
             pytest.fail("a kernel booted without a database")

@@ -435,8 +435,8 @@ async def test_shutdown_cancel_wakes_every_waiter(make_settings):
 # ---- memory and storage
 
 @pytest.mark.anyio
-async def test_memory_syscalls(make_settings):
-    async with Kernel(make_settings()) as k:
+async def test_memory_syscalls(make_settings, database_url):
+    async with Kernel(make_settings(database_url=database_url)) as k:
         a, b = (await k.spawn("a")).pid, (await k.spawn("b")).pid
 
         async def mem(pid: int, op: str, **fields: Any) -> Any:
@@ -467,8 +467,8 @@ async def test_memory_syscalls(make_settings):
 
 
 @pytest.mark.anyio
-async def test_storage_syscalls(make_settings):
-    async with Kernel(make_settings()) as k:
+async def test_storage_syscalls(make_settings, database_url):
+    async with Kernel(make_settings(database_url=database_url)) as k:
         a, b = (await k.spawn("a")).pid, (await k.spawn("b")).pid
 
         async def fs(pid: int, op: str, **fields: Any) -> Any:

@@ -17,8 +17,8 @@ from aios.storage.db import Database
 from aios.storage.models import Base, ProcessRow
 
 
-def opened(path: Path) -> Database:
-    db = Database(f"sqlite:///{path}", WallClock())
+def opened(path: Path | str) -> Database:
+    db = Database(path if isinstance(path, str) else f"sqlite:///{path}", WallClock())
     db.open()
     return db
 
@@ -38,8 +38,8 @@ def head(db: Database) -> str:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
 
 
-def test_a_new_database_is_built_by_the_migrations_and_matches_the_models(tmp_path: Path):
-    db = opened(tmp_path / "new.db")
+def test_a_new_database_is_built_by_the_migrations_and_matches_the_models(database_url: str):
+    db = opened(database_url)
     try:
         assert head(db) == newest()
         with db.engine.connect() as conn:   # type: ignore[union-attr]
@@ -51,7 +51,7 @@ def test_a_new_database_is_built_by_the_migrations_and_matches_the_models(tmp_pa
             conn.execute(text("DELETE FROM audit_log"))
     finally:
         db.close()
-    db = opened(tmp_path / "new.db")   # opening again changes nothing
+    db = opened(database_url)   # opening again changes nothing
     assert head(db) == newest()
     db.close()
 

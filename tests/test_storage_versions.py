@@ -28,8 +28,8 @@ async def fs(k: Kernel, pid: int, op: str, **fields: Any) -> Any:
 
 
 @pytest.mark.anyio
-async def test_versions_diff_read_back_and_rollback(make_settings: Callable[..., Settings]):
-    async with Kernel(make_settings()) as k:
+async def test_versions_diff_read_back_and_rollback(make_settings: Callable[..., Settings], database_url: str):
+    async with Kernel(make_settings(database_url=database_url)) as k:
         a = (await k.spawn("a")).pid
         for text_ in ("one\ntwo\n", "one\n2\n", "one\n2\nthree\n"):
             await fs(k, a, "write", path="notes.txt", data=text_)
@@ -63,8 +63,8 @@ async def test_versions_diff_read_back_and_rollback(make_settings: Callable[...,
 
 
 @pytest.mark.anyio
-async def test_bad_versions_and_rollbacks_are_refused(make_settings: Callable[..., Settings]):
-    async with Kernel(make_settings()) as k:
+async def test_bad_versions_and_rollbacks_are_refused(make_settings: Callable[..., Settings], database_url: str):
+    async with Kernel(make_settings(database_url=database_url)) as k:
         a = (await k.spawn("a")).pid
         await fs(k, a, "write", path="f", data="x")
         with pytest.raises(NotFound) as err:
@@ -86,8 +86,9 @@ async def test_bad_versions_and_rollbacks_are_refused(make_settings: Callable[..
 
 
 @pytest.mark.anyio
-async def test_equal_contents_are_stored_once_and_the_quota_holds(make_settings: Callable[..., Settings]):
-    async with Kernel(make_settings(storage_quota_bytes=1000)) as k:
+async def test_equal_contents_are_stored_once_and_the_quota_holds(make_settings: Callable[..., Settings],
+                                                                  database_url: str):
+    async with Kernel(make_settings(storage_quota_bytes=1000, database_url=database_url)) as k:
         a, b = (await k.spawn("a")).pid, (await k.spawn("b")).pid
         for pid, path in ((a, "x"), (a, "y"), (b, "x")):
             await fs(k, pid, "write", path=path, data="same content " * 10)

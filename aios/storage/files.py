@@ -8,7 +8,7 @@ import difflib
 import hashlib
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, LargeBinary, cast, delete, func, insert, select
 
 from aios.errors import InvalidSyscall, NotFound, QuotaExceeded
 from aios.storage.db import Database
@@ -105,7 +105,9 @@ class FileStore:
             if data is not None:
                 raw = data.encode()
                 size = len(raw)
-                used = conn.execute(select(func.coalesce(func.sum(func.length(FileRow.data)), 0))
+                nbytes = (func.octet_length(FileRow.data) if conn.dialect.name == "postgresql"
+                          else func.length(cast(FileRow.data, LargeBinary)))
+                used = conn.execute(select(func.coalesce(func.sum(nbytes), 0))
                                     .where(FileRow.pid == pid, FileRow.path != path)).scalar_one()
                 if used + size > self.quota_bytes:
                     raise QuotaExceeded(f"the write of {size} bytes would pass the storage quota: "

@@ -45,7 +45,7 @@ class SyscallRow(Base):
     principal: Mapped[str] = mapped_column(String(200))
     priority: Mapped[int] = mapped_column(Integer)
     deadline: Mapped[float | None] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(32))
     payload: Mapped[Any] = mapped_column(JSON)
     result: Mapped[Any | None] = mapped_column(JSON)
     error: Mapped[Any | None] = mapped_column(JSON)
@@ -68,7 +68,7 @@ class TransitionRow(Base):
     __tablename__ = "syscall_transitions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(String(32), ForeignKey("syscalls.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(32))
     at: Mapped[float] = mapped_column(Float)
     detail: Mapped[Any | None] = mapped_column(JSON)
 
