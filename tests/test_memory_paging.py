@@ -1,0 +1,65 @@
+"""Paging policies on tiny traces with known answers, the bound Belady sets, the
+prediction-augmented policy with perfect and with wrong predictions, bad input, and
+`aios bench memory --quick`."""
+from __future__ import annotations
+
+import pytest
+
+from aios.errors import ConfigError
+from aios.memory.paging import agent_trace, belady_discards, next_uses, oracle, simulate
+
+UNIT = {p: 1 for p in range(10)}
+
+
+def test_lru_lfu_and_belady_by_hand():
+    # room for 2 pages of size 1
+    trace = [1, 2, 1, 3, 1, 2]
+    # LRU: 1f 2f 1h 3f(evict 2) 1h 2f(evict 3) -> 2 hits
+    assert simulate(trace, UNIT, 2, "lru").hits == 2
+    # LFU: 1f 2f 1h(1:2) 3f(evict 2, count 1) 1h 2f(evict 3: count 1 and older? 3 newer than 1; 1 has count 3)
+    assert simulate(trace, UNIT, 2, "lfu").hits == 2
+    # Belady: at 3, evict 2 (next use at 5) rather than 1 (next at 4); at 2, evict 3 (never again)
+    assert simulate(trace, UNIT, 2, "belady").hits == 2
+    scan = [1, 2, 3, 1, 2, 3, 1, 2, 3]
+    assert simulate(scan, UNIT, 2, "lru").hits == 0            # LRU's worst case
+    assert simulate(scan, UNIT, 2, "belady").hits == 3         # the optimum keeps one of them
+    assert next_uses([1, 2, 1]) == [2, 3, 3]
+
+
+def test_sizes_count_and_a_page_larger_than_the_budget_is_refused():
+    sizes = {1: 3, 2: 3, 3: 1}
+    r = simulate([1, 2, 1], sizes, 5, "lru")   # 1 and 2 cannot both fit
+    assert (r.hits, r.faults, r.evictions) == (0, 3, 2)
+    with pytest.raises(ConfigError, match="more than the whole budget"):
+        simulate([1, 2], {1: 9, 2: 1}, 5, "lru")
+    with pytest.raises(ConfigError, match="unknown paging policy"):
+        simulate([1], UNIT, 2, "fifo")
+    with pytest.raises(ConfigError, match="needs a predictor"):
+        simulate([1], UNIT, 2, "predict")
+    with pytest.raises(ConfigError, match="positive"):
+        simulate([1], UNIT, 0, "lru")
+
+
+def test_perfect_discard_predictions_reach_the_optimum_and_errors_cost_hits():
+    trace = agent_trace(4000, seed=5)
+    sizes = {p: 1 + p % 7 for p in set(trace)}
+    budget = 120
+    best = simulate(trace, sizes, budget, "belady").hit_rate
+    lru = simulate(trace, sizes, budget, "lru").hit_rate
+    perfect = simulate(trace, sizes, budget, "predict", oracle(trace, sizes, budget, 0.0)).hit_rate
+    noisy = simulate(trace, sizes, budget, "predict", oracle(trace, sizes, budget, 0.3, seed=1)).hit_rate
+    assert perfect == pytest.approx(best) and lru < best
+    assert noisy < perfect
+    flags = belady_discards(trace, sizes, budget)
+    assert len(flags) == len(trace) and any(flags) and not all(flags)
+
+
+def test_bench_memory_quick():
+    from aios.benchmarks.bench_memory import run
+    d = run(quick=True, show_progress=False)
+    policies = d["paging"]["policies"]
+    assert policies["belady"]["hit_rate_vs_belady"] == 1.0
+    assert policies["predict"]["hit_rate_vs_belady"] >= policies["lru"]["hit_rate_vs_belady"]
+    errors = [x["hit_rate_vs_belady"] for x in d["paging"]["predictor_error"]]
+    assert errors == sorted(errors, reverse=True) and errors[0] >= 0.9
+    assert d["storage"]["storage_writes_per_s_sqlite"] > 0
