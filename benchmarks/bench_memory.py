@@ -5,10 +5,11 @@
   agent-like reference traces (topics with a long tail of pages, shifts between topics,
   returns to old ones), each as a share of Belady's offline optimum
   (`hit_rate_vs_belady`); and how the predicted policy degrades as the predictor errs.
-- storage: versioned writes per second on SQLite (through the kernel's file store).
+- storage: versioned writes per second through the kernel's file store, on SQLite and on a
+  PostgreSQL server started on loopback for the run.
 
-Embedding retrieval (`recall_at_5`) and the PostgreSQL write rate come with the memory
-issue's retrieval and its PostgreSQL bench; they are not reported here until they exist."""
+Embedding retrieval (`recall_at_5`) comes with the memory issue's retrieval; it is not
+reported here until it exists."""
 from __future__ import annotations
 
 import statistics
@@ -61,11 +62,12 @@ def storage_writes(quick: bool) -> dict[str, Any]:
     from aios.clock import WallClock
     from aios.storage.db import Database
     from aios.storage.files import FileStore
+    from aios.storage.pgserver import binaries, fresh_database, local_postgres
     from aios.syscall import StorageOp, StorageSyscall
     n = 300 if quick else 2000
 
-    async def go() -> float:
-        db = Database(f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}", WallClock())
+    async def go(url: str) -> float:
+        db = Database(url, WallClock())
         db.open()
         store = FileStore(db)
         try:
@@ -76,8 +78,15 @@ def storage_writes(quick: bool) -> dict[str, Any]:
             return n / (time.perf_counter() - t0)
         finally:
             db.close()
-    return {"storage_writes_per_s_sqlite": round(anyio.run(go)), "writes": n,
-            "note": "each write a new version in one transaction (blob, version, current file), SQLite WAL"}
+    out: dict[str, Any] = {"storage_writes_per_s_sqlite":
+                           round(anyio.run(go, f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"))}
+    if binaries() is not None:   # a real server of its own, on loopback (fsync off: see aios.storage.pgserver)
+        with local_postgres() as base:
+            out["storage_writes_per_s_postgresql"] = round(anyio.run(go, fresh_database(base)))
+    else:
+        out["postgresql"] = "not installed: `make` installs the Debian package postgresql"
+    return {**out, "writes": n, "note": "each write a new version in one transaction (blob, version, current "
+                                        "file); SQLite in WAL with synchronous=FULL, PostgreSQL with fsync off"}
 
 
 def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True) -> dict[str, Any]:

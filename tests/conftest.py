@@ -5,13 +5,7 @@ session (the Debian package, which `make` installs), and `database_url` gives a 
 fresh SQLite file or a fresh PostgreSQL database, for the tests that run on both."""
 from __future__ import annotations
 
-import glob
-import os
-import shutil
 import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,43 +25,18 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
-    """A PostgreSQL server of its own for the session, on a free loopback port; yields its
-    SQLAlchemy base URL (no database name). Run as the `postgres` user when the tests run
-    as root (the server refuses root). Missing binaries fail: `make` installs them."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bins:
+    """A PostgreSQL server of its own for the session (aios.storage.pgserver); its base
+    URL. Missing binaries fail: `make` installs them."""
+    from aios.storage.pgserver import binaries, local_postgres
+    if binaries() is None:
         pytest.fail("PostgreSQL is not installed: `make test` installs the Debian package postgresql")
-    bin_dir = bins[-1]
-    folder = tempfile.mkdtemp(prefix="aios-pg-")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    data = os.path.join(folder, "data")
-    subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", data, "--auth=trust", "-U", "aios", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"),
-                    "-o", f"-p {port} -h 127.0.0.1 -k {folder} -c fsync=off", "start"],
-                   check=True, capture_output=True, timeout=120)
-    try:
-        yield f"postgresql+psycopg://aios@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
+    with local_postgres() as url:
+        yield url
 
 
 def fresh_postgres_database(base_url: str) -> str:
-    import psycopg
-    name = f"aios_{uuid.uuid4().hex[:12]}"
-    host_port = base_url.split("@", 1)[1]
-    host, port = host_port.split(":")
-    with psycopg.connect(host=host, port=int(port), user="aios", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{base_url}/{name}"
+    from aios.storage.pgserver import fresh_database
+    return fresh_database(base_url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

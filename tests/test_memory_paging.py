@@ -62,4 +62,4 @@ def test_bench_memory_quick():
     assert policies["predict"]["hit_rate_vs_belady"] >= policies["lru"]["hit_rate_vs_belady"]
     errors = [x["hit_rate_vs_belady"] for x in d["paging"]["predictor_error"]]
     assert errors == sorted(errors, reverse=True) and errors[0] >= 0.9
-    assert d["storage"]["storage_writes_per_s_sqlite"] > 0
+    assert d["storage"]["storage_writes_per_s_sqlite"] > 0 and d["storage"]["storage_writes_per_s_postgresql"] > 0
