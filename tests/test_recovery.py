@@ -3,15 +3,14 @@ calls queued and running, and a new kernel on the same database finds every one 
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy import create_engine
 import pytest
 from anyio.streams.text import TextReceiveStream
 
@@ -34,9 +33,9 @@ CRASHING_KERNEL = textwrap.dedent(f"""
     from aios.config import load_settings
     from aios.kernel import Kernel
 
-    async def main(home):
+    async def main(home, database_url):
         settings = load_settings(env={{}}, overrides={{
-            "home": home, "clock.mode": "wall", "clock.speed": 10.0,
+            "home": home, "clock.mode": "wall", "clock.speed": 10.0, "database_url": database_url,
             "backends": [{{"kind": "hardware", "engine": "fixed", "num_slots": 2, "decode_s_per_token": 2.0}}]}})
 
         async def slow_tool(seconds):
@@ -67,23 +66,31 @@ CRASHING_KERNEL = textwrap.dedent(f"""
                 tg.start_soon(tool_user)
             await anyio.sleep_forever()
 
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, sys.argv[1], sys.argv[2])
 """)
 
 
-def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(path)) as conn:
-        return conn.execute(sql, args).fetchall()
+def query(target: Path | str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Reads the database through a connection of its own (an SQLite file, or a URL)."""
+    engine = create_engine(target if isinstance(target, str) else f"sqlite:///{target}")
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                sql = sql.replace("?", "%s")
+            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(args)).fetchall()]
+    finally:
+        engine.dispose()
 
 
-async def run_until_acknowledged(script: Path, home: Path, stderr_path: Path) -> tuple[list[str], str]:
+async def run_until_acknowledged(script: Path, home: Path, stderr_path: Path,
+                                 database_url: str) -> tuple[list[str], str]:
     """Runs the crashing kernel until it has acknowledged every call and the tool runs,
     then SIGKILLs it. Returns the acknowledged LLM call ids and the tool call id."""
     llm_ids: list[str] = []
     tool_id = None
     is_tool_running = False
     with stderr_path.open("wb") as stderr:
-        process = await anyio.open_process([sys.executable, str(script), str(home)],
+        process = await anyio.open_process([sys.executable, str(script), str(home), database_url],
                                            stdout=subprocess.PIPE, stderr=stderr)
         try:
             assert process.stdout is not None
@@ -114,14 +121,15 @@ async def run_until_acknowledged(script: Path, home: Path, stderr_path: Path) ->
 
 
 @pytest.mark.anyio
-async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
+async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path, database_url: str) -> None:
+    """On SQLite and on a real PostgreSQL server."""
     home = tmp_path / "home"
     script = tmp_path / "crashing_kernel.py"
     script.write_text(CRASHING_KERNEL)
-    llm_ids, tool_id = await run_until_acknowledged(script, home, tmp_path / "stderr.txt")
+    llm_ids, tool_id = await run_until_acknowledged(script, home, tmp_path / "stderr.txt", database_url)
 
-    # what the dead kernel left on disk: every acknowledged call, none of them finished
-    path = home / "aios.db"
+    # what the dead kernel left in the database: every acknowledged call, none of them finished
+    path = database_url
     on_disk = dict(query(path, "SELECT id, state FROM syscalls"))
     assert set(llm_ids) | {tool_id} <= set(on_disk)
     assert on_disk[tool_id] == "running"
@@ -132,7 +140,7 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
 
     # a new kernel on the same database, with a fast decode this time
     settings = load_settings(env={}, overrides={
-        "home": str(home), "clock.mode": "wall", "clock.speed": 10.0,
+        "home": str(home), "clock.mode": "wall", "clock.speed": 10.0, "database_url": database_url,
         "backends": [{"kind": "hardware", "engine": "fixed", "num_slots": 2, "decode_s_per_token": 0.001}]})
     async with Kernel(settings) as k:
         assert set(k.tickets) == set(live)   # re-queued; the tool call is not
