@@ -22,34 +22,54 @@ def binaries() -> str | None:
     return found[-1] if found else None
 
 
+class LocalPostgres:
+    """A server of its own on a free loopback port (`url`: its SQLAlchemy base URL, no
+    database name); `stop()` and `start()` take it away and bring it back, as an outage
+    would. Run as the `postgres` user when the caller is root (the server refuses root)."""
+
+    def __init__(self) -> None:
+        bin_dir = binaries()
+        if bin_dir is None:
+            raise BackendUnavailable("PostgreSQL is not installed",
+                                     hint="`make` installs the Debian package postgresql")
+        self.bin = bin_dir
+        self.folder = tempfile.mkdtemp(prefix="aios-pg-")
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.data = os.path.join(self.folder, "data")
+        self.url = f"postgresql+psycopg://aios@127.0.0.1:{self.port}"
+        subprocess.run([*self.as_user, f"{self.bin}/initdb", "-D", self.data, "--auth=trust", "-U", "aios",
+                        "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        subprocess.run([*self.as_user, f"{self.bin}/pg_ctl", "-D", self.data, "-w", "-l",
+                        os.path.join(self.folder, "log"), "-o",
+                        f"-p {self.port} -h 127.0.0.1 -k {self.folder} -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=120)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self.as_user, f"{self.bin}/pg_ctl", "-D", self.data, "-w", "-m", mode, "stop"],
+                       capture_output=True, timeout=120)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @contextmanager
 def local_postgres() -> Iterator[str]:
-    """Starts a server of its own on a free loopback port and yields its SQLAlchemy base URL
-    (no database name); stops it and removes its files on the way out. Run as the
-    `postgres` user when the caller is root (the server refuses root)."""
-    bin_dir = binaries()
-    if bin_dir is None:
-        raise BackendUnavailable("PostgreSQL is not installed", hint="`make` installs the Debian package postgresql")
-    folder = tempfile.mkdtemp(prefix="aios-pg-")
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    data = os.path.join(folder, "data")
+    """A LocalPostgres for the block: started, its base URL yielded, removed after."""
+    server = LocalPostgres()
     try:
-        subprocess.run([*as_user, f"{bin_dir}/initdb", "-D", data, "--auth=trust", "-U", "aios", "-E", "UTF8"],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"),
-                        "-o", f"-p {port} -h 127.0.0.1 -k {folder} -c fsync=off", "start"],
-                       check=True, capture_output=True, timeout=120)
-        yield f"postgresql+psycopg://aios@127.0.0.1:{port}"
+        server.start()
+        yield server.url
     finally:
-        subprocess.run([*as_user, f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 def fresh_database(base_url: str) -> str:
