@@ -142,6 +142,9 @@ class Settings(_Frozen):
     memory_slots: int = Field(8, gt=0, le=MAX_SLOTS)
     storage_slots: int = Field(8, gt=0, le=MAX_SLOTS)
     storage_quota_bytes: int = Field(64 << 20, gt=0, description="the bytes of current files each agent may keep")
+    memory_working_tokens: int = Field(4000, gt=0, description="each agent's working memory (what it keeps in "
+                                       "context), in tokens; pages beyond it are evicted to the long-term store")
+    memory_policy: Literal["lru", "lfu", "predict"] = Field("lru", description="which pages leave working memory")
 
     @field_validator("home")
     @classmethod

@@ -57,6 +57,7 @@ class MemoryOp(StrEnum):
     SEARCH = "search"
     LIST = "list"
     DELETE = "delete"
+    STATS = "stats"          # the agent's working memory: budget, what is in it, hits and faults
 
 
 class StorageOp(StrEnum):

@@ -450,7 +450,8 @@ async def test_memory_syscalls(make_settings, database_url):
             with pytest.raises(InvalidSyscall) as info:
                 await mem(a, "add", key="k1", content="again")
             assert info.value.field == "key"
-            assert await mem(a, "get", key="k1") == {"key": "k1", "content": "the kernel schedules calls"}
+            assert await mem(a, "get", key="k1") == {"key": "k1", "content": "the kernel schedules calls",
+                                                     "fault": False}   # still in its working memory
             found = await mem(a, "search", query="kernel calls journals", k=5)
             assert [e["key"] for e in found["entries"]] == ["k3", "k1"]
             assert [e["score"] for e in found["entries"]] == [3, 2]

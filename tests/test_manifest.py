@@ -231,7 +231,7 @@ async def test_memory_is_shared_read_only_and_only_when_its_manifest_says_so(mak
         await k.call({"kind": "memory", "op": "add", "key": "plan", "content": "the shared plan"}, pid=sharer.pid)
         await k.call({"kind": "memory", "op": "add", "key": "diary", "content": "private"}, pid=keeper.pid)
         got = await k.call({"kind": "memory", "op": "get", "key": "plan", "owner": sharer.pid}, pid=reader.pid)
-        assert got == {"key": "plan", "content": "the shared plan"}
+        assert got == {"key": "plan", "content": "the shared plan", "fault": True}   # new to the reader's context
         found = await k.call({"kind": "memory", "op": "search", "query": "plan", "owner": sharer.pid}, pid=reader.pid)
         assert [e["key"] for e in found["entries"]] == ["plan"]
         with pytest.raises(PermissionDenied, match="does not share its memory"):

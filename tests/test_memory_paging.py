@@ -63,3 +63,28 @@ def test_bench_memory_quick():
     errors = [x["hit_rate_vs_belady"] for x in d["paging"]["predictor_error"]]
     assert errors == sorted(errors, reverse=True) and errors[0] >= 0.9
     assert d["storage"]["storage_writes_per_s_sqlite"] > 0 and d["storage"]["storage_writes_per_s_postgresql"] > 0
+
+
+@pytest.mark.anyio
+async def test_each_agent_has_a_working_memory_with_a_budget_and_counted_faults(make_settings):
+    from aios.errors import InvalidSyscall
+    from aios.kernel import Kernel
+    async with Kernel(make_settings(memory_working_tokens=30)) as k:
+        a, b = (await k.spawn("a")).pid, (await k.spawn("b")).pid
+
+        async def mem(pid: int, op: str, **fields):
+            return await k.call({"kind": "memory", "op": op, **fields}, pid=pid)
+        for key in ("p1", "p2", "p3"):   # 10 tokens each: three fit in 30
+            await mem(a, "add", key=key, content="x" * 40)
+        assert (await mem(a, "get", key="p1"))["fault"] is False
+        await mem(a, "add", key="p4", content="y" * 40)   # evicts the least recently used: p2
+        assert (await mem(a, "get", key="p2"))["fault"] is True   # a retrieval from the long-term store
+        stats = await mem(a, "stats")
+        assert stats["policy"] == "lru" and stats["budget_tokens"] == 30 and stats["used_tokens"] <= 30
+        assert (stats["hits"], stats["faults"], stats["evictions"]) == (1, 5, 2)
+        assert set(stats["resident"]) == {"p1", "p2", "p4"}   # p3 left when p2 came back
+        assert (await mem(b, "stats"))["faults"] == 0   # each agent its own
+        with pytest.raises(InvalidSyscall, match="more than the whole working memory"):
+            await mem(a, "add", key="huge", content="z" * 400)
+        await mem(a, "delete", key="p4")
+        assert "p4" not in (await mem(a, "stats"))["resident"]

@@ -151,6 +151,62 @@ def _victim(policy: str, resident: OrderedDict[int, None], count: dict[int, int]
     return next(iter(resident))
 
 
+class WorkingMemory:
+    """One agent's working memory, online: `touch(page, size, t)` brings a page in (a hit if
+    it was there, else a fault) and returns the pages it evicted to make room, by `policy`
+    (lru, lfu, or predict with `predictor`; predict without one is LRU)."""
+
+    def __init__(self, budget: int, policy: str = "lru", predictor: Predictor | None = None):
+        if policy not in ("lru", "lfu", "predict"):
+            raise ConfigError(f"unknown working-memory policy {policy!r}", field="policy", hint="lru, lfu or predict")
+        if budget <= 0:
+            raise ConfigError("a working memory budget must be positive", field="budget")
+        self.budget, self.policy, self.predictor = budget, policy, predictor
+        self.resident: OrderedDict[int | str, int] = OrderedDict()   # page -> tokens, oldest use first
+        self.used = 0
+        self.count: defaultdict[int | str, int] = defaultdict(int)
+        self.soon: dict[int | str, bool] = {}
+        self.hits = self.faults = self.evictions = 0
+
+    def touch(self, page: int | str, size: int, t: int = 0) -> tuple[bool, list[int | str]]:
+        if size > self.budget:
+            raise ConfigError(f"page {page!r} takes {size} tokens, more than the whole working memory of "
+                              f"{self.budget}", field="content", hint="split it, or raise the budget")
+        self.count[page] += 1
+        if self.policy == "predict" and self.predictor is not None:
+            self.soon[page] = self.predictor(page, t)   # type: ignore[arg-type]
+        if page in self.resident:
+            self.hits += 1
+            self.resident.move_to_end(page)
+            return True, []
+        self.faults += 1
+        evicted: list[int | str] = []
+        while self.used + size > self.budget:
+            victim = self._victim()
+            self.used -= self.resident.pop(victim)
+            self.evictions += 1
+            evicted.append(victim)
+        self.resident[page] = size
+        self.used += size
+        return False, evicted
+
+    def forget(self, page: int | str) -> None:
+        if page in self.resident:
+            self.used -= self.resident.pop(page)
+
+    def _victim(self) -> int | str:
+        if self.policy == "lfu":
+            return min(self.resident, key=lambda p: self.count[p])
+        if self.policy == "predict":
+            return next((p for p in self.resident if not self.soon.get(p, True)), next(iter(self.resident)))
+        return next(iter(self.resident))
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.faults
+        return self.hits / total if total else math.nan
+
+
 def agent_trace(length: int, *, pages: int = 400, topics: int = 8, topic_len: int = 150, reuse: float = 0.7,
                 seed: int = 0) -> list[int]:
     """References like an agent's: it works on a topic for a while (referring again and
