@@ -5,6 +5,7 @@ session (the Debian package, which `make` installs), and `database_url` gives a 
 fresh SQLite file or a fresh PostgreSQL database, for the tests that run on both."""
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,22 @@ def postgres() -> Iterator[str]:
 def fresh_postgres_database(base_url: str) -> str:
     from aios.storage.pgserver import fresh_database
     return fresh_database(base_url)
+
+
+def query(target: Path | str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Reads the database through a connection of its own, as another process would (an
+    SQLite file's path, or any database's URL; `?` placeholders); JSON cells come back as
+    their text on both databases."""
+    from sqlalchemy import create_engine
+    engine = create_engine(target if isinstance(target, str) else f"sqlite:///{target}")
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                sql = sql.replace("?", "%s")
+            return [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in r)
+                    for r in conn.exec_driver_sql(sql, tuple(args)).fetchall()]
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

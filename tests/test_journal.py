@@ -2,7 +2,6 @@
 the database refusing to boot when it cannot be written, and the recovery rule."""
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from aios.storage import Database, Journal
 from aios.storage.db import describe
 from aios.storage.models import ProcessRow, SyscallRow
 from aios.syscall import CallState, LLMSyscall
-from tests.conftest import llm
+from tests.conftest import llm, query
 
 
 @pytest.fixture
@@ -51,20 +50,6 @@ def db_file(settings: Settings) -> str:
 def db_path(settings: Settings) -> Path:
     """The SQLite file itself, for the tests of SQLite's own failure modes."""
     return settings.home / "aios.db"
-
-
-def query(target: Path | str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Reads the database through a connection of its own, as another process would (an
-    SQLite file's path, or any database's URL)."""
-    engine = create_engine(target if isinstance(target, str) else f"sqlite:///{target}")
-    try:
-        with engine.connect() as conn:
-            if engine.dialect.name != "sqlite":
-                sql = sql.replace("?", "%s")
-            return [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in r)
-                    for r in conn.exec_driver_sql(sql, tuple(args)).fetchall()]
-    finally:
-        engine.dispose()
 
 
 def states(path: Path, call_id: str) -> list[str]:

@@ -7,10 +7,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import anyio
-from sqlalchemy import create_engine
 import pytest
 from anyio.streams.text import TextReceiveStream
 
@@ -18,6 +16,7 @@ from aios.config import load_settings
 from aios.kernel import Kernel
 from aios.llm import Request
 from aios.syscall import CallState, LLMSyscall
+from tests.conftest import query
 
 pytestmark = pytest.mark.slow
 
@@ -68,18 +67,6 @@ CRASHING_KERNEL = textwrap.dedent(f"""
 
     anyio.run(main, sys.argv[1], sys.argv[2])
 """)
-
-
-def query(target: Path | str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Reads the database through a connection of its own (an SQLite file, or a URL)."""
-    engine = create_engine(target if isinstance(target, str) else f"sqlite:///{target}")
-    try:
-        with engine.connect() as conn:
-            if engine.dialect.name != "sqlite":
-                sql = sql.replace("?", "%s")
-            return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(args)).fetchall()]
-    finally:
-        engine.dispose()
 
 
 async def run_until_acknowledged(script: Path, home: Path, stderr_path: Path,

@@ -33,12 +33,23 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aios.errors import ConfigError
+from aios.errors import ConfigError, PermissionDenied, QuotaExceeded
+from aios.llm import count_tokens
+from aios.storage.files import check_path
+from aios.syscall import (
+    LLMSyscall,
+    ProcessOp,
+    ProcessSyscall,
+    StorageOp,
+    StorageSyscall,
+    ToolSyscall,
+)
 
 
 class Budget(BaseModel):
@@ -230,12 +241,6 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
     PermissionDenied naming the missing permission, or QuotaExceeded saying what is left.
     `in_flight`: the process's calls not finished yet, whose worst case counts against the
     budget; `used_*`: what its finished calls used."""
-    from dataclasses import replace
-
-    from aios.errors import PermissionDenied, QuotaExceeded
-    from aios.llm import count_tokens
-    from aios.syscall import LLMSyscall, ProcessOp, ProcessSyscall, StorageOp, StorageSyscall, ToolSyscall
-
     who = f"process {call.pid}"
     if manifest.priority_ceiling is not None and call.priority > manifest.priority_ceiling:
         raise PermissionDenied(f"{who} may not use priority {call.priority}: its ceiling is "
@@ -277,7 +282,6 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
                                            f"missing permission network: {host or '*'}", field="arguments.url",
                                            hint=f"its manifest allows: {', '.join(manifest.network) or 'no host'}")
         case StorageSyscall():
-            from aios.storage.files import check_path
             writing = call.op in (StorageOp.WRITE, StorageOp.DELETE, StorageOp.ROLLBACK)
             globs = manifest.storage_write if writing else manifest.storage_read
             name = "storage_write" if writing else "storage_read"
