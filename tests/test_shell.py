@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ class Terminal:
         if self.pid == 0:   # the child: the pty is its controlling terminal
             os.execve(argv[0], argv, env)
         self.output = ""
+        self.closed = False
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
@@ -65,7 +67,17 @@ class Terminal:
             _, status = os.waitpid(self.pid, 0)
         finally:
             os.close(self.fd)
+            self.closed = True
         return os.waitstatus_to_exitcode(status)
+
+    def kill(self) -> None:
+        """Ends the child if a test left it running (a failed expect); once reaped, its pid is not ours."""
+        if not self.closed:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.close()
 
 
 @pytest.fixture
@@ -79,45 +91,47 @@ def daemon(tmp_path: Path):
                    capture_output=True, timeout=60)
 
 
-def test_shell_through_a_pty(daemon, tmp_path: Path):
+@pytest.fixture
+def shell(daemon) -> Iterator[Terminal]:
+    """`aios shell` on a pty, talking to the daemon; killed at teardown if still running."""
+    term = Terminal([sys.executable, "-m", "aios.cli.main", "shell"], daemon)
+    yield term
+    term.kill()
+
+
+def test_shell_through_a_pty(daemon, shell: Terminal, tmp_path: Path):
     slow = tmp_path / "slow.py"
     slow.write_text(SLOW_AGENT)
-    term = Terminal([sys.executable, "-m", "aios.cli.main", "shell"], daemon)
-    try:
-        term.expect("aios> ", timeout_s=60.0)   # start-up compiles every module (no bytecode cache in CI)
-        term.send("models\n")
-        assert "sim-llama-3-8b" in term.expect("aios> ")
+    term = shell
+    term.expect("aios> ", timeout_s=60.0)   # start-up compiles every module (no bytecode cache in CI)
+    term.send("models\n")
+    assert "sim-llama-3-8b" in term.expect("aios> ")
 
-        term.send("what does a kernel do\n")          # plain language: the default agent answers
-        answer = term.expect("aios> ")
-        assert len(answer.split()) > 5
+    term.send("what does a kernel do\n")          # plain language: the default agent answers
+    answer = term.expect("aios> ")
+    assert len(answer.split()) > 5
 
-        term.send(f"run {slow} &\n")                  # a background job
-        term.expect("[1] ")
-        term.expect("aios> ")
-        term.send("jobs\n")
-        assert "running" in term.expect("aios> ")
+    term.send(f"run {slow} &\n")                  # a background job
+    term.expect("[1] ")
+    term.expect("aios> ")
+    term.send("jobs\n")
+    assert "running" in term.expect("aios> ")
 
-        term.send("fg 1\n")                           # to the foreground, then Ctrl-C
-        term.expect("slow agent started")
-        term.send("\x03")
-        assert "stopped process" in term.expect("aios> ")
-        term.send("jobs\n")
-        assert "exited" in term.expect("aios> ")      # the agent died, the shell did not
+    term.send("fg 1\n")                           # to the foreground, then Ctrl-C
+    term.expect("slow agent started")
+    term.send("\x03")
+    assert "stopped process" in term.expect("aios> ")
+    term.send("jobs\n")
+    assert "exited" in term.expect("aios> ")      # the agent died, the shell did not
 
-        term.send("kill abc\n")
-        assert "expected a process id" in term.expect("aios> ")
-        term.send("\x03")                             # Ctrl-C at the prompt drops the line
-        term.expect("aios> ")
-        term.send("ps --all\n")
-        assert "slow" in term.expect("aios> ")
-        term.send("exit\n")
-        assert term.close() == 0
-    finally:
-        try:
-            os.kill(term.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    term.send("kill abc\n")
+    assert "expected a process id" in term.expect("aios> ")
+    term.send("\x03")                             # Ctrl-C at the prompt drops the line
+    term.expect("aios> ")
+    term.send("ps --all\n")
+    assert "slow" in term.expect("aios> ")
+    term.send("exit\n")
+    assert term.close() == 0
     assert (Path(daemon["AIOS_HOME"]) / "shell_history").read_text().count("\n") >= 5
 
 
@@ -131,29 +145,23 @@ async def main(task, os):
 '''
 
 
-def test_the_shell_announces_and_asks_about_an_irreversible_action(daemon, tmp_path: Path):
+def test_the_shell_announces_and_asks_about_an_irreversible_action(shell: Terminal, tmp_path: Path):
     deleter = tmp_path / "deleter.py"
     deleter.write_text(DELETER_AGENT)
-    term = Terminal([sys.executable, "-m", "aios.cli.main", "shell"], daemon)
-    try:
-        term.expect("aios> ", timeout_s=60.0)
-        term.send(f"run {deleter}\n")
-        term.expect("[waiting for your confirmation] process 1: delete notes")   # while it runs in the foreground
-        term.send("\x1a")                                 # Ctrl-Z: back to the prompt, which asks
-        term.expect("suspended")
-        term.expect("wants to delete notes. Allow it? [y/N] ")
-        term.send("y\n")
-        term.expect("approved")
-        term.expect("aios> ")
-        term.send("fg 1\n")
-        term.expect("deleted")
-        term.expect("aios> ")
-        term.send("confirm\n")
-        assert "nothing is waiting" in term.expect("aios> ")
-        term.send("exit\n")
-        assert term.close() == 0
-    finally:
-        try:
-            os.kill(term.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    term = shell
+    term.expect("aios> ", timeout_s=60.0)
+    term.send(f"run {deleter}\n")
+    term.expect("[waiting for your confirmation] process 1: delete notes")   # while it runs in the foreground
+    term.send("\x1a")                                 # Ctrl-Z: back to the prompt, which asks
+    term.expect("suspended")
+    term.expect("wants to delete notes. Allow it? [y/N] ")
+    term.send("y\n")
+    term.expect("approved")
+    term.expect("aios> ")
+    term.send("fg 1\n")
+    term.expect("deleted")
+    term.expect("aios> ")
+    term.send("confirm\n")
+    assert "nothing is waiting" in term.expect("aios> ")
+    term.send("exit\n")
+    assert term.close() == 0
