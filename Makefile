@@ -11,6 +11,10 @@ STAMP  := $(VENV)/.installed
 # Installed when missing and running as root (as CI does); otherwise the message says
 # what to install.
 DEBS := bubblewrap postgresql
+# torch for the embedding model, put in before the package so that nothing asks for
+# another build: 2.13.0 is the CPU build this kind of machine keeps on disk (pip's
+# find-links); elsewhere, set TORCH, e.g. to a CPU wheel's URL
+TORCH ?= torch==2.13.0
 
 $(STAMP): pyproject.toml
 	@{ command -v bwrap && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || { \
@@ -19,7 +23,8 @@ $(STAMP): pyproject.toml
 	  else echo "install the Debian package(s): $(DEBS)"; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q -e '.[test,embeddings]'
 	touch $(STAMP)
 
 install: $(STAMP)

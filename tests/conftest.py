@@ -35,6 +35,18 @@ def postgres() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def pgvector() -> Iterator[str]:
+    """A PostgreSQL server with the pgvector extension, for the session: Debian's has none,
+    so this is the build the PyPI package pgserver ships (a test dependency)."""
+    from aios.storage.pgserver import local_postgres, with_pgvector
+    bin_dir = with_pgvector()
+    if bin_dir is None:
+        pytest.fail("no PostgreSQL with pgvector: `make test` installs pgserver, whose build has it")
+    with local_postgres(bin_dir) as url:
+        yield url
+
+
 def fresh_postgres_database(base_url: str) -> str:
     from aios.storage.pgserver import fresh_database
     return fresh_database(base_url)

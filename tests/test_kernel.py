@@ -453,8 +453,12 @@ async def test_memory_syscalls(make_settings, database_url):
             assert await mem(a, "get", key="k1") == {"key": "k1", "content": "the kernel schedules calls",
                                                      "fault": False}   # still in its working memory
             found = await mem(a, "search", query="kernel calls journals", k=5)
-            assert [e["key"] for e in found["entries"]] == ["k3", "k1"]
-            assert [e["score"] for e in found["entries"]] == [3, 2]
+            # Debian's PostgreSQL has no pgvector: an exact scan, said so (tests/test_memory_retrieval.py)
+            assert (found["retrieval"], found["index"]) == \
+                ("embedding", "sqlite-vec" if database_url.startswith("sqlite") else "exact")
+            assert [e["key"] for e in found["entries"]][:2] == ["k3", "k1"] and len(found["entries"]) == 3
+            scores = [e["score"] for e in found["entries"]]
+            assert scores == sorted(scores, reverse=True) and scores[0] > 0.5
             assert [e["key"] for e in (await mem(a, "list"))["entries"]] == ["k1", generated, "k3"]
             assert await mem(b, "list") == {"entries": []}               # each process sees its own
             with pytest.raises(NotFound):

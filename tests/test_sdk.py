@@ -260,7 +260,9 @@ async def test_memory(client: AsyncClient):
     assert await client.memory.get("dogs") == MemoryEntry("dogs", "dogs bark at night")
     assert [e.key for e in await client.memory.list()] == [key, "dogs"]
     [best] = await client.memory.search("where does the cat sleep", k=1)
-    assert best.key == key and best.score and best.score > 0
+    assert best.key == key and best.score and 0.3 < best.score <= 1   # cosine similarity
+    stats = await client.memory.stats()
+    assert stats["policy"] == "lru" and set(stats["resident"]) == {key, "dogs"} and stats["faults"] == 2
     assert await client.memory.delete("dogs") is None
     with pytest.raises(NotFound) as err:
         await client.memory.get("dogs")

@@ -78,7 +78,8 @@ class Kernel:
         self.context = ContextManager()
         self.scheduler = Scheduler(settings.scheduler, self._start, clock.now)
         self.router = Router(backends if backends is not None else build_backends(settings, clock))
-        self.memory = MemoryManager(self.db, settings.memory_working_tokens, settings.memory_policy)
+        self.memory = MemoryManager(self.db, settings.memory_working_tokens, settings.memory_policy,
+                                    embedder=settings.memory_embedder)
         self.files = FileStore(self.db, settings.storage_quota_bytes)
         self.processes = ProcessTable(self.db)
         self.guard = Guard(self.db, settings, clock)

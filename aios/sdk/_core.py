@@ -261,9 +261,16 @@ class Memory(_Namespace):
         return self._run(then(result({"kind": "memory", "op": "get", "key": key}),
                               lambda r: MemoryEntry(r["key"], r["content"])))
 
-    def search(self, query: str, k: int = 5):
-        """-> list[MemoryEntry], at most k, best first."""
-        return self._run(then(result({"kind": "memory", "op": "search", "query": query, "k": k}), _entries))
+    def search(self, query: str, k: int = 5, owner: int | None = None):
+        """-> list[MemoryEntry], at most k, nearest to the query's meaning first (embedding
+        search; BM25 where no model loads). `owner`: another agent's memory it shares."""
+        return self._run(then(result({"kind": "memory", "op": "search", "query": query, "k": k, "owner": owner}),
+                              _entries))
+
+    def stats(self):
+        """-> dict: the working memory's policy, budget and use in tokens, the entries in it,
+        hits, faults, evictions and hit rate."""
+        return self._run(result({"kind": "memory", "op": "stats"}))
 
     def list(self):
         """-> list[MemoryEntry], oldest first."""

@@ -131,7 +131,8 @@ class ProcessInfo:
 class MemoryEntry:
     key: str
     content: str
-    score: int | None = None   # how many query words it holds, for search results
+    score: float | None = None   # search results: cosine similarity to the query (BM25's score
+                                 # where no embedding model loads)
 
 
 @dataclass(frozen=True, slots=True)

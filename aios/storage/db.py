@@ -43,10 +43,18 @@ class Database:
             except OSError as e:
                 raise JournalUnavailable(f"cannot make the folder {folder} of the database: {e.strerror}",
                                          hint="point --db or AIOS_HOME at a writable folder") from None
-        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}} if self.is_sqlite else {"pool_pre_ping": True}
+        kwargs: dict = {"pool_pre_ping": True}
+        if self.is_sqlite:
+            module, vec_missing = sqlite_driver()
+            kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}, "module": module}
         engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)
+            if vec_missing is None:
+                event.listen(engine, "connect", _load_sqlite_vec)
+            # what the vector index (aios.memory.vectors) can use on this engine
+            engine.aios_sqlite_vec = vec_missing is None   # type: ignore[attr-defined]
+            engine.aios_sqlite_vec_missing = vec_missing   # type: ignore[attr-defined]
         try:
             migrate(engine)
             with engine.begin() as conn:   # proves the database is writable
@@ -113,6 +121,34 @@ def describe(e: SQLAlchemyError, url: str) -> JournalUnavailable:
         return JournalUnavailable(f"cannot open the database {where}: {text}",
                                   hint="check that its folder exists and is writable")
     return JournalUnavailable(f"database error on {where}: {text}")
+
+
+def sqlite_driver() -> tuple[object, str | None]:
+    """The DB-API module for SQLite, and why sqlite-vec cannot load with it (None if it
+    can): the standard sqlite3 when it may load extensions; else pysqlite3 (the same
+    module built with a newer SQLite that may), when installed; else the standard one,
+    and memory search scans vectors exactly instead."""
+    import sqlite3
+    try:
+        import sqlite_vec  # noqa: F401
+    except ImportError:
+        return sqlite3, "the package sqlite-vec is not installed"
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3, None
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError:
+        return sqlite3, "this Python's sqlite3 cannot load extensions, and pysqlite3-binary is not installed"
+    return dbapi2, None
+
+
+def _load_sqlite_vec(dbapi_conn, _record) -> None:  # noqa: ANN001 (driver objects)
+    import sqlite_vec
+    dbapi_conn.enable_load_extension(True)
+    try:
+        sqlite_vec.load(dbapi_conn)
+    finally:
+        dbapi_conn.enable_load_extension(False)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 (driver objects)

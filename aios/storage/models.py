@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
 
 _LIVE = "state IN ('queued', 'running', 'preempted')"
 
@@ -90,6 +100,29 @@ class MemoryRow(Base):
     content: Mapped[str] = mapped_column(Text)
     created: Mapped[float] = mapped_column(Float)
     __table_args__ = (Index("ix_memory_pid_key", "pid", "key", unique=True),)
+
+
+# derived tables that the code makes and rebuilds itself (the vector index, which needs a
+# database extension): the migrations leave tables named so alone
+DERIVED_PREFIX = "memory_ann_"
+
+
+def managed(name: str | None, type_: str, _parents: dict) -> bool:
+    """Alembic's filter: is this a table (or part of one) the migrations manage?"""
+    return not (type_ == "table" and name is not None and name.startswith(DERIVED_PREFIX))
+
+
+class MemoryVectorRow(Base):
+    """An entry's embedding by one model (float32 bytes): the truth the vector index is
+    derived from (aios.memory.vectors). Goes when the entry goes."""
+    __tablename__ = "memory_vectors"
+    entry_id: Mapped[int] = mapped_column(Integer, ForeignKey("memory_entries.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    __table_args__ = (Index("ix_memory_vectors_model_pid", "model", "pid"),)
 
 
 class FileRow(Base):

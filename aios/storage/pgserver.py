@@ -1,9 +1,14 @@
 """A throwaway PostgreSQL server on loopback, from the Debian package's binaries: for the
 tests and benchmarks that run the database code on a real PostgreSQL (`make` installs the
-package). Not for production: it trusts every local connection and skips fsync."""
+package). Not for production: it trusts every local connection and skips fsync.
+
+Debian's PostgreSQL 15 has no pgvector package (bookworm); `with_pgvector()` finds a
+PostgreSQL that has it: the server binaries with pgvector that the PyPI package
+`pgserver` ships (a test dependency), run the same way."""
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import socket
@@ -22,13 +27,35 @@ def binaries() -> str | None:
     return found[-1] if found else None
 
 
+def with_pgvector() -> str | None:
+    """A bin folder of a PostgreSQL that has the pgvector extension, or None."""
+    for bin_dir in binaries_with_vector():
+        return bin_dir
+    return None
+
+
+def binaries_with_vector() -> list[str]:
+    found = []
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin")):
+        share = subprocess.run([f"{candidate}/pg_config", "--sharedir"], capture_output=True, text=True).stdout.strip() \
+            if os.path.exists(f"{candidate}/pg_config") else f"/usr/share/postgresql/{candidate.split('/')[-2]}"
+        if os.path.exists(f"{share}/extension/vector.control"):
+            found.append(candidate)
+    spec = importlib.util.find_spec("pgserver")   # not imported: only its binaries are used
+    if spec is not None and spec.submodule_search_locations:
+        bundled = os.path.join(list(spec.submodule_search_locations)[0], "pginstall")
+        if os.path.exists(os.path.join(bundled, "share", "postgresql", "extension", "vector.control")):
+            found.append(os.path.join(bundled, "bin"))
+    return found
+
+
 class LocalPostgres:
     """A server of its own on a free loopback port (`url`: its SQLAlchemy base URL, no
     database name); `stop()` and `start()` take it away and bring it back, as an outage
     would. Run as the `postgres` user when the caller is root (the server refuses root)."""
 
-    def __init__(self) -> None:
-        bin_dir = binaries()
+    def __init__(self, bin_dir: str | None = None) -> None:
+        bin_dir = bin_dir or binaries()
         if bin_dir is None:
             raise BackendUnavailable("PostgreSQL is not installed",
                                      hint="`make` installs the Debian package postgresql")
@@ -62,9 +89,9 @@ class LocalPostgres:
 
 
 @contextmanager
-def local_postgres() -> Iterator[str]:
+def local_postgres(bin_dir: str | None = None) -> Iterator[str]:
     """A LocalPostgres for the block: started, its base URL yielded, removed after."""
-    server = LocalPostgres()
+    server = LocalPostgres(bin_dir)
     try:
         server.start()
         yield server.url

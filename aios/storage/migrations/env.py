@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-from aios.storage.models import Base
+from aios.storage.models import Base, managed
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                  include_name=managed)
 with context.begin_transaction():
     context.run_migrations()
