@@ -63,6 +63,23 @@ def test_bench_memory_quick():
     errors = [x["hit_rate_vs_belady"] for x in d["paging"]["predictor_error"]]
     assert errors == sorted(errors, reverse=True) and errors[0] >= 0.9
     assert d["storage"]["storage_writes_per_s_sqlite"] > 0 and d["storage"]["storage_writes_per_s_postgresql"] > 0
+    emb, words = d["retrieval"]["embedding"], d["retrieval"]["bm25"]
+    assert (emb["retrieval"], emb["index"], words["retrieval"]) == ("embedding", "sqlite-vec", "bm25")
+    # the set's questions are paraphrases: meaning finds what word overlap misses
+    assert d["recall_at_5"] == emb["recall_at_5"] and 0 < words["recall_at_5"] < emb["recall_at_5"] <= 1
+    assert 0 < emb["hit_at_1"] <= emb["mrr"] <= 1 and emb["search_p50_ms"] > 0
+
+
+def test_the_retrieval_set_is_consistent():
+    import json
+
+    from aios.benchmarks.bench_memory import RETRIEVAL_SET
+    data = json.loads(RETRIEVAL_SET.read_text())
+    ids = [e["id"] for e in data["entries"]]
+    assert len(ids) == len(set(ids)) >= 300 and len({e["text"] for e in data["entries"]}) == len(ids)
+    assert len(data["queries"]) >= 100 and len({q["id"] for q in data["queries"]}) == len(data["queries"])
+    for q in data["queries"]:
+        assert 1 <= len(q["relevant"]) <= 3 and set(q["relevant"]) <= set(ids), q
 
 
 @pytest.mark.anyio
