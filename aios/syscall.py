@@ -68,6 +68,7 @@ class StorageOp(StrEnum):
     VERSIONS = "versions"    # the file's versions, oldest first
     DIFF = "diff"            # a unified diff between two versions (default: the last two)
     ROLLBACK = "rollback"    # a new version with the content of `version`, or of the version current `at` a time
+    MOVE = "move"            # `path` to `to`: a new version there, and a deletion (a version) here
 
 
 class ProcessOp(StrEnum):
@@ -179,6 +180,7 @@ class StorageSyscall(Syscall):
     version: int | None = None   # read, diff (from), rollback (to)
     other: int | None = None     # diff: the version to compare with (default: the current one)
     at: float | None = None      # rollback: to the version current at this time
+    to: str | None = None        # move: the new path
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,8 +308,10 @@ def check_payload(call: Syscall) -> None:
         case StorageSyscall(op=StorageOp.ROLLBACK) if (call.version is None) == (call.at is None):
             raise InvalidSyscall("storage rollback needs exactly one of 'version' and 'at'", field="version")
         case StorageSyscall(op=StorageOp.READ | StorageOp.WRITE | StorageOp.DELETE | StorageOp.VERSIONS
-                            | StorageOp.DIFF | StorageOp.ROLLBACK) if not call.path:
+                            | StorageOp.DIFF | StorageOp.ROLLBACK | StorageOp.MOVE) if not call.path:
             raise InvalidSyscall(f"storage {call.op} needs 'path'", field="path")
+        case StorageSyscall(op=StorageOp.MOVE) if not call.to:
+            raise InvalidSyscall("storage move needs 'to', the new path", field="to")
         case ProcessSyscall(op=op) if op not in (ProcessOp.LIST,) and call.target_pid is None:
             raise InvalidSyscall(f"process {op} needs 'target_pid'", field="target_pid")
 

@@ -1,5 +1,5 @@
 """`aios fs ...`: the versioned file space, yours (the principal's own) or, with --pid, one
-of your agents': ls, cat (an old version with --version), write, rm, versions, diff,
+of your agents': ls, cat (an old version with --version), write, rm, mv, versions, diff,
 rollback (to a version, or to a point in time with --at)."""
 from __future__ import annotations
 
@@ -60,6 +60,14 @@ def rm(path: str, pid: Pid = None) -> None:
     with _client(pid) as c:
         c.storage.delete(path)
     print(f"deleted {path}")
+
+
+@app.command("mv")
+def mv(path: str, to: str, pid: Pid = None) -> None:
+    """Moves a file: a new version at TO, a deletion version at PATH (undone by rollback)."""
+    with _client(pid) as c:
+        version = c.storage.move(path, to)
+    print(f"moved {path} to {to} (version {version})")
 
 
 @app.command("versions")

@@ -378,5 +378,11 @@ def test_fs_writes_versions_diffs_and_rolls_back(daemon):
     assert bad.returncode == 2 and "no version 9" in bad.stderr
     both = aios(daemon.home, "fs", "rollback", "cli-notes.md")
     assert both.returncode == 2 and "exactly one" in both.stderr
-    assert cli(daemon, "fs", "rm", "cli-notes.md").exit_code == 0
+    moved = cli(daemon, "fs", "mv", "cli-notes.md", "cli-moved.md")
+    assert moved.exit_code == 0 and "moved cli-notes.md to cli-moved.md (version 1)" in moved.stdout
+    assert cli(daemon, "fs", "cat", "cli-moved.md").stdout == "one\ntwo\n"
+    clash = aios(daemon.home, "fs", "mv", "cli-moved.md", "cli-moved.md")
+    assert clash.returncode == 2 and "onto itself" in clash.stderr
     assert json.loads(cli(daemon, "fs", "versions", "cli-notes.md", "--json").stdout)[-1]["deleted"]
+    assert cli(daemon, "fs", "rm", "cli-moved.md").exit_code == 0
+    assert json.loads(cli(daemon, "fs", "versions", "cli-moved.md", "--json").stdout)[-1]["deleted"]

@@ -65,12 +65,17 @@ async def test_the_kernel_enforces_a_manifest_on_every_syscall(make_settings: Ca
         pid = agent.pid
         assert await k.call({"kind": "tool", "tool": "add", "arguments": {"a": 1, "b": 2}}, pid=pid) == 3
         assert await k.call({"kind": "storage", "op": "write", "path": "notes/a", "data": "x"}, pid=pid) is not None
+        assert (await k.call({"kind": "storage", "op": "move", "path": "notes/a", "to": "notes/c"}, pid=pid))["version"] == 1
+        await k.call({"kind": "storage", "op": "move", "path": "notes/c", "to": "notes/a"}, pid=pid)
         denials = [
             ({"kind": "tool", "tool": "python", "arguments": {"code": "print(1)"}}, "tools: python", "tool"),
             (llm(model="sim-mistral-7b"), "models: sim-mistral-7b", "model"),
             ({"kind": "storage", "op": "write", "path": "secrets/key", "data": "x"}, "storage_write: secrets/key",
              "path"),
             ({"kind": "storage", "op": "read", "path": "other/b"}, "storage_read: other/b", "path"),
+            # a move writes both ends
+            ({"kind": "storage", "op": "move", "path": "notes/a", "to": "public/a"}, "storage_write: public/a", "to"),
+            ({"kind": "storage", "op": "move", "path": "other/a", "to": "notes/b"}, "storage_write: other/a", "path"),
             ({"kind": "tool", "tool": "add", "arguments": {"a": 1, "b": 2}, "priority": 20}, "ceiling is 10",
              "priority"),
             ({"kind": "process", "op": "kill", "target_pid": 999}, "spawn", "target_pid"),

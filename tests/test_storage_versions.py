@@ -14,7 +14,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, func, select, text
 
 from aios.config import Settings
-from aios.errors import InvalidSyscall, NotFound, QuotaExceeded
+from aios.errors import Conflict, InvalidSyscall, NotFound, QuotaExceeded
 from aios.kernel import Kernel
 from aios.storage.db import MIGRATIONS
 from aios.storage.models import BlobRow, FileVersionRow
@@ -104,6 +104,43 @@ async def test_equal_contents_are_stored_once_and_the_quota_holds(make_settings:
         assert err.value.field == "data"
         await fs(k, a, "write", path="z", data="z" * 740)   # an overwrite counts its new size only
         assert (await fs(k, b, "write", path="big", data="b" * 800))["version"] == 1   # b has its own quota
+
+
+@pytest.mark.anyio
+async def test_a_move_is_a_new_version_there_and_a_deletion_here(make_settings: Callable[..., Settings],
+                                                                 database_url: str):
+    async with Kernel(make_settings(storage_quota_bytes=1000, database_url=database_url)) as k:
+        a = (await k.spawn("a")).pid
+        await fs(k, a, "write", path="draft.md", data="d" * 600)   # 600 of 1000: a copy would not fit
+        await fs(k, a, "write", path="draft.md", data="e" * 600)
+        moved = await fs(k, a, "move", path="draft.md", to="final/report.md")
+        assert moved == {"path": "draft.md", "to": "final/report.md", "version": 1, "deleted_version": 3}
+        assert (await fs(k, a, "read", path="final/report.md"))["data"] == "e" * 600
+        assert (await fs(k, a, "list"))["paths"] == ["final/report.md"]
+        with pytest.raises(NotFound):
+            await fs(k, a, "read", path="draft.md")
+        # the source keeps its history: a rollback brings it back (as a copy, over quota here)
+        assert [v["deleted"] for v in (await fs(k, a, "versions", path="draft.md"))["versions"]] == [False, False, True]
+        with pytest.raises(QuotaExceeded):
+            await fs(k, a, "rollback", path="draft.md", version=1)
+
+        await fs(k, a, "write", path="other.md", data="o")
+        bad = [({"path": "missing.md", "to": "x.md"}, NotFound, "path"),
+               ({"path": "other.md", "to": "final/report.md"}, Conflict, "to"),     # exists: never overwritten
+               ({"path": "other.md", "to": "./other.md"}, InvalidSyscall, "to"),
+               ({"path": "other.md", "to": "../escape.md"}, InvalidSyscall, "to"),
+               ({"path": "other.md", "to": "/etc/passwd"}, InvalidSyscall, "to"),
+               ({"path": "other.md", "to": "a\x00b"}, InvalidSyscall, "to"),
+               ({"path": "other.md", "to": "."}, InvalidSyscall, "to"),
+               ({"path": "other.md"}, InvalidSyscall, "to")]
+        for fields, error, field in bad:
+            with pytest.raises(error) as err:
+                await fs(k, a, "move", **fields)
+            assert err.value.field == field, fields
+        # nothing changed by the refused moves
+        assert (await fs(k, a, "list"))["paths"] == ["final/report.md", "other.md"]
+        assert (await fs(k, a, "read", path="other.md"))["data"] == "o"
+        assert len((await fs(k, a, "versions", path="final/report.md"))["versions"]) == 1
 
 
 @pytest.mark.anyio

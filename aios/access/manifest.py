@@ -282,13 +282,15 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
                                            f"missing permission network: {host or '*'}", field="arguments.url",
                                            hint=f"its manifest allows: {', '.join(manifest.network) or 'no host'}")
         case StorageSyscall():
-            writing = call.op in (StorageOp.WRITE, StorageOp.DELETE, StorageOp.ROLLBACK)
+            writing = call.op in (StorageOp.WRITE, StorageOp.DELETE, StorageOp.ROLLBACK, StorageOp.MOVE)
             globs = manifest.storage_write if writing else manifest.storage_read
             name = "storage_write" if writing else "storage_read"
-            if not path_allowed(check_path(call.path) if call.path else "", globs):
-                raise PermissionDenied(f"{who} may not {call.op.value} {call.path!r}: missing permission "
-                                       f"{name}: {call.path}", field="path",
-                                       hint=f"its manifest allows {name}: {', '.join(globs or ()) or 'nothing'}")
+            # a move writes both ends: it deletes its path and writes its target
+            for field, path in [("path", call.path)] + ([("to", call.to)] if call.op is StorageOp.MOVE else []):
+                if not path_allowed(check_path(path, field=field) if path else "", globs):
+                    raise PermissionDenied(f"{who} may not {call.op.value} {'to ' if field == 'to' else ''}{path!r}: "
+                                           f"missing permission {name}: {path}", field=field,
+                                           hint=f"its manifest allows {name}: {', '.join(globs or ()) or 'nothing'}")
         case ProcessSyscall() if call.op in (ProcessOp.SUSPEND, ProcessOp.RESUME, ProcessOp.KILL):
             if call.target_pid not in (None, call.pid) and manifest.spawn is False:
                 raise PermissionDenied(f"{who} may not {call.op.value} process {call.target_pid}: missing permission "

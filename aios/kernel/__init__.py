@@ -492,8 +492,11 @@ class Kernel:
         self._resource_of(call)
         if isinstance(call, ToolSyscall):
             self.tools[call.tool].bind(call.arguments)
-        elif isinstance(call, StorageSyscall) and call.path:
-            check_path(call.path)   # a bad path is refused at once, not after a confirmation
+        elif isinstance(call, StorageSyscall):   # a bad path is refused at once, not after a confirmation
+            if call.path:
+                check_path(call.path)
+            if call.to:
+                check_path(call.to, field="to")
 
     def _resource_of(self, call: Syscall) -> Resource:
         match call:

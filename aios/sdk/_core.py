@@ -302,6 +302,12 @@ class Storage(_Namespace):
         principal's confirmation; the file stays in its versions.)"""
         return self._run(then(result({"kind": "storage", "op": "delete", "path": path}), lambda r: None))
 
+    def move(self, path: str, to: str):
+        """-> int, the new version at `to`; `path` gets a deletion version (it stays in its
+        versions). NotFound if `path` is missing, Conflict if `to` exists."""
+        return self._run(then(result({"kind": "storage", "op": "move", "path": path, "to": to}),
+                              lambda r: r["version"]))
+
     def versions(self, path: str):
         """-> list[dict]: each version's number, bytes, sha256, time, and whether it is a deletion."""
         return self._run(then(result({"kind": "storage", "op": "versions", "path": path}), lambda r: r["versions"]))

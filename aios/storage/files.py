@@ -8,24 +8,24 @@ import difflib
 import hashlib
 from typing import Any
 
-from sqlalchemy import Engine, LargeBinary, cast, delete, func, insert, select
+from sqlalchemy import Connection, Engine, LargeBinary, cast, delete, func, insert, select
 
-from aios.errors import InvalidSyscall, NotFound, QuotaExceeded
+from aios.errors import Conflict, InvalidSyscall, NotFound, QuotaExceeded
 from aios.storage.db import Database
 from aios.storage.models import BlobRow, FileRow, FileVersionRow
 from aios.syscall import StorageOp, StorageSyscall
 
 
-def check_path(path: str) -> str:
+def check_path(path: str, field: str = "path") -> str:
     """A relative path with no `..`, no NUL and no empty parts; returned normalised."""
     if "\x00" in path:
-        raise InvalidSyscall("path must not contain NUL bytes", field="path")
+        raise InvalidSyscall(f"{field} must not contain NUL bytes", field=field)
     if path.startswith("/"):
-        raise InvalidSyscall(f"path {path!r} is absolute", field="path",
+        raise InvalidSyscall(f"{field} {path!r} is absolute", field=field,
                              hint="paths are relative to the agent's own file space")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise InvalidSyscall(f"path {path!r} climbs out with '..'", field="path")
+        raise InvalidSyscall(f"{field} {path!r} climbs out with '..'", field=field)
     return "/".join(parts)
 
 
@@ -40,6 +40,8 @@ class FileStore:
 
     async def execute(self, call: StorageSyscall, now: float) -> Any:
         path = check_path(call.path) if call.path else ""
+        if not path and call.op is not StorageOp.LIST:
+            raise InvalidSyscall(f"path {call.path!r} names no file", field="path")
         pid = call.pid
         match call.op:
             case StorageOp.READ if call.version is not None:
@@ -83,6 +85,25 @@ class FileStore:
                 return {"path": path, "versions": found}
             case StorageOp.DIFF:
                 return await self.db.run(lambda e: _diff(e, pid, path, call.version, call.other))
+            case StorageOp.MOVE:
+                to = check_path(call.to or "", field="to")
+                if not to:
+                    raise InvalidSyscall(f"to {call.to!r} names no file", field="to")
+                if to == path:
+                    raise InvalidSyscall(f"cannot move {path!r} onto itself", field="to")
+
+                def move(engine: Engine) -> dict[str, Any]:
+                    with engine.begin() as conn:   # both versions, or neither
+                        data = conn.execute(select(FileRow.data).where(FileRow.pid == pid, FileRow.path == path)).scalar()
+                        if data is None:
+                            raise NotFound(f"no file {path!r}", field="path")
+                        if conn.execute(select(FileRow.path).where(FileRow.pid == pid, FileRow.path == to)).first():
+                            raise Conflict(f"{to!r} exists", field="to", hint="delete it first (its versions stay), "
+                                                                              "or move to another path")
+                        version = self._put(conn, pid, to, data, now, also_leaving=path)
+                        gone = self._put(conn, pid, path, None, now)
+                    return {"path": path, "to": to, "version": version, "deleted_version": gone}
+                return await self.db.run(move)
             case StorageOp.ROLLBACK:
                 def rollback(engine: Engine) -> dict[str, Any]:
                     target = (_version(engine, pid, path, call.version) if call.version is not None
@@ -101,29 +122,36 @@ class FileStore:
             current = conn.execute(select(FileRow.data).where(FileRow.pid == pid, FileRow.path == path)).scalar()
             if data is None and current is None and not missing_ok:
                 raise NotFound(f"no file {path!r}", field="path")
-            digest = size = None
-            if data is not None:
-                raw = data.encode()
-                size = len(raw)
-                nbytes = (func.octet_length(FileRow.data) if conn.dialect.name == "postgresql"
-                          else func.length(cast(FileRow.data, LargeBinary)))
-                used = conn.execute(select(func.coalesce(func.sum(nbytes), 0))
-                                    .where(FileRow.pid == pid, FileRow.path != path)).scalar_one()
-                if used + size > self.quota_bytes:
-                    raise QuotaExceeded(f"the write of {size} bytes would pass the storage quota: "
-                                        f"{max(self.quota_bytes - used, 0)} of {self.quota_bytes} bytes left",
-                                        field="data", hint="delete files, or raise storage_quota_bytes")
-                digest = hashlib.sha256(raw).hexdigest()
-                if conn.execute(select(BlobRow.digest).where(BlobRow.digest == digest)).first() is None:
-                    conn.execute(insert(BlobRow).values(digest=digest, size=size, data=data))
-            last = conn.execute(select(func.max(FileVersionRow.version))
-                                .where(FileVersionRow.pid == pid, FileVersionRow.path == path)).scalar() or 0
-            conn.execute(insert(FileVersionRow).values(pid=pid, path=path, version=last + 1, digest=digest,
-                                                       size=size or 0, created=now))
-            conn.execute(delete(FileRow).where(FileRow.pid == pid, FileRow.path == path))
-            if data is not None:
-                conn.execute(insert(FileRow).values(pid=pid, path=path, data=data, updated=now))
-            return last + 1
+            return self._put(conn, pid, path, data, now)
+
+    def _put(self, conn: Connection, pid: int, path: str, data: str | None, now: float,
+             also_leaving: str | None = None) -> int:
+        """The new version, in the caller's transaction; the quota counts the agent's other
+        current files but `path` (replaced) and `also_leaving` (a move's source)."""
+        digest = size = None
+        if data is not None:
+            raw = data.encode()
+            size = len(raw)
+            nbytes = (func.octet_length(FileRow.data) if conn.dialect.name == "postgresql"
+                      else func.length(cast(FileRow.data, LargeBinary)))
+            used = conn.execute(select(func.coalesce(func.sum(nbytes), 0))
+                                .where(FileRow.pid == pid, FileRow.path.not_in([path, also_leaving or path]))
+                                ).scalar_one()
+            if used + size > self.quota_bytes:
+                raise QuotaExceeded(f"the write of {size} bytes would pass the storage quota: "
+                                    f"{max(self.quota_bytes - used, 0)} of {self.quota_bytes} bytes left",
+                                    field="data", hint="delete files, or raise storage_quota_bytes")
+            digest = hashlib.sha256(raw).hexdigest()
+            if conn.execute(select(BlobRow.digest).where(BlobRow.digest == digest)).first() is None:
+                conn.execute(insert(BlobRow).values(digest=digest, size=size, data=data))
+        last = conn.execute(select(func.max(FileVersionRow.version))
+                            .where(FileVersionRow.pid == pid, FileVersionRow.path == path)).scalar() or 0
+        conn.execute(insert(FileVersionRow).values(pid=pid, path=path, version=last + 1, digest=digest,
+                                                   size=size or 0, created=now))
+        conn.execute(delete(FileRow).where(FileRow.pid == pid, FileRow.path == path))
+        if data is not None:
+            conn.execute(insert(FileRow).values(pid=pid, path=path, data=data, updated=now))
+        return last + 1
 
 
 def _version(engine: Engine, pid: int, path: str, version: int) -> Any:
