@@ -7,6 +7,7 @@ PostgreSQL that has it: the server binaries with pgvector that the PyPI package
 `pgserver` ships (a test dependency), run the same way."""
 from __future__ import annotations
 
+import atexit
 import glob
 import importlib.util
 import os
@@ -49,6 +50,32 @@ def binaries_with_vector() -> list[str]:
     return found
 
 
+_COPIES: dict[str, str] = {}
+
+
+def reachable(bin_dir: str, as_user: list[str]) -> str:
+    """`bin_dir`, or a copy of its installation that the server's user can reach: a build
+    inside a folder only root may enter (a virtualenv in a private temporary folder) is
+    copied once per process to a shared temporary folder, removed at exit. The copy keeps
+    the layout of a wheel's build (`<site>/<pkg>/pginstall/bin`, its libraries found by
+    rpath in `<site>/<pkg>.libs`)."""
+    if subprocess.run([*as_user, "test", "-x", f"{bin_dir}/initdb"], capture_output=True).returncode == 0:
+        return bin_dir
+    if bin_dir not in _COPIES:
+        shared = tempfile.mkdtemp(prefix="aios-pgbin-")
+        os.chmod(shared, 0o755)
+        atexit.register(shutil.rmtree, shared, True)
+        install = os.path.dirname(os.path.abspath(bin_dir))
+        site = os.path.dirname(os.path.dirname(install))
+        inside = os.path.relpath(install, site)
+        shutil.copytree(install, os.path.join(shared, inside), symlinks=True)
+        libs = os.path.join(site, inside.split(os.sep)[0] + ".libs")   # auditwheel's folder of the package
+        if os.path.isdir(libs):
+            shutil.copytree(libs, os.path.join(shared, os.path.basename(libs)), symlinks=True)
+        _COPIES[bin_dir] = os.path.join(shared, inside, os.path.basename(bin_dir))
+    return _COPIES[bin_dir]
+
+
 class LocalPostgres:
     """A server of its own on a free loopback port (`url`: its SQLAlchemy base URL, no
     database name); `stop()` and `start()` take it away and bring it back, as an outage
@@ -59,12 +86,13 @@ class LocalPostgres:
         if bin_dir is None:
             raise BackendUnavailable("PostgreSQL is not installed",
                                      hint="`make` installs the Debian package postgresql")
-        self.bin = bin_dir
         self.folder = tempfile.mkdtemp(prefix="aios-pg-")
         self.as_user: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
+            bin_dir = reachable(bin_dir, self.as_user)
+        self.bin = bin_dir
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
