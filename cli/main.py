@@ -13,6 +13,7 @@ import typer
 
 from aios.cli import access as access_cli
 from aios.cli import fs as fs_cli
+from aios.cli import memory as memory_cli
 from aios.cli import kernel as kernel_cli
 from aios.cli import mcp as mcp_cli
 from aios.cli import procs
@@ -31,6 +32,7 @@ app.add_typer(trace_cli.app, name="trace")
 app.add_typer(sim_cli.app, name="sim")
 app.add_typer(sandbox_cli.app, name="sandbox")
 app.add_typer(fs_cli.app, name="fs")
+app.add_typer(memory_cli.app, name="memory")
 procs.install(app)
 access_cli.install(app)
 

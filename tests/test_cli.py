@@ -386,3 +386,25 @@ def test_fs_writes_versions_diffs_and_rolls_back(daemon):
     assert json.loads(cli(daemon, "fs", "versions", "cli-notes.md", "--json").stdout)[-1]["deleted"]
     assert cli(daemon, "fs", "rm", "cli-moved.md").exit_code == 0
     assert json.loads(cli(daemon, "fs", "versions", "cli-moved.md", "--json").stdout)[-1]["deleted"]
+
+
+# ---- aios memory: entries, search by meaning, working-memory stats
+
+def test_memory_adds_searches_by_meaning_and_reports_stats(daemon):
+    assert cli(daemon, "memory", "add", "The boiler was serviced in October by Dave", "--key", "boiler").exit_code == 0
+    assert cli(daemon, "memory", "add", "Alice is allergic to peanuts", "--key", "alice").exit_code == 0
+    found = json.loads(cli(daemon, "memory", "search", "heating maintenance", "-k", "1", "--json").stdout)
+    assert (found["retrieval"], found["index"]) == ("embedding", "sqlite-vec")
+    assert [e["key"] for e in found["entries"]] == ["boiler"]
+    table = plain(cli(daemon, "memory", "search", "food intolerance", "-k", "1"))
+    assert "all-MiniLM-L6-v2, sqlite-vec" in table and "alice" in table
+    assert cli(daemon, "memory", "get", "alice").stdout == "Alice is allergic to peanuts\n"
+    assert {"boiler", "alice"} <= {e["key"] for e in json.loads(cli(daemon, "memory", "ls", "--json").stdout)}
+    stats = json.loads(cli(daemon, "memory", "stats", "--json").stdout)
+    assert stats["policy"] == "lru" and {"boiler", "alice"} <= set(stats["resident"])
+    assert "hit rate" in cli(daemon, "memory", "stats").stdout
+    assert cli(daemon, "memory", "rm", "alice").exit_code == 0
+    missing = aios(daemon.home, "memory", "get", "alice")
+    assert missing.returncode != 0 and "no memory entry 'alice'" in missing.stderr
+    dup = aios(daemon.home, "memory", "add", "again", "--key", "boiler")
+    assert dup.returncode == 2 and "already exists" in dup.stderr
