@@ -25,5 +25,6 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def client() -> Client:
-    return Client(kernel_url(), token=os.environ.get("AIOS_TOKEN"))
+def client(pid: int | None = None) -> Client:
+    """A client of the kernel, as the principal, or acting on one of its agents (`pid`)."""
+    return Client(kernel_url(), token=os.environ.get("AIOS_TOKEN"), pid=pid)

@@ -4,7 +4,6 @@ rollback (to a version, or to a point in time with --at)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,9 +21,8 @@ console = Console()
 
 
 def _client(pid: int | None):
-    from aios.cli.connect import kernel_url
-    from aios.sdk import Client
-    return Client(kernel_url(), token=os.environ.get("AIOS_TOKEN"), pid=pid)
+    from aios.cli.connect import client
+    return client(pid)
 
 
 @app.command("ls")

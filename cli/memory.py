@@ -4,7 +4,6 @@ loads, as the output says), rm, and stats (its working memory: budget, hits, fau
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated
 
 import typer
@@ -19,9 +18,8 @@ console = Console()
 
 
 def _client(pid: int | None):
-    from aios.cli.connect import kernel_url
-    from aios.sdk import Client
-    return Client(kernel_url(), token=os.environ.get("AIOS_TOKEN"), pid=pid)
+    from aios.cli.connect import client
+    return client(pid)
 
 
 def _call(pid: int | None, **body) -> dict:
