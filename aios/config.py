@@ -154,6 +154,14 @@ class Settings(_Frozen):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("memory_embedder")
+    @classmethod
+    def _known_embedder(cls, value: str) -> str:
+        # a typo fails here; a model that is there but cannot load falls back to BM25, said so
+        if value not in ("minilm", "bm25") and not Path(value).expanduser().is_dir():
+            raise ValueError(f"{value!r} is neither minilm, bm25 nor a folder with a sentence-transformers model")
+        return value
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'aios.db'}"

@@ -116,6 +116,8 @@ def test_home_from_env_does_not_beat_the_file(tmp_path: Path) -> None:
     ({}, {"AIOS_NOPE": "1"}, "nope"),
     ({"backends": [{"kind": "hardware", "colour": "red"}]}, {}, "backends.0.colour"),
     ({"drain_timeout_s": 0}, {}, "drain_timeout_s"),
+    ({"memory_embedder": "minlm"}, {}, "memory_embedder"),
+    ({}, {"AIOS_MEMORY_EMBEDDER": "/no/such/model"}, "memory_embedder"),
 ])
 def test_invalid_value_names_the_field(overrides: dict, env: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
