@@ -86,5 +86,6 @@ def stats(pid: Pid = None, as_json: JsonFlag = False) -> None:
         print(json.dumps(s))
         return
     rate = "-" if s["hit_rate"] is None else f"{s['hit_rate']:.3f}"
-    print(f"policy {s['policy']}, {s['used_tokens']} of {s['budget_tokens']} tokens, {len(s['resident'])} entries "
+    print(f"policy {s['policy']}, {s['used_tokens']} of {s['budget_tokens']} tokens, {len(s['resident'])} "
+          f"{'entry' if len(s['resident']) == 1 else 'entries'} "
           f"resident; hits {s['hits']}, faults {s['faults']}, evictions {s['evictions']}, hit rate {rate}")
