@@ -162,8 +162,11 @@ def choose(engine: Engine, model: str, dim: int) -> tuple[VectorIndex, str | Non
         try:
             with engine.begin() as conn:
                 conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-            return PgVectorIndex(model, dim), None
+                version = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar_one()
         except Exception as e:   # noqa: BLE001 (any refusal means: no pgvector on this server)
             first = str(getattr(e, "orig", e)).splitlines()[0]
             return VectorIndex(model, dim), f"the server has no pgvector ({first})"
+        if tuple(int(x) for x in re.findall(r"\d+", version)[:2]) < (0, 5):
+            return VectorIndex(model, dim), f"the server's pgvector {version} has no HNSW index (0.5 or newer has)"
+        return PgVectorIndex(model, dim), None
     return VectorIndex(model, dim), f"no vector extension for {engine.dialect.name}"
