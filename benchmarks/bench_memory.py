@@ -161,7 +161,7 @@ def retrieval(quick: bool, show_progress: bool) -> dict[str, Any]:
     return out
 
 
-def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True) -> dict[str, Any]:
+def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True, plot: str | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     console = Console(file=sys.stderr, no_color=not show_progress)
     if show_progress:
@@ -176,4 +176,70 @@ def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True) -> di
     result["hit_rate_vs_belady"] = result["paging"]["policies"]["predict"]["hit_rate_vs_belady"]
     result["recall_at_5"] = result["retrieval"]["recall_at_5"]
     result["bench_wall_s"] = round(time.perf_counter() - start, 2)
+    if show_progress:
+        _tables(result, console)
+    if plot:
+        _plot(result, plot)
+        result["plot"] = plot
     return result
+
+
+def _tables(result: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+    paging_ = result["paging"]
+    table = Table("policy", "hit rate", "faults", "vs Belady", title="working-memory paging")
+    for name, p in paging_["policies"].items():
+        table.add_row(name if name != "predict" else "predict (perfect predictor)", f"{p['hit_rate']:.3f}",
+                      str(p["faults"]), f"{p['hit_rate_vs_belady']:.3f}")
+    for e in paging_["predictor_error"][1:]:
+        table.add_row(f"predict, {e['error']:.0%} wrong bits", f"{e['hit_rate']:.3f}", str(e["faults"]),
+                      f"{e['hit_rate_vs_belady']:.3f}")
+    console.print(table)
+    table = Table("search", "index", "recall@5", "hit@1", "MRR", "p50 ms", title=result["retrieval"]["set"])
+    for name in ("embedding", "embedding_pgvector", "bm25"):
+        r = result["retrieval"].get(name)
+        if r:
+            table.add_row(name.split("_")[0], r.get("index", "-"), f"{r['recall_at_5']:.3f}", f"{r['hit_at_1']:.3f}",
+                          f"{r['mrr']:.3f}", f"{r['search_p50_ms']:.1f}")
+    console.print(table)
+
+
+def _plot(result: dict[str, Any], path: str) -> None:
+    """Three panels: each policy's hit rate against Belady's; the predicted policy as its
+    predictor errs (LRU for reference); recall of embedding search against BM25."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    policies = result["paging"]["policies"]
+    errors = result["paging"]["predictor_error"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    ax = axes[0]
+    names = list(policies)
+    ax.bar(names, [policies[n]["hit_rate_vs_belady"] for n in names], color=["C0", "C1", "C2", "C7"])
+    ax.axhline(0.9, ls=":", color="grey")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("hit rate / Belady's")
+    ax.set_title("eviction policies (predict: perfect predictor)")
+    ax = axes[1]
+    ax.plot([100 * e["error"] for e in errors], [e["hit_rate_vs_belady"] for e in errors], "o-", color="C2",
+            label="predict")
+    ax.axhline(policies["lru"]["hit_rate_vs_belady"], ls="--", color="C0", label="LRU")
+    ax.set_xlabel("predictor's wrong bits (%)")
+    ax.set_ylabel("hit rate / Belady's")
+    ax.set_title("prediction-augmented paging as the predictor errs")
+    ax.legend()
+    ax = axes[2]
+    metrics = ("recall_at_5", "hit_at_1", "mrr")
+    x = np.arange(len(metrics))
+    for i, name in enumerate(("embedding", "bm25")):
+        r = result["retrieval"][name]
+        ax.bar(x + (i - 0.5) * 0.4, [r[m] for m in metrics], 0.4,
+               label=f"{name} ({r.get('index', 'words')})" if name == "embedding" else name)
+    ax.set_xticks(x, ["recall@5", "hit@1", "MRR"])
+    ax.set_ylim(0, 1.25)
+    ax.set_title("memory search, " + result["retrieval"]["set"].split(" (")[0])
+    ax.legend(loc="upper center", ncol=2)
+    fig.suptitle("aios bench memory" + (" (quick)" if result["quick"] else ""))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -49,7 +49,8 @@ BENCHES = {
     "server": "The daemon over HTTP: throughput, HTTP overhead, spawn latency, start time, memory.",
     "compiler": "LLMCompiler vs ReAct vs parallel function calling: latency, tokens, critical path (--plot: Gantt).",
     "hardware": "The serving papers' comparisons on the simulator, and its speed (--plot: published vs simulated).",
-    "memory": "Paging policies against Belady's optimum, the predictor's error, versioned storage writes.",
+    "memory": "Paging policies against Belady's optimum, the predictor's error, memory search recall, versioned "
+              "storage writes (--plot: the three).",
 }
 
 

@@ -54,9 +54,11 @@ def test_perfect_discard_predictions_reach_the_optimum_and_errors_cost_hits():
     assert len(flags) == len(trace) and any(flags) and not all(flags)
 
 
-def test_bench_memory_quick():
+def test_bench_memory_quick(tmp_path):
     from aios.benchmarks.bench_memory import run
-    d = run(quick=True, show_progress=False)
+    chart = tmp_path / "memory.png"
+    d = run(quick=True, show_progress=False, plot=str(chart))
+    assert d["plot"] == str(chart) and chart.stat().st_size > 10_000
     policies = d["paging"]["policies"]
     assert policies["belady"]["hit_rate_vs_belady"] == 1.0
     assert policies["predict"]["hit_rate_vs_belady"] >= policies["lru"]["hit_rate_vs_belady"]

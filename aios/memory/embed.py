@@ -56,6 +56,11 @@ class SentenceModel:
             raise EmbeddingUnavailable(f"no sentence-transformers model in {folder} (config.json is missing)",
                                        hint="point memory_embedder at a model folder, or use minilm")
         try:
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()   # the kernel's log is no place for a loading bar
+        except ImportError:
+            pass
+        try:
             self.model = SentenceTransformer(str(folder), device="cpu")
             dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
                 else self.model.get_sentence_embedding_dimension()
