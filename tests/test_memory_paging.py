@@ -4,6 +4,7 @@ prediction-augmented policy with perfect and with wrong predictions, bad input, 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from aios.errors import ConfigError
 from aios.memory.paging import agent_trace, belady_discards, next_uses, oracle, simulate
@@ -107,3 +108,12 @@ async def test_each_agent_has_a_working_memory_with_a_budget_and_counted_faults(
             await mem(a, "add", key="huge", content="z" * 400)
         await mem(a, "delete", key="p4")
         assert "p4" not in (await mem(a, "stats"))["resident"]
+        # an exited agent's working memory goes with it; its entries stay in the store
+        await k.kill(a)
+        assert a not in k.memory.working and b in k.memory.working
+        assert len((await k.call({"kind": "memory", "op": "list"}, pid=0))["entries"]) == 0   # the principal's own
+
+        def stored(engine) -> int:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT count(*) FROM memory_entries")).scalar_one()
+        assert await k.db.run(stored) == 3   # p1, p2, p3

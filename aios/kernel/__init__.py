@@ -483,6 +483,8 @@ class Kernel:
     async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None,
                                  **ended: Any) -> Process:
         proc = await self.processes.set_state(pid, state, self.clock.now(), reason, **ended)
+        if state is ProcState.EXITED:
+            self.memory.working.pop(pid, None)   # its context is gone with it; its entries stay
         self.publish(EventKind.PROCESS, pid=pid, data={"state": state.value})
         return proc
 
