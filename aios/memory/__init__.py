@@ -23,13 +23,7 @@ import anyio
 from sqlalchemy import Engine, and_, delete, insert, select
 
 from aios.errors import InvalidSyscall, NotFound
-from aios.memory.embed import (
-    DEFAULT,
-    Embedder,
-    EmbeddingUnavailable,
-    bm25,
-    load_embedder,
-)
+from aios.memory.embed import DEFAULT, Embedder, EmbeddingUnavailable, bm25, load_embedder
 from aios.memory.paging import Predictor, WorkingMemory
 from aios.memory.vectors import VectorIndex, choose
 from aios.storage.db import Database
