@@ -111,6 +111,16 @@ async def test_the_index_is_rebuilt_from_the_vectors_when_it_is_lost(indexed_db:
         assert found["embedded"] == 0 and found["index"] == kind and keys(found) == ["allergy"]
     finally:
         db.close()
+    db = opened(url)   # a delete before this kernel's first search: the vector goes by the cascade
+    try:
+        m = MemoryManager(db)
+        await op(m, 1, "delete", key="allergy")
+        with db.engine.connect() as conn:   # type: ignore[union-attr]
+            assert conn.execute(text("SELECT count(*) FROM memory_vectors")).scalar_one() == 4
+        found = await op(m, 1, "search", query="peanut allergy", k=5)
+        assert found["embedded"] == 0 and "allergy" not in keys(found) and len(found["entries"]) == 4
+    finally:
+        db.close()
 
 
 @pytest.mark.anyio

@@ -203,11 +203,9 @@ class MemoryManager:
                     with engine.begin() as conn:
                         ids = list(conn.execute(select(MemoryRow.id).where(MemoryRow.pid == pid,
                                                                            MemoryRow.key == call.key)).scalars())
-                        if ids:
-                            conn.execute(delete(MemoryVectorRow).where(MemoryVectorRow.entry_id.in_(ids)))
-                            if index is not None:
-                                index.ensure(conn)
-                                index.remove(conn, ids)
+                        if ids and index is not None:   # else its vectors go by the foreign key's cascade
+                            index.ensure(conn)
+                            index.remove(conn, ids)
                         return conn.execute(delete(MemoryRow).where(MemoryRow.id.in_(ids))).rowcount if ids else 0
                 if not await self.db.run(rm):
                     raise NotFound(f"no memory entry {call.key!r}", field="key")

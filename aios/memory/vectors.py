@@ -38,9 +38,7 @@ class VectorIndex:
         if self._ready:
             return
         self._create(conn)
-        want = conn.execute(select(func.count()).select_from(MemoryVectorRow)
-                            .where(MemoryVectorRow.model == self.model)).scalar_one()
-        if self._count(conn) != want:
+        if self._count(conn) != self._stored(conn):
             self._clear(conn)
             rows = conn.execute(select(MemoryVectorRow.entry_id, MemoryVectorRow.pid, MemoryVectorRow.vector)
                                 .where(MemoryVectorRow.model == self.model)).all()
@@ -69,11 +67,15 @@ class VectorIndex:
         order = np.argsort(dist, kind="stable")[:k]
         return [(rows[i][0], float(dist[i])) for i in order]
 
-    # the derived table: none for the exact scan
-    def _create(self, conn: Connection) -> None: ...
-    def _count(self, conn: Connection) -> int:
+    def _stored(self, conn: Connection) -> int:
+        """How many vectors of this model `memory_vectors` holds."""
         return conn.execute(select(func.count()).select_from(MemoryVectorRow)
                             .where(MemoryVectorRow.model == self.model)).scalar_one()
+
+    # the derived table: none for the exact scan (its count is the stored one)
+    def _create(self, conn: Connection) -> None: ...
+    def _count(self, conn: Connection) -> int:
+        return self._stored(conn)
     def _clear(self, conn: Connection) -> None: ...
     def _insert(self, conn: Connection, entry_id: int, pid: int, vec: np.ndarray) -> None: ...
     def _delete(self, conn: Connection, entry_ids: Sequence[int]) -> None: ...
@@ -155,9 +157,8 @@ class PgVectorIndex(VectorIndex):
 def choose(engine: Engine, model: str, dim: int) -> tuple[VectorIndex, str | None]:
     """The best index this database offers, and why not a better one (None when the best)."""
     if engine.dialect.name == "sqlite":
-        if getattr(engine, "aios_sqlite_vec", None):
-            return SqliteVecIndex(model, dim), None
-        return VectorIndex(model, dim), getattr(engine, "aios_sqlite_vec_missing", "sqlite-vec is not loaded")
+        missing = getattr(engine, "aios_sqlite_vec_missing", "the engine was not opened by aios.storage.db")
+        return (SqliteVecIndex(model, dim), None) if missing is None else (VectorIndex(model, dim), missing)
     if engine.dialect.name == "postgresql":
         try:
             with engine.begin() as conn:

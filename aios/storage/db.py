@@ -52,8 +52,7 @@ class Database:
             event.listen(engine, "connect", _sqlite_pragmas)
             if vec_missing is None:
                 event.listen(engine, "connect", _load_sqlite_vec)
-            # what the vector index (aios.memory.vectors) can use on this engine
-            engine.aios_sqlite_vec = vec_missing is None   # type: ignore[attr-defined]
+            # why the vector index (aios.memory.vectors) cannot use sqlite-vec here; None: it can
             engine.aios_sqlite_vec_missing = vec_missing   # type: ignore[attr-defined]
         try:
             migrate(engine)

@@ -29,13 +29,8 @@ def binaries() -> str | None:
 
 
 def with_pgvector() -> str | None:
-    """A bin folder of a PostgreSQL that has the pgvector extension, or None."""
-    for bin_dir in binaries_with_vector():
-        return bin_dir
-    return None
-
-
-def binaries_with_vector() -> list[str]:
+    """A bin folder of a PostgreSQL that has the pgvector extension (an installed one
+    first, then pgserver's build), or None."""
     found = []
     for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin")):
         share = subprocess.run([f"{candidate}/pg_config", "--sharedir"], capture_output=True, text=True).stdout.strip() \
@@ -47,7 +42,7 @@ def binaries_with_vector() -> list[str]:
         bundled = os.path.join(list(spec.submodule_search_locations)[0], "pginstall")
         if os.path.exists(os.path.join(bundled, "share", "postgresql", "extension", "vector.control")):
             found.append(os.path.join(bundled, "bin"))
-    return found
+    return found[0] if found else None
 
 
 _COPIES: dict[str, str] = {}
