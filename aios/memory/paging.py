@@ -134,8 +134,8 @@ def simulate(trace: Sequence[int], sizes: dict[int, int] | Sequence[int], budget
     return PagingResult(policy, len(trace), hits, faults, evictions)
 
 
-def _victim(policy: str, resident: OrderedDict[int, None], count: dict[int, int], soon: dict[int, bool],
-            next_of: dict[int, int], far: list[tuple[int, int]]) -> int:
+def _victim(policy: str, resident: OrderedDict, count: dict, soon: dict,
+            next_of: dict[int, int], far: list[tuple[int, int]]) -> int | str:
     match policy:
         case "lru":
             return next(iter(resident))
@@ -199,11 +199,7 @@ class WorkingMemory:
             self.used -= self.resident.pop(page)
 
     def _victim(self) -> int | str:
-        if self.policy == "lfu":
-            return min(self.resident, key=lambda p: self.count[p])
-        if self.policy == "predict":
-            return next((p for p in self.resident if not self.soon.get(p, True)), next(iter(self.resident)))
-        return next(iter(self.resident))
+        return _victim(self.policy, self.resident, self.count, self.soon, {}, [])   # the offline rules
 
     @property
     def hit_rate(self) -> float:
