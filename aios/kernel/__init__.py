@@ -428,7 +428,7 @@ class Kernel:
         under `manifest` if given."""
         self.agents[name] = program
         if manifest is not None:
-            self.agent_manifests[name] = manifest if isinstance(manifest, Manifest) else Manifest.parse(manifest)
+            self.agent_manifests[name] = self._manifest_of(manifest, None, None)   # type: ignore[assignment]
 
     def _manifest_of(self, given: Manifest | dict[str, Any] | None, program: str | None, prog: Any) -> Manifest | None:
         if given is not None:
