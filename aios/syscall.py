@@ -71,6 +71,12 @@ class StorageOp(StrEnum):
     MOVE = "move"            # `path` to `to`: a new version there, and a deletion (a version) here
 
 
+# The ops that change what is stored. The kernel commits their effect and the call's
+# terminal record in one transaction (exactly once); the other ops only read.
+MEMORY_WRITES = frozenset({MemoryOp.ADD, MemoryOp.DELETE})
+STORAGE_WRITES = frozenset({StorageOp.WRITE, StorageOp.DELETE, StorageOp.ROLLBACK, StorageOp.MOVE})
+
+
 class ProcessOp(StrEnum):
     STATUS = "status"
     LIST = "list"
@@ -129,6 +135,11 @@ class Syscall:
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def is_store_write(self) -> bool:
+        """Changes what the kernel's own database stores (a memory or storage write)."""
+        return False
+
     def payload(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _PAYLOAD_FIELDS[self.kind][1]}
 
@@ -170,6 +181,10 @@ class MemorySyscall(Syscall):
     k: int = 5
     owner: int | None = None   # get, list, search: another agent's memory that it shares (its pid)
 
+    @property
+    def is_store_write(self) -> bool:
+        return self.op in MEMORY_WRITES
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageSyscall(Syscall):
@@ -181,6 +196,10 @@ class StorageSyscall(Syscall):
     other: int | None = None     # diff: the version to compare with (default: the current one)
     at: float | None = None      # rollback: to the version current at this time
     to: str | None = None        # move: the new path
+
+    @property
+    def is_store_write(self) -> bool:
+        return self.op in STORAGE_WRITES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

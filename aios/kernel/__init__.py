@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from sqlalchemy import Connection
 
 from aios import access
 from aios.access.guard import Guard
@@ -42,6 +43,7 @@ from aios.process.table import ProcessTable
 from aios.kernel.handlers import HANDLERS, Preempted
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
+from aios.storage.journal import Seal, record_in
 from aios.storage.files import check_path
 from aios.tools.registry import ToolRegistry, ToolSpec
 from aios.syscall import (CallState, Kind, LLMSyscall, MemoryOp, MemorySyscall, ProcessSyscall, StorageOp,
@@ -281,7 +283,11 @@ class Kernel:
                                                  {"pid": ticket.call.pid}))
         if approve:
             ticket.call = advance(ticket.call, CallState.QUEUED)
-            self.journal.append_nowait(ticket.call, now)
+            try:   # durable before it can run: a write's end commits with its effect, and must come last
+                await self.journal.append(ticket.call, now)
+            except JournalUnavailable as e:
+                self._finish(ticket, None, CallState.FAILED, None, ticket.call.usage, e)
+                raise
             self._publish_state(ticket)
             self._enqueue(ticket)
             return ticket.call
@@ -561,10 +567,11 @@ class Kernel:
             if ticket.cancel_error is not None:
                 scope.cancel()
             try:
-                # a call with side effects is known to be running before it acts
+                # a call with side effects outside the database is known to be running
+                # before it acts; a write's running record commits with its effect (_seal)
                 if ticket.call.kind in (Kind.TOOL, Kind.PROCESS):
                     await self.journal.append(ticket.call, now)
-                else:
+                elif not ticket.call.is_store_write:
                     self.journal.append_nowait(ticket.call, now)
                 self._publish_state(ticket)
                 result, usage = await HANDLERS[ticket.call.kind](self, ticket)
@@ -599,11 +606,32 @@ class Kernel:
             self._publish_state(ticket)
             res.requeue(ticket, now)
             return
+        if ticket.sealed is not None and (outcome is None or outcome[0] is CallState.DONE):
+            # the write committed with its end: done, even if a cancel came after the commit
+            ticket.call = ticket.sealed
+            res.release(ticket, now)
+            self.processes.charge(ticket.pid, ticket.call.usage)
+            self._finished(ticket, None)
+            return
         if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
             err = ticket.cancel_error or (ticket.timeout_error and ticket.timeout_error()) or Cancelled("cancelled")
             outcome = (_cancel_state(err), None, _partial_usage(ticket), err)
         state, result, usage, err = outcome
         self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)
+
+    def _seal(self, ticket: Ticket) -> Seal:
+        """For a write: journals its running record and its end in the write's own
+        transaction (called by the store, in a worker thread), so that the effect and the
+        call's `done` commit together or not at all. The kernel's records of the call
+        wait for it: nothing else journals the call while it runs."""
+        def seal(conn: Connection, result: Any) -> None:
+            now = self.clock.now()
+            running = ticket.call
+            done = advance(running, CallState.DONE, finished=now, result=result,
+                           usage=running.usage + Usage(service_s=now - ticket.run_started))
+            record_in(conn, [(running, ticket.run_started), (done, now)])
+            ticket.sealed = done
+        return seal
 
     def _drop(self, ticket: Ticket, res: Resource) -> None:
         """The last resort for a call the kernel failed to settle: free its slot and wake
@@ -623,6 +651,8 @@ class Kernel:
         now = self.clock.now()
         if ticket.snapshot is not None and isinstance(ticket.call, LLMSyscall):
             self.context.discard(ticket, self.router.route(ticket.call.model))
+        if ticket.call.state is CallState.RUNNING and ticket.call.is_store_write:
+            self.journal.append_nowait(ticket.call, ticket.run_started)   # it ran, but its effect did not commit
         ticket.call = advance(ticket.call, state, finished=now, result=result, usage=usage,
                               error=err.to_dict() if err else None)
         if res is not None:

@@ -106,10 +106,12 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     return result, Usage(cost_usd=tool.cost_usd)
 
 async def run_memory(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
-    return await k.memory.execute(ticket.call, k.clock.now()), Usage()   # type: ignore[arg-type]
+    seal = k._seal(ticket) if ticket.call.is_store_write else None
+    return await k.memory.execute(ticket.call, k.clock.now(), seal=seal), Usage()   # type: ignore[arg-type]
 
 async def run_storage(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
-    return await k.files.execute(ticket.call, k.clock.now()), Usage()   # type: ignore[arg-type]
+    seal = k._seal(ticket) if ticket.call.is_store_write else None
+    return await k.files.execute(ticket.call, k.clock.now(), seal=seal), Usage()   # type: ignore[arg-type]
 
 async def run_process(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     call = ticket.call

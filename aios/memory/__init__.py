@@ -27,6 +27,7 @@ from aios.memory.embed import DEFAULT, Embedder, EmbeddingUnavailable, bm25, loa
 from aios.memory.paging import Predictor, WorkingMemory
 from aios.memory.vectors import VectorIndex, choose
 from aios.storage.db import Database
+from aios.storage.journal import Seal
 from aios.storage.models import MemoryRow, MemoryVectorRow
 from aios.syscall import MemoryOp, MemorySyscall
 
@@ -148,7 +149,9 @@ class MemoryManager:
         hit, _ = self.working_memory(reader).touch(page, page_tokens(content))
         return hit
 
-    async def execute(self, call: MemorySyscall, now: float) -> Any:
+    async def execute(self, call: MemorySyscall, now: float, *, seal: Seal | None = None) -> Any:
+        """Runs the call. An add or delete calls `seal(conn, result)` in its own transaction,
+        so that the kernel journals the call's end with its effect (aios.storage.journal)."""
         pid = call.owner if call.owner is not None else call.pid   # the kernel checked the sharing
         page = call.key if call.owner is None else (call.owner, call.key)
         match call.op:
@@ -166,6 +169,8 @@ class MemoryManager:
                             raise InvalidSyscall(f"memory key {key!r} already exists", field="key",
                                                  hint="delete it first, or add without a key")
                         conn.execute(insert(MemoryRow).values(pid=pid, key=key, content=call.content, created=now))
+                        if seal is not None:
+                            seal(conn, {"key": key})
                 if page_tokens(call.content or "") > self.working_tokens:
                     raise InvalidSyscall(f"the entry takes about {page_tokens(call.content or '')} tokens, more than the "
                                          f"whole working memory of {self.working_tokens}", field="content",
@@ -199,15 +204,18 @@ class MemoryManager:
             case MemoryOp.DELETE:
                 index = self._index
 
-                def rm(engine: Engine) -> int:
+                def rm(engine: Engine) -> None:
                     with engine.begin() as conn:
                         ids = list(conn.execute(select(MemoryRow.id).where(MemoryRow.pid == pid,
                                                                            MemoryRow.key == call.key)).scalars())
-                        if ids and index is not None:   # else its vectors go by the foreign key's cascade
+                        if not ids:
+                            raise NotFound(f"no memory entry {call.key!r}", field="key")
+                        if index is not None:   # else its vectors go by the foreign key's cascade
                             index.ensure(conn)
                             index.remove(conn, ids)
-                        return conn.execute(delete(MemoryRow).where(MemoryRow.id.in_(ids))).rowcount if ids else 0
-                if not await self.db.run(rm):
-                    raise NotFound(f"no memory entry {call.key!r}", field="key")
+                        conn.execute(delete(MemoryRow).where(MemoryRow.id.in_(ids)))
+                        if seal is not None:
+                            seal(conn, {"key": call.key, "deleted": True})
+                await self.db.run(rm)
                 self.working_memory(call.pid).forget(call.key)   # type: ignore[arg-type]
                 return {"key": call.key, "deleted": True}

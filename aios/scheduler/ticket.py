@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class Ticket:
     __slots__ = ("call", "seq", "done", "snapshot", "is_preemptible", "is_preempt_requested",
                  "num_slice_tokens", "text_parts", "num_tokens", "listeners", "scope",
-                 "cancel_error", "timeout_error", "expiry", "run_started")
+                 "cancel_error", "timeout_error", "expiry", "run_started", "sealed")
 
     def __init__(self, call: Syscall, seq: int):
         self.call = call                 # the current immutable record; replaced on each move
@@ -37,6 +37,7 @@ class Ticket:
         self.timeout_error: Callable[[], AiosError] | None = None  # the error if the run's deadline fires
         self.expiry: anyio.CancelScope | None = None   # the deadline watcher, if any
         self.run_started = 0.0
+        self.sealed: Syscall | None = None   # a write's end, journaled in the write's own transaction
 
     @property
     def id(self) -> str:

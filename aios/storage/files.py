@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, LargeBinary, cast, delete, func, insert, select
 
 from aios.errors import Conflict, InvalidSyscall, NotFound, QuotaExceeded
 from aios.storage.db import Database
+from aios.storage.journal import Seal
 from aios.storage.models import BlobRow, FileRow, FileVersionRow
 from aios.syscall import StorageOp, StorageSyscall
 
@@ -38,7 +40,9 @@ class FileStore:
         self.db = db
         self.quota_bytes = quota_bytes
 
-    async def execute(self, call: StorageSyscall, now: float) -> Any:
+    async def execute(self, call: StorageSyscall, now: float, *, seal: Seal | None = None) -> Any:
+        """Runs the call. A write calls `seal(conn, result)` in its own transaction, so that
+        the kernel journals the call's end with its effect (aios.storage.journal)."""
         path = check_path(call.path) if call.path else ""
         if not path and call.op is not StorageOp.LIST:
             raise InvalidSyscall(f"path {call.path!r} names no file", field="path")
@@ -59,8 +63,9 @@ class FileStore:
                     raise NotFound(f"no file {path!r}", field="path")
                 return {"path": path, "data": data}
             case StorageOp.WRITE:
-                version = await self.db.run(lambda e: self._write(e, pid, path, call.data, now))   # type: ignore[arg-type]
-                return {"path": path, "bytes": len(call.data.encode()), "version": version}   # type: ignore[union-attr]
+                size = len(call.data.encode())   # type: ignore[union-attr]
+                return await self.db.run(lambda e: self._write(e, pid, path, call.data, now, seal, lambda v: {
+                    "path": path, "bytes": size, "version": v}))
             case StorageOp.LIST:
                 def ls(engine: Engine) -> list[str]:
                     with engine.connect() as conn:
@@ -69,8 +74,8 @@ class FileStore:
                         return list(conn.execute(q.order_by(FileRow.path)).scalars())
                 return {"paths": await self.db.run(ls)}
             case StorageOp.DELETE:
-                version = await self.db.run(lambda e: self._write(e, pid, path, None, now))
-                return {"path": path, "deleted": True, "version": version}
+                return await self.db.run(lambda e: self._write(e, pid, path, None, now, seal, lambda v: {
+                    "path": path, "deleted": True, "version": v}))
             case StorageOp.VERSIONS:
                 def versions(engine: Engine) -> list[dict[str, Any]]:
                     with engine.connect() as conn:
@@ -102,27 +107,35 @@ class FileStore:
                                                                               "or move to another path")
                         version = self._put(conn, pid, to, data, now, also_leaving=path)
                         gone = self._put(conn, pid, path, None, now)
-                    return {"path": path, "to": to, "version": version, "deleted_version": gone}
+                        out = {"path": path, "to": to, "version": version, "deleted_version": gone}
+                        if seal is not None:
+                            seal(conn, out)
+                    return out
                 return await self.db.run(move)
             case StorageOp.ROLLBACK:
                 def rollback(engine: Engine) -> dict[str, Any]:
                     target = (_version(engine, pid, path, call.version) if call.version is not None
                               else _version_at(engine, pid, path, call.at))   # type: ignore[arg-type]
                     data = _blob(engine, target.digest) if target.digest is not None else None
-                    version = self._write(engine, pid, path, data, now, missing_ok=True)
-                    return {"path": path, "version": version, "restored": target.version, "deleted": data is None}
+                    return self._write(engine, pid, path, data, now, seal, lambda v: {
+                        "path": path, "version": v, "restored": target.version, "deleted": data is None},
+                        missing_ok=True)
                 return await self.db.run(rollback)
         raise InvalidSyscall(f"unknown storage op {call.op!r}", field="op")
 
-    def _write(self, engine: Engine, pid: int, path: str, data: str | None, now: float, *,
-               missing_ok: bool = False) -> int:
+    def _write(self, engine: Engine, pid: int, path: str, data: str | None, now: float, seal: Seal | None,
+               shape: Callable[[int], dict[str, Any]], *, missing_ok: bool = False) -> dict[str, Any]:
         """A new version of `path` (None: a deletion) in one transaction: its blob (once),
-        the version row and the current file. Returns the version number."""
+        the version row, the current file and the sealed end of the call. Returns the
+        result, `shape` of the version number."""
         with engine.begin() as conn:
             current = conn.execute(select(FileRow.data).where(FileRow.pid == pid, FileRow.path == path)).scalar()
             if data is None and current is None and not missing_ok:
                 raise NotFound(f"no file {path!r}", field="path")
-            return self._put(conn, pid, path, data, now)
+            out = shape(self._put(conn, pid, path, data, now))
+            if seal is not None:
+                seal(conn, out)
+            return out
 
     def _put(self, conn: Connection, pid: int, path: str, data: str | None, now: float,
              also_leaving: str | None = None) -> int:

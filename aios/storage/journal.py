@@ -2,14 +2,20 @@
 
 Commits are grouped: records that arrive while a commit is in flight go into the next
 one, so many concurrent submits share one fsync. Invariant: `append(..., wait=True)`
-returns only once its record is durable, and raises JournalUnavailable if it is not.
+returns only once its record is durable, and raises JournalUnavailable if it is not. A
+terminal record is final: no later record of the call overwrites it.
 
-Recovery rule on boot (a kernel that died with calls in flight):
+A call is acknowledged once its `queued` record is durable. What a crash can leave:
+  * a memory or storage write commits its effect and its terminal record in one
+    transaction (`record_in`, called by the store inside its own transaction), so it
+    either did everything and says `done`, or did nothing and is re-queued: exactly once;
+  * a tool or process call's `running` record is durable before it acts, so a call that
+    may have acted is seen running and is failed with code `interrupted`, never re-run:
+    at most once (a tool gets an idempotency key to make itself safe to retry);
   * queued or preempted calls are re-queued (a preempted one restarts its generation:
-    the snapshot lived in memory);
-  * running LLM calls are re-queued from the start (a generation has no side effects);
-  * running tool, memory, storage and process calls are failed with code `interrupted`,
-    because they may have acted before the crash and re-running them could act twice."""
+    the snapshot lived in memory); running LLM calls and running memory or storage reads
+    are re-queued from the start (they have no side effects);
+  * a call held for a confirmation fails: nobody confirmed it to this kernel."""
 from __future__ import annotations
 
 import functools
@@ -21,12 +27,12 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from aios.errors import AiosError, JournalUnavailable, PermissionDenied
 from aios.storage.db import Database
 from aios.storage.models import BootRow, SyscallRow, TransitionRow
-from aios.syscall import SYSCALL_TYPES, CallState, Kind, MemoryOp, ProcessOp, StorageOp, Syscall, Usage, advance
+from aios.syscall import SYSCALL_TYPES, TERMINAL, CallState, Kind, MemoryOp, ProcessOp, StorageOp, Syscall, Usage, advance
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +157,7 @@ class Journal:
                 await self.append(call, now, wait=False, detail=detail)
                 failed.append(call)
                 continue
-            if call.state is CallState.RUNNING and call.kind is not Kind.LLM:
+            if call.state is CallState.RUNNING and not _is_rerunnable(call):
                 err = Interrupted(f"the kernel stopped while this {call.kind} call was running; "
                                   "it was not re-run because it may already have acted",
                                   hint="check its effect, then submit it again if needed")
@@ -187,6 +193,13 @@ _UPDATE_COLUMNS = ("state", "result", "error", "started", "finished", "tokens_in
                    "cost_usd", "service_s", "num_preemptions")
 
 
+def _is_rerunnable(call: Syscall) -> bool:
+    """Has no effect to repeat: a generation, or a memory or storage read. (A write is
+    never seen running: its running and terminal records commit with its effect; one seen
+    so was journaled by an older kernel, and fails as interrupted.)"""
+    return call.kind is Kind.LLM or (call.kind in (Kind.MEMORY, Kind.STORAGE) and not call.is_store_write)
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
@@ -213,12 +226,30 @@ def _statements(paramstyle: str) -> tuple[str, str, str]:
     faster than compiling through Core); the SQL is plain enough for SQLite and PostgreSQL."""
     mark = "?" if paramstyle == "qmark" else "%s"
     marks = ", ".join([mark] * len(_COLUMNS))
+    final = ", ".join(f"'{s.value}'" for s in TERMINAL)
     return (f"INSERT INTO syscalls ({', '.join(_COLUMNS)}) VALUES ({marks})",
-            f"UPDATE syscalls SET {', '.join(f'{c} = {mark}' for c in _UPDATE_COLUMNS)} WHERE id = {mark}",
+            f"UPDATE syscalls SET {', '.join(f'{c} = {mark}' for c in _UPDATE_COLUMNS)} "
+            f"WHERE id = {mark} AND state NOT IN ({final})",
             f"INSERT INTO syscall_transitions (call_id, state, at, detail) VALUES ({mark}, {mark}, {mark}, {mark})")
 
 
 def _write(engine: Engine, batch: list[_Record]) -> None:
+    with engine.begin() as conn:
+        _write_rows(conn, batch)
+
+
+# Called by a store inside the transaction of a write, with the write's result: journals
+# the call's end in that transaction (Kernel._seal makes one per call).
+Seal = Callable[[Connection, Any], None]
+
+
+def record_in(conn: Connection, moves: list[tuple[Syscall, float]]) -> None:
+    """Journals the moves of existing calls ((the call in its new state, when)) in the
+    caller's transaction: a store commits a write's effect and its terminal record together."""
+    _write_rows(conn, [_Record(call, at, False, None) for call, at in moves])
+
+
+def _write_rows(conn: Connection, batch: list[_Record]) -> None:
     new: dict[str, Syscall] = {}
     changed: dict[str, Syscall] = {}
     moves = []
@@ -229,13 +260,12 @@ def _write(engine: Engine, batch: list[_Record]) -> None:
         else:
             changed[c.id] = c
         moves.append((c.id, c.state.value, rec.at, _json(rec.detail)))
-    insert_sql, update_sql, move_sql = _statements(engine.dialect.paramstyle)
-    with engine.begin() as conn:
-        if new:
-            conn.exec_driver_sql(insert_sql, [_row(c) for c in new.values()])
-        if changed:
-            conn.exec_driver_sql(update_sql, [_update_row(c) for c in changed.values()])
-        conn.exec_driver_sql(move_sql, moves)
+    insert_sql, update_sql, move_sql = _statements(conn.dialect.paramstyle)
+    if new:
+        conn.exec_driver_sql(insert_sql, [_row(c) for c in new.values()])
+    if changed:
+        conn.exec_driver_sql(update_sql, [_update_row(c) for c in changed.values()])
+    conn.exec_driver_sql(move_sql, moves)
 
 
 def from_row(row: Any) -> Syscall:
