@@ -43,6 +43,19 @@ def test_a_manifest_parses_and_says_what_is_wrong(tmp_path: Path):
         Manifest.load(tmp_path / "agent.toml")
 
 
+@pytest.mark.parametrize(("glob", "says"), [
+    ("/notes/*", "absolute"), ("notes/", "write 'notes/*'"), ("../x/*", "climbs out"), ("", "empty"),
+    ("./notes/*", "write 'notes/*'"), ("notes//a", "write 'notes/a'")])
+def test_a_glob_that_can_match_no_path_is_refused_naming_the_fix(glob: str, says: str):
+    """Paths are relative and normalised, so these would deny every call in silence."""
+    for field in ("storage_read", "storage_write"):
+        with pytest.raises(ConfigError) as err:
+            Manifest.parse({field: ["notes/*", glob]})
+        assert err.value.field == f"manifest.{field}" and f"the glob {glob!r} can match no path" in err.value.message
+        assert says in err.value.message and "relative to the agent's own file space" in err.value.hint
+    assert Manifest.parse({"storage_write": ["notes/*", "*", "a/b.md"]}).storage_write == ("notes/*", "*", "a/b.md")
+
+
 def test_rights_combine_by_intersection_and_union():
     asked = Manifest.parse({"tools": ["add", "python"], "storage_write": ["notes/*"], "priority_ceiling": 80})
     allowed = Manifest.parse({"tools": ["add", "search"], "storage_write": ["notes/*", "tmp/*"], "priority_ceiling": 50})

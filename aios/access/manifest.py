@@ -37,9 +37,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aios.errors import ConfigError, PermissionDenied, QuotaExceeded
+from aios.errors import ConfigError, InvalidSyscall, PermissionDenied, QuotaExceeded
 from aios.llm import count_tokens
 from aios.storage.files import check_path
 from aios.syscall import (
@@ -79,6 +79,24 @@ class Manifest(BaseModel):
     priority_ceiling: int | None = Field(None, ge=0, le=99)
     budget: Budgets = Budgets()
 
+    @field_validator("storage_read", "storage_write")
+    @classmethod
+    def _globs_that_can_match(cls, globs: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """A glob no path can match would deny in silence: paths are relative, normalised
+        (no `.`, `..`, `//` or trailing `/`), so a glob that is not is refused here."""
+        for glob in globs or ():
+            try:
+                normal = check_path(glob, field="glob")
+            except InvalidSyscall as e:
+                raise ValueError(f"the glob {glob!r} can match no path: {e.message}") from None
+            if not normal:
+                raise ValueError(f"the glob {glob!r} can match no path: it is empty (\"*\" matches every path)")
+            if normal != glob:
+                raise ValueError(f"the glob {glob!r} can match no path, as paths are written "
+                                 f"{'relative and ' if glob.startswith('/') else ''}without '.', '//' or a trailing "
+                                 f"'/': write {normal + ('/*' if glob.endswith('/') else '')!r}")
+        return globs
+
     @classmethod
     def parse(cls, data: Mapping[str, Any], where: str = "manifest") -> Manifest:
         try:
@@ -86,10 +104,12 @@ class Manifest(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or where
-            raise ConfigError(f"{where}: {loc}: {err['msg']}", field=f"manifest.{loc}",
-                              hint="fields: models, tools, storage_read, storage_write, network, spawn, "
-                                   "max_concurrent_syscalls, priority_ceiling, [budget.run] tokens / cost_usd"
-                              ) from None
+            hint = ("globs match paths relative to the agent's own file space, e.g. \"notes/*\""
+                    if err["loc"][:1] in (("storage_read",), ("storage_write",)) else
+                    "fields: models, tools, storage_read, storage_write, network, spawn, "
+                    "max_concurrent_syscalls, priority_ceiling, [budget.run] tokens / cost_usd")
+            raise ConfigError(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}", field=f"manifest.{loc}",
+                              hint=hint) from None
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -282,7 +302,7 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
                                            f"missing permission network: {host or '*'}", field="arguments.url",
                                            hint=f"its manifest allows: {', '.join(manifest.network) or 'no host'}")
         case StorageSyscall():
-            writing = call.op in (StorageOp.WRITE, StorageOp.DELETE, StorageOp.ROLLBACK, StorageOp.MOVE)
+            writing = call.is_store_write
             globs = manifest.storage_write if writing else manifest.storage_read
             name = "storage_write" if writing else "storage_read"
             # a move writes both ends: it deletes its path and writes its target
