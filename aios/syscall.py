@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from aios.errors import InvalidSyscall, InvalidTransition
-from aios.param import MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
+from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
 
 
 class Kind(StrEnum):
@@ -165,6 +165,9 @@ class ToolSyscall(Syscall):
     kind: ClassVar[Kind] = Kind.TOOL
     tool: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    # the client's own, the same when it resubmits a call that failed as interrupted;
+    # the tool gets it (else the call's id) as ToolContext.idempotency_key
+    idempotency_key: str | None = None
 
     @property
     def resource(self) -> str:
@@ -316,6 +319,9 @@ def check_payload(call: Syscall) -> None:
         case ToolSyscall():
             if not call.tool:
                 raise InvalidSyscall("tool must not be empty", field="tool")
+            if call.idempotency_key is not None and not 0 < len(call.idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+                raise InvalidSyscall(f"idempotency_key must have 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+                                     field="idempotency_key", hint="leave it out to use the call's id")
         case MemorySyscall(op=MemoryOp.ADD) if call.content is None:
             raise InvalidSyscall("memory add needs 'content'", field="content")
         case MemorySyscall(op=MemoryOp.SEARCH) if not call.query:

@@ -17,7 +17,8 @@ from aios.config import Settings, ToolsSettings
 from aios.errors import ConfigError, InvalidSyscall, NotFound, PermissionDenied, ToolError
 from aios.kernel import Kernel
 from aios.param import MAX_PAYLOAD_BYTES
-from aios.tools import ToolContext, builtin_tools
+from aios.syscall import ToolSyscall
+from aios.tools import builtin_tools
 from aios.tools.files import file_tools, write_file
 from aios.tools.http import http_fetch_tool, is_allowed
 from aios.tools.search import (BM25Index, Corpus, Document, lookup_tool, search_tool, snippet,
@@ -171,7 +172,7 @@ async def test_file_tools_refuse_paths_out_of_the_space_and_oversized_content(ma
                     await k.call({"kind": "tool", "tool": name, "arguments": arguments}, pid=a.pid)
                 assert words in err.value.message
                 assert err.value.field == ("arguments.prefix" if name == "list_files" else "arguments.path")
-            ctx = ToolContext(a.pid, "local", "call-id", k)
+            ctx = k.tool_gate(ToolSyscall(tool="write_file", pid=a.pid)).context()   # as the kernel makes it
             with pytest.raises(InvalidSyscall, match="over the") as err:
                 await write_file("big", "x" * (MAX_PAYLOAD_BYTES + 1), ctx)
             assert err.value.field == "arguments.content"

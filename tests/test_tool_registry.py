@@ -123,7 +123,7 @@ async def test_kernel_runs_typed_tools_with_context_cost_and_slots(make_settings
         seen.append(ctx)
         running += 1
         most = max(most, running)
-        await ctx.kernel.clock.sleep(0.05)   # tool time is kernel time (virtual here)
+        await ctx.clock.sleep(0.05)   # tool time is kernel time (virtual here)
         running -= 1
         return {"pid": ctx.pid, "principal": ctx.principal, "note": note}
 
@@ -142,7 +142,17 @@ async def test_kernel_runs_typed_tools_with_context_cost_and_slots(make_settings
             assert done[0].result == {"pid": proc.pid, "principal": "local", "note": "0"}
             assert all(c.usage.cost_usd == 0.25 for c in done)
             assert most == 2                                   # the tool's own concurrency limit
-            assert seen[0].call_id == calls[0].id and seen[0].kernel is k
+            assert seen[0].call_id == calls[0].id and seen[0].clock is k.clock
+            assert seen[0].idempotency_key == calls[0].id   # none given: the call's id
+            keyed = await k.submit({"kind": "tool", "tool": "whoami", "arguments": {"note": "k"},
+                                    "idempotency_key": "order-17"})   # as a resubmission carries it again
+            assert (await keyed.wait()).state is CallState.DONE and seen[-1].idempotency_key == "order-17"
+            assert (await k.lookup(keyed.id)).idempotency_key == "order-17"   # journaled with the call
+            for bad in ("", 17, "x" * 201):
+                with pytest.raises(InvalidSyscall) as err:
+                    await k.submit({"kind": "tool", "tool": "whoami", "arguments": {"note": "k"},
+                                    "idempotency_key": bad})
+                assert err.value.field == "idempotency_key"
             assert await k.call({"kind": "tool", "tool": "Distance",
                                  "arguments": {"a": {"x": 1, "y": 1}, "b": {"x": 1, "y": 3}}}) == 2.0
             with pytest.raises(InvalidSyscall) as err:         # refused at submit: nothing recorded

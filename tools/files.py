@@ -2,10 +2,10 @@
 file space.
 
 Invariant: a file tool can do nothing the caller's own storage syscall could not. Each one
-builds the storage syscall the calling process would make (its pid and principal, from
-the ToolContext), checks it as `submit` does, and runs it through the kernel's FileStore,
-the code that runs storage syscalls; so the same scoping (FileStore keeps one space per
-pid) and the same path rules (`check_path`: no `..`, no absolute path, no NUL) apply.
+makes the storage syscall the calling process would make through its context
+(`ctx.syscall`, aios.kernel.gate), which checks it as `submit` does (the caller's
+manifest, `storage_read` and `storage_write`; the path rules of `check_path`: no `..`, no
+absolute path, no NUL) and runs it in the caller's own space.
 
 The storage operation runs inside the tool call rather than as a second syscall: the tool
 call is already journaled with its path and content, and a nested syscall could outlive
@@ -17,7 +17,7 @@ from typing import Any
 
 from aios.errors import AiosError, InvalidSyscall
 from aios.param import MAX_PAYLOAD_BYTES
-from aios.syscall import StorageOp, StorageSyscall, check_payload
+from aios.syscall import StorageOp, StorageSyscall
 from aios.tools.registry import ToolContext, ToolSpec, tool
 
 TIMEOUT_S = 30.0
@@ -25,12 +25,10 @@ TIMEOUT_S = 30.0
 
 async def _storage(ctx: ToolContext, op: StorageOp, path: str, data: str | None = None,
                    path_argument: str = "path") -> Any:
-    """Runs the storage syscall the calling process would make, and returns its result.
+    """Makes the storage syscall the calling process would make, and returns its result.
     Its errors name the tool's argument (`path_argument`, `content`), not the syscall's field."""
-    call = StorageSyscall(op=op, path=path, data=data, pid=ctx.pid or 0, principal=ctx.principal)
     try:
-        check_payload(call)
-        return await ctx.kernel.files.execute(call, ctx.kernel.clock.now())
+        return await ctx.syscall(StorageSyscall(op=op, path=path, data=data))
     except AiosError as e:
         argument = {"path": path_argument, "data": "content"}.get(e.field or "")
         if argument is None:

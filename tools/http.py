@@ -5,7 +5,10 @@ Invariant: no request leaves for a host outside the allow-list: the first URL an
 redirect hop are checked before they are sent. With an empty allow-list the tool is off.
 Hosts are matched by name (`example.com` exactly, `*.example.com` its subdomains, not
 itself), on any port; a name's DNS answer is not checked, so allow only hosts you trust
-to resolve where you mean."""
+to resolve where you mean.
+
+It only GETs, which is idempotent, so it sends no `Idempotency-Key`: a tool that makes
+non-GET requests sends `ctx.idempotency_key` as that header (aios.tools.registry)."""
 from __future__ import annotations
 
 import codecs

@@ -12,19 +12,33 @@ pydantic model that also validates every call's arguments before the tool runs.
         '''
 
 A parameter annotated `ToolContext` is not part of the schema: the kernel passes the
-calling process's identity and services there (the file tools use it to stay inside the
-agent's own storage space). Tools run only through tool syscalls, so the kernel
-schedules them (`max_concurrency` slots each), meters them (`cost_usd` per call) and
-will authorize them (the access issue reads `irreversible` and `needs_network`).
+call's context there. A tool gets its caller's pid and principal, the call's id, the
+kernel's clock, an idempotency key and `syscall`, a way to make syscalls on the caller's
+behalf. It never gets the kernel. `await ctx.syscall({"kind": "storage", "op": "read",
+"path": "notes/a"})` is checked as the caller's own syscall would be (its manifest, the
+path rules, the memory-sharing rule; refusals are audited) and runs inside the tool call
+(aios.kernel.gate). So whatever a tool reaches, its caller's manifest bounds. Only storage
+and memory syscalls go through it, and only while the tool call runs. A sync tool reaches
+it from its worker thread with `anyio.from_thread.run(ctx.syscall, call)`.
+
+`ctx.idempotency_key` is the tool syscall's `idempotency_key` when its caller gave one,
+else the call's id. A client that resubmits a call that failed as `interrupted` (the
+kernel stopped while it ran, so its effect may or may not have happened) gives the same
+key again, and a tool that acts outside the kernel passes it on (e.g. as an
+`Idempotency-Key` header) so that the effect happens once.
+
+Tools run only through tool syscalls, so the kernel schedules them (`max_concurrency`
+slots each), meters them (`cost_usd` per call) and authorizes them (the manifest's
+`tools` and `network`; `irreversible` waits for a confirmation).
 
 `timeout_s` is kernel time, like syscall deadlines: on a virtual clock (simulations) a tool
-that simulates latency sleeps on `ctx.kernel.clock`; real I/O belongs on the wall clock."""
+that simulates latency sleeps on `ctx.clock`; real I/O belongs on the wall clock."""
 from __future__ import annotations
 
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +47,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from aios.errors import Conflict, InvalidSyscall
 
 if TYPE_CHECKING:
-    from aios.kernel import Kernel
+    from aios.clock import Clock
+    from aios.syscall import Syscall
 
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
-    """What a tool learns about its caller: the process, its principal and the syscall."""
-    pid: int | None
+    """What a tool gets of its call, and nothing more (never the kernel)."""
+    pid: int                 # the calling process; 0 for the principal's own call
     principal: str
-    call_id: str
-    kernel: Kernel
+    call_id: str             # the tool syscall's id
+    clock: Clock             # kernel time (virtual in simulations)
+    idempotency_key: str     # the call's idempotency_key if given, else call_id
+    syscall: Callable[[Syscall | Mapping[str, Any]], Awaitable[Any]]   # a syscall on the caller's behalf
 
 
 class _Args(BaseModel):

@@ -40,13 +40,14 @@ from aios.process.runners import (RUNNERS, Exit, InprocRunner, Program, Subproce
                                   load_main, resolve)
 from aios.process.supervisor import Runner, Supervisor
 from aios.process.table import ProcessTable
+from aios.kernel.gate import ToolGate, check_shared, is_irreversible
 from aios.kernel.handlers import HANDLERS, Preempted
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
 from aios.storage.journal import Seal, record_in
 from aios.storage.files import check_path
 from aios.tools.registry import ToolRegistry, ToolSpec
-from aios.syscall import (CallState, Kind, LLMSyscall, MemoryOp, MemorySyscall, ProcessSyscall, StorageOp,
+from aios.syscall import (CallState, Kind, LLMSyscall, MemorySyscall, ProcessSyscall,
                           StorageSyscall, Syscall, ToolSyscall,
                           Usage, advance, check_payload, check_priority, decode, new_id)
 
@@ -236,27 +237,19 @@ class Kernel:
             self._enqueue(ticket)
 
     def _check_shared(self, call: MemorySyscall) -> None:
-        """Reading another agent's memory: only what it shares, within one principal."""
-        owner = self.processes.procs.get(call.owner)   # type: ignore[arg-type]
-        if owner is None or owner.principal != call.principal:
-            raise NotFound(f"no process {call.owner}", field="owner")
-        if call.op not in (MemoryOp.GET, MemoryOp.LIST, MemoryOp.SEARCH):
-            raise PermissionDenied(f"another agent's memory is read-only: {call.op.value} is refused", field="op")
-        manifest = self.guard.manifests.get(owner.pid)
-        if manifest is None or not manifest.memory_share:
-            raise PermissionDenied(f"process {owner.pid} does not share its memory: missing permission memory_share "
-                                   "in its manifest", field="owner", hint="its manifest sets memory_share = true")
+        check_shared(call, self.processes, self.guard.manifests)
+
+    def tool_gate(self, call: ToolSyscall) -> ToolGate:
+        """The gate through which the tool of `call` makes syscalls on its caller's behalf,
+        checked as `submit` checks them; the tool handler closes it when the call ends."""
+        return ToolGate(call, self.processes, self.guard, self.files, self.memory, self.db, self.clock,
+                        is_confirming=self.settings.access.confirm)
 
     # ---- confirmation of irreversible actions
 
     def _irreversible(self, call: Syscall) -> bool:
-        """An agent process's tool marked irreversible, or its storage delete (the
-        principal's own calls, pid 0, are its own decision)."""
-        if not self.settings.access.confirm or not call.pid:
-            return False
-        if isinstance(call, ToolSyscall):
-            return self.tools[call.tool].irreversible
-        return isinstance(call, StorageSyscall) and call.op is StorageOp.DELETE
+        tool = self.tools[call.tool] if isinstance(call, ToolSyscall) else None
+        return is_irreversible(call, self.settings.access.confirm, tool)
 
     def _hold(self, ticket: Ticket) -> None:
         assert self._tg is not None

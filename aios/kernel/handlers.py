@@ -17,7 +17,6 @@ from aios.events import EventKind
 from aios.llm import Backend, Chunk, Request, Response
 from aios.process import Process
 from aios.scheduler import Resource, Ticket
-from aios.tools.registry import ToolContext
 from aios.syscall import Kind, LLMSyscall, ProcessOp, ProcessSyscall, ToolSyscall, Usage
 
 if TYPE_CHECKING:
@@ -81,8 +80,9 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     assert isinstance(call, ToolSyscall)
     tool = k.tools[call.tool]
     kwargs = tool.bind(call.arguments)
+    gate = k.tool_gate(call)   # the tool's only way to the kernel's resources, closed when it ends
     if tool.context_param is not None:
-        kwargs[tool.context_param] = ToolContext(call.pid, call.principal, call.id, k)
+        kwargs[tool.context_param] = gate.context()
 
     async def work() -> Any:
         if tool.is_async:
@@ -98,6 +98,8 @@ async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
                         hint="the tool's timeout_s is set where it is registered") from None
     except Exception as e:
         raise ToolError(f"tool {call.tool!r} raised {type(e).__name__}: {e}") from None
+    finally:
+        gate.close()
     try:
         json.dumps(result)
     except (TypeError, ValueError):
