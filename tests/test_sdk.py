@@ -25,6 +25,7 @@ from aios.sdk import (AiosError, AsyncClient, BackendUnavailable, CallState, Can
 from aios.sdk._core import TextStream
 from aios.server import create_app
 from aios.syscall import Usage
+from aios.tools import ToolContext
 
 TOOL_CALL = {"id": "call_1", "type": "function",
              "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}
@@ -105,7 +106,13 @@ async def kernel(settings: Callable[..., Settings]) -> AsyncIterator[Kernel]:
     async with Kernel(s, clock=clock, backends=[*build_backends(s, clock), Turnstile()]) as k:
         k.register_tool("add", lambda a, b: a + b)
         k.register_tool("crash", lambda: 1 / 0)
+        k.register_tool(idempotency_key_of)
         yield k
+
+
+def idempotency_key_of(ctx: ToolContext) -> str:
+    """Returns the idempotency key its context carries."""
+    return ctx.idempotency_key
 
 
 @pytest.fixture(params=["http", "inproc"])
@@ -242,7 +249,9 @@ async def test_cancel_a_queued_call(make_client: Callable[..., AsyncClient]):
 @pytest.mark.anyio
 async def test_tools(client: AsyncClient):
     assert await client.tools.call("add", a=2, b=3) == 5
-    assert {t.name for t in await client.tools.list()} == {"add", "crash"}
+    assert {t.name for t in await client.tools.list()} == {"add", "crash", "idempotency_key_of"}
+    assert await client.tools.call("idempotency_key_of", idempotency_key="order-17") == "order-17"
+    assert len(await client.tools.call("idempotency_key_of")) == 32   # none given: the call's id
     with pytest.raises(NotFound) as err:
         await client.tools.call("nope")
     assert err.value.field == "tool" and "add" in err.value.hint

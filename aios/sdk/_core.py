@@ -235,9 +235,12 @@ class LLM(_Namespace):
 
 
 class Tools(_Namespace):
-    def call(self, tool: str, /, **arguments: Any):
-        """Runs a tool the kernel has registered; -> its JSON result."""
-        return self._run(result({"kind": "tool", "tool": tool, "arguments": arguments}))
+    def call(self, tool: str, /, idempotency_key: str | None = None, **arguments: Any):
+        """Runs a tool the kernel has registered; -> its JSON result. `idempotency_key`:
+        yours, given again when you resubmit a call that failed as `interrupted`, so a tool
+        that passes it on acts once (the call's id if left out)."""
+        return self._run(result({"kind": "tool", "tool": tool, "arguments": arguments,
+                                 "idempotency_key": idempotency_key}))
 
     def list(self):
         """-> list[ToolInfo]"""

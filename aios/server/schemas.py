@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from aios.param import MAX_PRIORITY
+from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_PRIORITY
 
 
 class _Common(BaseModel):
@@ -30,6 +30,9 @@ class ToolCall(_Common):
     kind: Literal["tool"]
     tool: str
     arguments: dict[str, Any] = {}
+    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+                                        description="the client's own, given again when it resubmits a call that "
+                                                    "failed as interrupted; the tool gets it (else the call's id)")
 
 
 class MemoryCall(_Common):
