@@ -8,9 +8,10 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,8 @@ async def test_a_bad_server_name_is_a_config_error(make_settings: Callable[..., 
 # ---- export: the real `aios mcp serve`, reached by the mcp package's client
 
 
-async def check_exported(client: Client) -> None:
+async def check_exported(client: Client) -> str:
+    """Lists and calls the calculator; the id of the syscall its call made."""
     tools = {t.name: t for t in (await client.list_tools()).tools}
     calc = tools["calculator"]
     assert calc.input_schema["type"] == "object"
@@ -247,10 +249,30 @@ async def check_exported(client: Client) -> None:
     assert bad.content[0].text.startswith("invalid_syscall: not an arithmetic expression")  # type: ignore[union-attr]
     missing = await client.call_tool("calculator", {})
     assert missing.is_error and "expression: field required" in missing.content[0].text  # type: ignore[union-attr]
+    assert ok.meta is not None
+    return ok.meta["aios/syscall_id"]
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """The user's environment with no AIOS_URL or AIOS_TOKEN: the daemon is found through home."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AIOS_URL", "AIOS_TOKEN")}
+    return {**env, "AIOS_HOME": str(home), "NO_COLOR": "1"}
+
+
+async def read_stderr_until(proc: subprocess.Popen[str], pattern: str) -> tuple[re.Match[str], str]:
+    """Reads the process's stderr line by line until `pattern` matches; the match, and what was read."""
+    seen = ""
+    while True:
+        line = await anyio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True)  # type: ignore[union-attr]
+        assert line, f"stderr ended before {pattern!r}: {seen}"
+        seen += line
+        if found := re.search(pattern, line):
+            return found, seen
 
 
 async def test_aios_mcp_serve_over_stdio(tmp_path: Path) -> None:
-    params = StdioServerParameters(command=AIOS, args=["mcp", "serve"], env={"AIOS_HOME": str(tmp_path)})
+    params = StdioServerParameters(command=AIOS, args=["mcp", "serve", "--own-kernel"],
+                                   env={"AIOS_HOME": str(tmp_path)})
     with anyio.fail_after(20):
         async with Client(params, cache=None) as client:
             await check_exported(client)
@@ -261,14 +283,14 @@ async def test_aios_mcp_serve_over_http_with_imported_tools(tmp_path: Path, stdi
     """Both ways at once: the demo server imported by `aios mcp serve`, served again over HTTP."""
     config = tmp_path / "config.toml"
     config.write_text(f"[tools.mcp]\ndemo = {json.dumps(stdio_line)}\n")   # a JSON string is a TOML string
-    proc = subprocess.Popen([AIOS, "mcp", "serve", "--transport", "http", "--port", "0", "--config", str(config)],
+    proc = subprocess.Popen([AIOS, "mcp", "serve", "--own-kernel", "--transport", "http", "--port", "0",
+                             "--config", str(config)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "AIOS_HOME": str(tmp_path)})
+                            env=user_env(tmp_path))
     try:
         with anyio.fail_after(20):
-            line = await anyio.to_thread.run_sync(proc.stderr.readline, abandon_on_cancel=True)  # type: ignore[union-attr]
-            found = re.search(r"http://127\.0\.0\.1:\d+/mcp", line)
-            assert found, line
+            found, said = await read_stderr_until(proc, r"http://127\.0\.0\.1:\d+/mcp")
+            assert "a kernel of its own (--own-kernel)" in said
             async with Client(found.group(0), cache=None) as client:
                 await check_exported(client)
                 result = await client.call_tool("demo.add", {"a": 20, "b": 22})   # aios -> demo server
@@ -282,3 +304,62 @@ async def test_aios_mcp_serve_over_http_with_imported_tools(tmp_path: Path, stdi
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[str]:
+    """A real daemon in tmp_path, started as a user starts it; its URL."""
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    started = subprocess.run([AIOS, "kernel", "start", "--detach", "--port", str(port)], capture_output=True,
+                             text=True, env=user_env(home), timeout=60)
+    assert started.returncode == 0, started.stderr
+    yield f"http://127.0.0.1:{port}"
+    subprocess.run([AIOS, "kernel", "stop", "--cancel"], capture_output=True, env=user_env(home), timeout=60)
+
+
+async def test_aios_mcp_serve_attaches_to_the_running_daemon(tmp_path: Path, daemon: str) -> None:
+    """Its calls are syscalls of a process of its own on the daemon, bounded by --manifest,
+    in the daemon's journal, process list and audit log; the process ends with the server."""
+    manifest = tmp_path / "mcp.toml"
+    manifest.write_text('tools = ["calculator", "write_file"]\nstorage_write = ["notes/*"]\n')
+    params = StdioServerParameters(command=AIOS, args=["mcp", "serve", "--manifest", str(manifest)],
+                                   env=user_env(tmp_path / "home"))
+    async with httpx.AsyncClient(base_url=daemon) as rest:
+        with anyio.fail_after(30):
+            async with Client(params, cache=None) as client:
+                call_id = await check_exported(client)
+                serving = [p for p in (await rest.get("/v1/processes")).json() if p["name"] == "mcp-serve"]
+                assert len(serving) == 1 and serving[0]["state"] == "running"
+                pid = serving[0]["pid"]
+                written = await client.call_tool("write_file", {"path": "notes/a", "content": "hi"})
+                assert not written.is_error, written.content
+                refused = await client.call_tool("write_file", {"path": "secrets/x", "content": "hi"})
+                assert refused.is_error
+                assert "missing permission storage_write: secrets/x" in refused.content[0].text  # type: ignore[union-attr]
+                python = await client.call_tool("python", {"code": "print(1)"})   # not in its manifest
+                assert python.is_error and "missing permission tools: python" in python.content[0].text  # type: ignore[union-attr]
+            call = (await rest.get(f"/v1/syscalls/{call_id}")).json()   # in the daemon's journal
+            assert (call["kind"], call["pid"], call["state"], call["result"]) == ("tool", pid, "done", 14)
+            ended = (await rest.get(f"/v1/processes/{pid}")).json()
+            assert ended["state"] == "exited"
+    audit = subprocess.run([AIOS, "audit", "--json"], capture_output=True, text=True, env=user_env(tmp_path / "home"),
+                           timeout=60)
+    entries = json.loads(audit.stdout)
+    assert any(e["action"] == "storage.submit" and e["decision"] == "deny" and e["target"] == str(pid)
+               for e in entries), entries
+
+
+def test_aios_mcp_serve_without_a_daemon_says_how_to_start_one(tmp_path: Path) -> None:
+    result = subprocess.run([AIOS, "mcp", "serve"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            env=user_env(tmp_path), timeout=60)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "no daemon to attach to" in result.stderr
+    assert "aios kernel start --detach" in result.stderr and "--own-kernel" in result.stderr

@@ -4,8 +4,11 @@ client. Built on the `mcp` package (2.x): `Client` on the importing side, the lo
 `Server` on the serving side.
 
 Invariant: a tool crosses the boundary only as a tool syscall. An imported tool runs
-when the kernel schedules its syscall (it is a ToolSpec like any other), and an MCP
-client's tools/call becomes `kernel.call(...)`, scheduled and metered by the kernel.
+when the kernel schedules its syscall (it is a ToolSpec like any other, and gets no
+context: it reaches nothing of the kernel). An MCP client's tools/call becomes a tool
+syscall of the serving process, made through the SDK (`aios mcp serve` spawns one, named
+mcp-serve, on the running daemon or on a kernel of its own), so it is scheduled, metered,
+bounded by that process's manifest, and seen in `aios ps`, the journal and the audit log.
 
 Each imported server's session is held open by a task of its own for the lifetime of
 `mcp_imports`, so a server that dies takes down only its own session: its calls then
@@ -36,6 +39,8 @@ from aios.tools.registry import TOOL_NAME, ToolSpec
 if TYPE_CHECKING:
     from aios.clock import Clock
     from aios.kernel import Kernel
+    from aios.sdk import AsyncClient
+    from aios.sdk.types import ToolInfo
 
 log = logging.getLogger(__name__)
 
@@ -279,38 +284,36 @@ def _annotation(prop: Mapping[str, Any]) -> Any:
 # ---- serving: the kernel's tools to MCP clients
 
 
-def mcp_server(kernel: Kernel) -> Server:
-    """An MCP server (the `mcp` package's low-level Server) offering the kernel's tools
-    as they are registered when each request comes; each tools/call is a tool syscall."""
+def mcp_server(client: AsyncClient) -> Server:
+    """An MCP server (the `mcp` package's low-level Server) offering the tools of the
+    kernel `client` reaches, as they are registered when each request comes. Each
+    tools/call is a tool syscall of the client's process, checked against its manifest;
+    its result's `_meta` names the syscall (`aios/syscall_id`)."""
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[_mcp_tool(spec) for spec in kernel.tools.values()])
+        return types.ListToolsResult(tools=[_mcp_tool(info) for info in await client.tools.list()])
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         try:
-            result = await kernel.call({"kind": "tool", "tool": params.name, "arguments": params.arguments or {}})
+            call = await client.syscall({"kind": "tool", "tool": params.name, "arguments": params.arguments or {}})
+            result = call.raise_for_error().result
         except AiosError as e:
             text = f"{e.code}: {e.message}" + (f"\nhint: {e.hint}" if e.hint else "")
             return types.CallToolResult(content=[types.TextContent(text=text)],
                                         structured_content={"error": e.to_dict()}, is_error=True)
         text = result if isinstance(result, str) else json.dumps(result)
-        return types.CallToolResult(content=[types.TextContent(text=text)],
+        return types.CallToolResult(content=[types.TextContent(text=text)], meta={"aios/syscall_id": call.id},
                                     structured_content=result if isinstance(result, dict) else None)
 
-    def input_schema(name: str) -> dict[str, Any] | None:
-        spec = kernel.tools.get(name)
-        return None if spec is None else _object_schema(spec.schema)
-
     return Server("aios", version="1", instructions="The tools of an aios kernel; each call is a tool "
-                  "syscall, scheduled and metered by the kernel.", get_tool_input_schema=input_schema,
-                  on_list_tools=list_tools, on_call_tool=call_tool)
+                  "syscall, scheduled and metered by the kernel.", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
-def _mcp_tool(spec: ToolSpec) -> types.Tool:
-    hints = {"destructive_hint": True} if spec.irreversible else {}
-    if spec.needs_network:
+def _mcp_tool(info: ToolInfo) -> types.Tool:
+    hints = {"destructive_hint": True} if info.irreversible else {}
+    if info.needs_network:
         hints["open_world_hint"] = True
-    return types.Tool(name=spec.name, description=spec.description, input_schema=_object_schema(spec.schema),
+    return types.Tool(name=info.name, description=info.description, input_schema=_object_schema(info.parameters),
                       annotations=types.ToolAnnotations(**hints) if hints else None)
 
 
@@ -319,13 +322,14 @@ def _object_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "object", **schema}
 
 
-async def serve_mcp(kernel: Kernel, transport: Literal["stdio", "http"] = "stdio", *,
+async def serve_mcp(client: AsyncClient, transport: Literal["stdio", "http"] = "stdio", *,
                     host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                     announce: Callable[[str], None] | None = None) -> None:
-    """Serves the kernel's tools over MCP until the client closes stdin (stdio), or until
-    SIGINT or SIGTERM. HTTP listens on loopback only (no tokens guard it) at `/mcp`;
-    `announce` gets the URL once the socket listens (port 0 picks a free one)."""
-    server = mcp_server(kernel)
+    """Serves the tools of the kernel `client` reaches over MCP, each call made as the
+    client's process, until the MCP client closes stdin (stdio), or until SIGINT or
+    SIGTERM. HTTP listens on loopback only (no tokens guard it) at `/mcp`; `announce`
+    gets the URL once the socket listens (port 0 picks a free one)."""
+    server = mcp_server(client)
     if transport == "stdio":
         async with anyio.create_task_group() as tg:
             tg.start_soon(_on_signal, tg.cancel_scope.cancel)
