@@ -140,6 +140,12 @@ class Syscall:
         """Changes what the kernel's own database stores (a memory or storage write)."""
         return False
 
+    @property
+    def is_effect_free(self) -> bool:
+        """Running it twice, or running it and forgetting it, changes nothing anybody can
+        see: a generation, or a memory or storage read."""
+        return self.kind is Kind.LLM or (self.kind in (Kind.MEMORY, Kind.STORAGE) and not self.is_store_write)
+
     def payload(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _PAYLOAD_FIELDS[self.kind][1]}
 

@@ -216,25 +216,37 @@ class Kernel:
             call = replace(call, state=CallState.WAITING_CONFIRMATION)
         ticket = Ticket(call, next(self._seq))
         self.tickets[call.id] = ticket
-        # the call is queued by the journal once its record is durable, whether or not
-        # this caller is still waiting: recorded and queued, or unrecorded, never between
         flush = self.journal.append_nowait(call, now, is_new=True)
-        flush.on_durable(lambda error: self._accept(ticket, error))
+        if call.is_effect_free and call.state is CallState.QUEUED:
+            # nothing to take back: it is queued at once and runs while its record commits
+            # (its later records commit with or after it); the caller hears once it is durable
+            self._accept(ticket)
+            flush.on_durable(lambda error: error and self._unrecorded(ticket, error))
+        else:
+            # queued once its record is durable, whether or not this caller still waits:
+            # recorded and queued, or unrecorded, never between
+            flush.on_durable(lambda error: self._unrecorded(ticket, error) if error else self._accept(ticket))
         await flush.done.wait()
         if flush.error is not None:
             raise flush.error
         return ticket
 
-    def _accept(self, ticket: Ticket, error: JournalUnavailable | None) -> None:
-        if error is not None:
-            del self.tickets[ticket.id]
-            return
+    def _accept(self, ticket: Ticket) -> None:
         self.num_submitted += 1
         self._publish_state(ticket)
         if ticket.call.state is CallState.WAITING_CONFIRMATION:
             self._hold(ticket)
         else:
             self._enqueue(ticket)
+
+    def _unrecorded(self, ticket: Ticket, error: JournalUnavailable) -> None:
+        """Its record could not be written: the call is refused (submit raises the error),
+        and one already queued is ended (the journal writes nothing more of it)."""
+        if ticket.call.is_effect_free:   # queued at submit (_abort ignores one that has ended)
+            self.num_submitted -= 1
+            self._abort(ticket, error)
+        else:
+            self.tickets.pop(ticket.id, None)
 
     def _check_shared(self, call: MemorySyscall) -> None:
         check_shared(call, self.processes, self.guard.manifests)

@@ -48,7 +48,8 @@ class Ticket:
         return self.call.pid
 
     async def wait(self) -> Syscall:
-        await self.done.wait()
+        if not self.done.is_set():   # an ended call answers at once, without a trip through the loop
+            await self.done.wait()
         return self.call
 
     async def result(self) -> Any:

@@ -67,6 +67,7 @@ class Journal:
         self._flush = _Flush()
         self._wake = anyio.Event()
         self._flushing = anyio.Lock()
+        self._unwritten: set[str] = set()   # calls whose first record failed to commit: never journaled again
         self.num_commits = 0
         self.num_records = 0
 
@@ -107,9 +108,12 @@ class Journal:
         while self._pending:
             batch, flush = self._pending, self._flush
             self._pending, self._flush = [], _Flush()
+            if self._unwritten:   # a later record of a call with no row would fail the whole batch
+                batch = [r for r in batch if r.call.id not in self._unwritten]
             try:
                 with anyio.CancelScope(shield=True):
-                    await self.db.run(functools.partial(_write, batch=batch))
+                    if batch:
+                        await self.db.run(functools.partial(_write, batch=batch))
                 self.num_commits += 1
                 self.num_records += len(batch)
             except JournalUnavailable as e:
@@ -119,6 +123,8 @@ class Journal:
                 log.exception("journal commit of %d records failed", len(batch))
                 flush.error = JournalUnavailable(f"the journal could not write a batch: {type(e).__name__}: {e}")
             finally:
+                if flush.error is not None:
+                    self._unwritten.update(r.call.id for r in batch if r.is_new)
                 flush.done.set()
                 for callback in flush.callbacks:
                     callback(flush.error)
@@ -157,7 +163,9 @@ class Journal:
                 await self.append(call, now, wait=False, detail=detail)
                 failed.append(call)
                 continue
-            if call.state is CallState.RUNNING and not _is_rerunnable(call):
+            # (a write is never seen running: its running and end records commit with its
+            # effect; one seen so was journaled by an older kernel, and fails as interrupted)
+            if call.state is CallState.RUNNING and not call.is_effect_free:
                 err = Interrupted(f"the kernel stopped while this {call.kind} call was running; "
                                   "it was not re-run because it may already have acted",
                                   hint="check its effect, then submit it again if needed")
@@ -191,13 +199,6 @@ _COLUMNS = ("id", "kind", "pid", "principal", "priority", "deadline", "state", "
             "service_s", "num_preemptions")
 _UPDATE_COLUMNS = ("state", "result", "error", "started", "finished", "tokens_in", "tokens_out",
                    "cost_usd", "service_s", "num_preemptions")
-
-
-def _is_rerunnable(call: Syscall) -> bool:
-    """Has no effect to repeat: a generation, or a memory or storage read. (A write is
-    never seen running: its running and terminal records commit with its effect; one seen
-    so was journaled by an older kernel, and fails as interrupted.)"""
-    return call.kind is Kind.LLM or (call.kind in (Kind.MEMORY, Kind.STORAGE) and not call.is_store_write)
 
 
 def _json(value: Any) -> str | None:
