@@ -17,9 +17,24 @@ namespaces, and a new network namespace unless the network is allowed:
 - a watchdog stops it at the wall-clock timeout or when the work directory outgrows its
   disk quota, and the output kept is capped.
 
+Invariant: the sandbox starts from nothing and adds. prlimit and bubblewrap start with an
+empty environment and no descriptor but the standard three and the one bubblewrap reads
+its settings from and closes. The program's environment is PATH, HOME, LANG, TMPDIR,
+PYTHONDONTWRITEBYTECODE and what the caller passes (`env`); it reaches bubblewrap through
+that descriptor, not its command line (see `_start`). Inside, the program sees its own
+processes and bubblewrap's init, PID 1: /proc/1/environ is empty, /proc/1/cmdline holds
+bubblewrap's options (the host paths it binds) and the program's own argv, and /proc/1/mem
+(readable: the same user inside) holds no more than that and `env`. Nothing of the
+caller's environment, argv, descriptors, home, current directory or $AIOS_HOME is
+readable: only what is bound is there.
+
 Where bubblewrap cannot run, `SandboxUnavailable` says why. A weaker mode, `mode="rlimits"`
-(rlimits, a fresh directory and its own user id, but no namespaces: it can see the file
-system and the network), exists only when asked for by name, never as a silent fallback.
+(rlimits, a fresh directory and the same clean environment, but no namespaces), exists only
+when asked for by name, never as a silent fallback. It sees the host's file system, network
+and /proc: every process's cmdline, the kernel's included. Run as root it has a user id of
+its own, so other processes' environ and memory and files readable only by their owner
+(a 0600 token, the database) stay closed; run as another user it is that user, and reads
+all of it, the kernel's environment included.
 
 What is not isolated: the kernel itself (a kernel exploit escapes any namespace), CPU time
 shared with the host within the CPU limit, and the host's /usr (read-only)."""
@@ -37,7 +52,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from aios.errors import ConfigError, SandboxUnavailable
 
@@ -117,7 +132,7 @@ def _probe() -> str | None:
         return "bubblewrap (bwrap) is not installed"
     try:
         p = subprocess.run([bwrap, *_namespace_args("none"), *_system_binds("none"), "--", "/usr/bin/true"],
-                           capture_output=True, text=True, timeout=20)
+                           capture_output=True, text=True, timeout=20, env={})
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"bwrap could not start: {e}"
     if p.returncode != 0:
@@ -154,8 +169,11 @@ def run(argv: Sequence[str], *, limits: Limits | None = None, network: Network =
             for p in [work, *work.rglob("*")]:
                 os.lchown(p, uid, gid)
         os.chmod(work, 0o700)
-        command = _command(argv, limits, network, mode, work, env or {}, root)
-        return _supervise(command, argv, limits, network, mode, work, uid if root else None, stdin, read_back_bytes)
+        inside = mode == "bwrap"   # its own mount namespace: the work directory is /work
+        variables = _environment(env or {}, home="/work" if inside else str(work), tmp="/tmp" if inside else str(work))
+        command = _command(limits, network, mode, work, root)
+        return _supervise(command, argv, variables, limits, network, mode, work, uid if root else None, stdin,
+                          read_back_bytes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -199,9 +217,22 @@ def _system_binds(network: Network) -> list[str]:
     return args + ["--proc", "/proc", "--dev", "/dev"]
 
 
-def _command(argv: list[str], limits: Limits, network: Network, mode: Mode, work: Path, env: Mapping[str, str],
-             root: bool, read_only: Sequence[str] = (), cpu: bool = True, new_session: bool = True,
+def _environment(env: Mapping[str, str], home: str, tmp: str) -> dict[str, str]:
+    """The program's whole environment: a fixed few variables and what the caller passes;
+    nothing is inherited."""
+    for key, value in env.items():
+        if not key or "=" in key or "\x00" in key or "\x00" in value:
+            raise ConfigError(f"sandbox environment variable {key!r} is not a name=value pair", field="env",
+                              hint="a non-empty name without '=' or NUL, and a value without NUL")
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "TMPDIR": tmp,
+            "PYTHONDONTWRITEBYTECODE": "1", **env}
+
+
+def _command(limits: Limits, network: Network, mode: Mode, work: Path, root: bool,
+             read_only: Sequence[str] = (), cpu: bool = True, new_session: bool = True,
              mount: str = "/work") -> list[str]:
+    """prlimit, then (mode bwrap) bubblewrap and its options; `_start` adds the environment
+    and `argv`."""
     mib = 1 << 20
     # as root the process limit counts only this sandbox's own user id; otherwise the
     # caller's processes count too, so the limit is raised by what the caller already runs
@@ -209,35 +240,66 @@ def _command(argv: list[str], limits: Limits, network: Network, mode: Mode, work
     rlimits = [shutil.which("prlimit") or "/usr/bin/prlimit", f"--nproc={nproc}", f"--as={limits.memory_mb * mib}",
                *([f"--cpu={limits.cpu_seconds}"] if cpu else []), f"--fsize={limits.file_size_mb * mib}",
                f"--nofile={limits.open_files}", "--core=0", "--"]
-    variables = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": mount, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-                 "PYTHONDONTWRITEBYTECODE": "1", **env}
     if mode == "rlimits":
-        return rlimits + argv
+        return rlimits
     box = [shutil.which("bwrap") or "/usr/bin/bwrap", *_namespace_args(network, new_session), *_system_binds(network),
            "--size", str(limits.tmp_mb * mib), "--tmpfs", "/tmp"]
     for path in read_only:   # after /tmp: a bound folder may lie under it
         box += ["--ro-bind", path, path]
-    box += ["--bind", str(work), mount, "--chdir", mount, "--clearenv"]
-    for key, value in variables.items():
-        box += ["--setenv", key, value]
-    return rlimits + box + ["--", *argv]
+    return rlimits + box + ["--bind", str(work), mount, "--chdir", mount]
+
+
+def _start(command: list[str], argv: list[str], env: Mapping[str, str], mode: Mode, uid: int | None,
+           **popen: Any) -> subprocess.Popen[bytes]:
+    """Starts `command` (from `_command`) on `argv` with nothing of the caller's environment
+    or descriptors. Mode rlimits: the program's environment is prlimit's. Mode bwrap:
+    prlimit and bubblewrap start with an empty environment, and the program's reaches
+    bubblewrap as `--clearenv --setenv ...` read from a memfd (`--args FD`), which bubblewrap
+    closes before the program starts. So bubblewrap, the PID 1 the program sees, holds in its
+    environ nothing, in its cmdline no value, and in its memory (its /proc/1/mem is readable
+    from inside: same user in the namespace) only what the program is given anyway; and no
+    one on the host sees the values in `ps`. `--setenv` on the command line would show them
+    there; passing them as bubblewrap's own environment would run host binaries (prlimit,
+    bwrap) under variables a caller chose (LD_PRELOAD)."""
+    kwargs: dict[str, Any] = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+    if mode == "rlimits":
+        return subprocess.Popen(command + argv, env=dict(env), close_fds=True, **kwargs, **popen)
+    settings = ["--clearenv"]
+    for key, value in env.items():
+        settings += ["--setenv", key, value]
+    fd = os.memfd_create("aios-sandbox-env")
+    try:
+        data = b"".join(a.encode() + b"\x00" for a in settings)
+        while data:
+            data = data[os.write(fd, data):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return subprocess.Popen([*command, "--args", str(fd), "--", *argv], env={}, close_fds=True, pass_fds=(fd,),
+                                **kwargs, **popen)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A sandboxed command to start yourself (a long-running agent): `argv` under user
-    `uid` (None: as the caller), in `work`, which the caller removes once it is over."""
+    """A sandboxed command to start yourself (a long-running agent) with `start`: `argv`
+    with the environment `env` and nothing else of the caller's, in `work`, which the
+    caller removes once it is over."""
+    command: list[str]    # prlimit, bubblewrap and its options
     argv: list[str]
-    uid: int | None
+    env: dict[str, str]
     work: Path
+
+    def start(self, **popen: Any) -> subprocess.Popen[bytes]:
+        """Popen's streams and session options; not its environment or descriptors."""
+        return _start(self.command, self.argv, self.env, "bwrap", None, **popen)
 
 
 def prepare(argv: Sequence[str], *, limits: Limits, network: Network, read_only: Sequence[str] = (),
             env: Mapping[str, str] | None = None) -> Prepared:
-    """The command line that runs `argv` in the sandbox with `read_only` host paths bound
-    at the same place, no CPU-time limit and no wall-clock watchdog (the caller supervises
+    """The command that runs `argv` in the sandbox with `read_only` host paths bound at
+    the same place, no CPU-time limit and no wall-clock watchdog (the caller supervises
     it), keeping its process group so that it can be stopped and continued as a whole.
-    Raises SandboxUnavailable where bubblewrap cannot run.
+    Raises SandboxUnavailable where bubblewrap cannot run, ConfigError for a bad `env`.
 
     It runs under the caller's own user id, seen inside as nobody (65534): the interpreter
     and packages it needs may live in folders only that user can read (a pyenv under
@@ -246,14 +308,15 @@ def prepare(argv: Sequence[str], *, limits: Limits, network: Network, read_only:
     if (why := _probe()) is not None:
         raise SandboxUnavailable(f"the sandbox cannot run: {why}",
                                  hint="install the Debian package bubblewrap (the Makefile does)")
+    # its work directory at /sandbox: host paths it needs may lie under /work
+    variables = _environment(env or {}, home="/sandbox", tmp="/tmp")
     work = Path(tempfile.mkdtemp(prefix="aios-agent-"))
     os.chmod(work, 0o700)
-    # its work directory at /sandbox: host paths it needs may lie under /work
-    command = _command([str(a) for a in argv], limits, network, "bwrap", work, env or {}, root=False,
-                       read_only=[str(p) for p in read_only], cpu=False, new_session=False, mount="/sandbox")
+    command = _command(limits, network, "bwrap", work, root=False, read_only=[str(p) for p in read_only], cpu=False,
+                       new_session=False, mount="/sandbox")
     at = command.index("--cap-drop")
     command[at:at] = ["--uid", "65534", "--gid", "65534"]
-    return Prepared(command, None, work)
+    return Prepared(command, [str(a) for a in argv], variables, work)
 
 
 def _processes_of(uid: int) -> int:
@@ -268,18 +331,14 @@ def _processes_of(uid: int) -> int:
     return count
 
 
-def _supervise(command: list[str], argv: list[str], limits: Limits, network: Network, mode: Mode, work: Path,
-               uid: int | None, stdin: bytes | None, read_back_bytes: int) -> SandboxResult:
+def _supervise(command: list[str], argv: list[str], env: dict[str, str], limits: Limits, network: Network,
+               mode: Mode, work: Path, uid: int | None, stdin: bytes | None, read_back_bytes: int) -> SandboxResult:
     cap = limits.output_kb * 1024
-    kwargs: dict = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
-    if mode == "rlimits":
-        kwargs["cwd"] = str(work)
-        kwargs["env"] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(work), "LANG": "C.UTF-8",
-                         "TMPDIR": str(work), "PYTHONDONTWRITEBYTECODE": "1"}
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+        proc = _start(command, argv, env, mode, uid, cwd=str(work) if mode == "rlimits" else None,
+                      stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     except OSError as e:
         raise SandboxUnavailable(f"the sandbox could not start {command[0]}: {e.strerror or e}",
                                  hint="is util-linux's prlimit installed?") from None

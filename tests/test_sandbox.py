@@ -1,14 +1,19 @@
 """The sandbox, with bubblewrap for real: harmless code runs and hands its files back, and
 each attack of the access issue is stopped and reported (a fork bomb, 10 GiB of memory,
 10 GiB of writes, a socket to the host, /etc/shadow, the aios database, a sleep that never
-ends, a busy loop). The Makefile installs bubblewrap; these tests do not skip without it."""
+ends, a busy loop), and secrets planted in the caller's environment, files and descriptors
+are looked for from inside, in /proc/1 and every other process it sees, and not found. The
+Makefile installs bubblewrap; these tests do not skip without it."""
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -288,3 +293,177 @@ async def test_the_kernel_keeps_serving_after_attacks_through_the_python_tool(ma
             "path": "keep", "data": "precious"}
         ok = await k.call({"kind": "tool", "tool": "python", "arguments": {"code": "print(2 + 2)"}}, pid=agent.pid)
         assert ok["stdout"] == "4\n"
+
+
+# ---- nothing of the caller is readable inside: secrets planted in its environment, its
+# files and its descriptors, looked for everywhere the sandboxed code can look
+
+# Prints all a program inside can find: its environment and descriptors; every process's
+# environ, cmdline, descriptors (regular files read) and folders; every readable mapping of
+# every other process's memory around the word every planted secret holds (spelled apart
+# here, so that this source, which bwrap holds, does not match); the files named in argv.
+PROBE = r'''
+import os, stat, sys
+WORD = ("plan" + "ted").encode()
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError as e:
+        return f"<{type(e).__name__}>"
+
+def listing(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        return f"<{type(e).__name__}>"
+
+def memory(pid):
+    hits = []
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            maps = f.read().splitlines()
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            for line in maps:
+                span, perms = line.split()[:2]
+                start, end = (int(x, 16) for x in span.split("-"))
+                if not perms.startswith("r") or end - start > 1 << 28:
+                    continue
+                try:
+                    mem.seek(start)
+                    data = mem.read(end - start)
+                except (OSError, ValueError, OverflowError):
+                    continue
+                at = data.find(WORD)
+                while at >= 0:
+                    hits.append(data[max(0, at - 40):at + 60].decode(errors="replace"))
+                    at = data.find(WORD, at + 1)
+    except OSError as e:
+        return f"<{type(e).__name__}>"
+    return hits
+
+me = str(os.getpid())
+print("env", dict(os.environ))
+print("fds", listing("/proc/self/fd"))
+for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+    print(pid, "environ", read(f"/proc/{pid}/environ"))
+    print(pid, "cmdline", read(f"/proc/{pid}/cmdline"))
+    print(pid, "cwd", listing(f"/proc/{pid}/cwd"))
+    fds = listing(f"/proc/{pid}/fd")
+    for fd in fds if isinstance(fds, list) else []:
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            continue
+        print(pid, "fd", fd, os.readlink(path), read(path) if regular else "")
+    if pid != me:
+        print(pid, "memory", memory(pid))
+for path in sys.argv[1:]:
+    print(path, listing(path) if os.path.isdir(path) else read(path))
+print("probed")
+'''
+
+
+@pytest.fixture
+def planted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """Secrets where a kernel keeps them: provider keys and a token in its environment, a
+    database and a token file in its $AIOS_HOME, a token file in its current directory, an
+    inheritable descriptor open on one of them. Paths and names avoid the secrets' word."""
+    tag = secrets.token_hex(8)
+    values = {"OPENAI_API_KEY": f"sk-planted-openai-{tag}", "AIOS_TOKEN": f"planted-aios-token-{tag}",
+              "ANTHROPIC_API_KEY": f"sk-ant-planted-{tag}"}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    home, cwd = tmp_path / "kernel-home", tmp_path / "caller-cwd"
+    home.mkdir()
+    cwd.mkdir()
+    files = {home / "journal.db": f"planted-database-{tag}", home / "owner.token": f"planted-owner-token-{tag}",
+             cwd / ".aios-token": f"planted-cwd-token-{tag}"}
+    for path, text in files.items():
+        path.write_text(text)
+        path.chmod(0o600)
+    monkeypatch.setenv("AIOS_HOME", str(home))
+    monkeypatch.chdir(cwd)
+    fd = os.open(home / "owner.token", os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    yield {"secrets": [*values.values(), *files.values()], "paths": [str(p) for p in files] + [str(home), str(cwd)],
+           "home": home, "cwd": cwd, "env": {**os.environ}}
+    os.close(fd)
+
+
+def assert_nothing_leaked(output: str, planted: dict) -> None:
+    assert "probed" in output, output[-2000:]
+    for secret in planted["secrets"]:
+        assert secret not in output, f"{secret} is readable inside:\n" + "\n".join(
+            line[:300] for line in output.splitlines() if secret in line)
+
+
+def test_nothing_of_the_caller_is_readable_inside(planted: dict):
+    r = run(["python3", "probe.py", *planted["paths"]], files={"probe.py": PROBE})
+    assert r.exit_code == 0, r.stderr
+    assert_nothing_leaked(r.stdout + r.stderr, planted)
+    assert "fds ['0', '1', '2', '3']" in r.stdout   # its standard streams, and the one listing them
+
+
+def test_the_environment_it_is_given_is_all_it_has_and_stays_off_the_command_line():
+    r = py("import os; print(sorted(os.environ)); print(os.environ['GIVEN']); print(open('/proc/1/environ').read());"
+           "print(open('/proc/1/cmdline').read().replace(chr(0), ' '))", env={"GIVEN": "given-value"})
+    names, value, bwrap_env, bwrap_argv = r.stdout.splitlines()[:4]
+    assert names == str(sorted(["GIVEN", "HOME", "LANG", "PATH", "PWD", "PYTHONDONTWRITEBYTECODE", "TMPDIR"]))
+    assert value == "given-value" and bwrap_env == ""
+    assert "given-value" not in bwrap_argv and "--args" in bwrap_argv   # host users' ps does not show it
+    for bad in ({"": "x"}, {"A=B": "x"}, {"A": "x\x00y"}):
+        with pytest.raises(ConfigError) as err:
+            py("pass", env=bad)
+        assert err.value.field == "env"
+
+
+def test_the_rlimits_mode_starts_from_a_clean_environment(planted: dict):
+    r = run(["python3", "probe.py"], files={"probe.py": PROBE}, mode="rlimits", env={"GIVEN": "given-value"})
+    assert r.exit_code == 0, r.stderr
+    own = r.stdout.split("env ", 1)[1].split("\n", 1)[0]
+    assert "'GIVEN': 'given-value'" in own
+    assert not any(secret in own for secret in planted["secrets"])
+    if os.geteuid() == 0:   # a user id of its own: no other process's environ, memory or 0600 file
+        assert_nothing_leaked(r.stdout + r.stderr, planted)
+
+
+def test_the_command_leaks_nothing_of_its_caller(planted: dict):
+    p = subprocess.run([str(AIOS), "sandbox", "run", "--", "python3", "-c", PROBE, *planted["paths"]],
+                       capture_output=True, text=True, timeout=60, env=planted["env"], cwd=planted["cwd"])
+    assert p.returncode == 0, p.stderr
+    assert_nothing_leaked(p.stdout + p.stderr, planted)
+
+
+@pytest.mark.anyio
+async def test_a_sandboxed_agent_reads_nothing_of_the_kernel(make_settings, planted: dict, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    import anyio
+
+    from aios.kernel import Kernel
+    from aios.server import create_app
+    from tests.conftest import serve
+    # a kernel started as `python -m` from its current directory has that directory in sys.path
+    monkeypatch.syspath_prepend(str(planted["cwd"]))
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    program = agents / "probe_agent.py"
+    program.write_text(f"import subprocess, sys\nPROBE = {PROBE!r}\n\n"
+                       "def main(task, os):\n"
+                       "    out = subprocess.run([sys.executable, '-c', PROBE, *task.split()], capture_output=True,\n"
+                       "                         text=True)\n"
+                       "    print(out.stdout, out.stderr, flush=True)\n"
+                       "    return 'done'\n")
+    settings = make_settings(**{"clock.mode": "wall", "home": str(planted["home"])})
+    async with Kernel(settings) as k, serve(create_app(settings, kernel=k)) as url:
+        k.endpoint = url
+        proc = await k.spawn("probe", program=str(program), runner="subprocess", manifest={"sandbox": True},
+                             task=" ".join([*planted["paths"], str(planted["home"] / "aios.db")]))
+        with anyio.fail_after(60):
+            done = await k.wait(proc.pid)
+        log = k.supervisor.log_path(proc.pid).read_text()
+    assert done.exit_code == 0, log
+    assert_nothing_leaked(log, planted)
+    assert "SQLite format" not in log and str(planted["home"] / "aios.db") in log   # looked for, not found

@@ -31,6 +31,8 @@ import anyio
 from aios.errors import InvalidSyscall, NotFound, ProgramError
 
 RUNNERS = ("inproc", "subprocess")
+# what a sandboxed agent may import of aios (pyproject maps all but the first outside aios/)
+_PACKAGES = ("aios", "aios.agents", "aios.tools", "aios.sandbox")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -138,11 +140,9 @@ class SubprocessRunner:
 
         def start() -> subprocess.Popen[bytes]:
             with open(log_path, "ab") as log:
-                if prepared is not None:
-                    extra: dict = {"user": prepared.uid, "group": prepared.uid, "extra_groups": []} \
-                        if prepared.uid is not None else {}
-                    return subprocess.Popen(prepared.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, **extra)
+                if prepared is not None:   # nothing of the kernel's environment: only self.env
+                    return prepared.start(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
                 return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env={**os.environ, **self.env}, start_new_session=True)
         try:
@@ -152,19 +152,26 @@ class SubprocessRunner:
                 shutil.rmtree(prepared.work, ignore_errors=True)
 
     def _sandbox(self, cmd: list[str]) -> Any:
-        """The agent under bubblewrap (aios.sandbox): the interpreter, the installed packages
-        and its program's folder read-only, its own work directory, no capabilities, its own
-        user id and rlimits. It shares the host's network: it must reach the kernel."""
+        """The agent under bubblewrap (aios.sandbox): the interpreter, the installed packages,
+        aios's own and its program's folder read-only, its own work directory, no
+        capabilities, its own user id and rlimits, and of the environment only AIOS_URL,
+        AIOS_PID and AIOS_TOKEN. No folder is bound that holds the kernel's state folder,
+        its home or its current directory (in sys.path when it was started as `python -m`).
+        It shares the host's network: it must reach the kernel."""
         from aios.sandbox import Limits, prepare
         interpreter = Path(os.path.realpath(sys.executable))
         read_only = {str(Path(sys.prefix)), str(Path(sys.base_prefix)), str(interpreter.parent.parent)}
         read_only |= {p for p in sys.path if p and Path(p).is_dir() and not p.startswith("/usr")}
+        for package in _PACKAGES:   # an editable install maps them outside site-packages
+            spec = importlib.util.find_spec(package)
+            read_only |= set(spec.submodule_search_locations or ()) if spec is not None else set()
+        hidden = [Path.cwd().resolve(), Path.home().resolve(), *([self.private.resolve()] if self.private else [])]
+        read_only = {p for p in read_only if not any(h.is_relative_to(Path(p).resolve()) for h in hidden)}
         target = Path(self.program.target)
-        if target.is_file():
-            read_only.add(str(target.resolve().parent))
-        if self.private is not None:   # nothing that would show the kernel's database
-            secret = self.private.resolve()
-            read_only = {p for p in read_only if not secret.is_relative_to(Path(p).resolve())}
+        if target.is_file():   # its own folder, even the kernel's current directory: put it in one of its own
+            folder = target.resolve().parent
+            if self.private is None or not self.private.resolve().is_relative_to(folder):
+                read_only.add(str(folder))
         env = {"AIOS_URL": self.env.get("AIOS_URL", ""), "AIOS_PID": self.env.get("AIOS_PID", ""),
                **({"AIOS_TOKEN": self.env["AIOS_TOKEN"]} if "AIOS_TOKEN" in self.env else {})}
         limits = Limits(timeout_s=1e9, memory_mb=2048, processes=64, open_files=1024, file_size_mb=256, disk_mb=1024)
