@@ -227,7 +227,6 @@ _PAYLOAD_FIELDS = {
     kind: (typing.get_type_hints(cls), {f.name: f for f in fields(cls) if f.name not in COMMON_FIELDS})
     for kind, cls in SYSCALL_TYPES.items()
 }
-_FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in SYSCALL_TYPES.values()}
 
 def _field_checkers(kind: Kind) -> tuple[dict[str, Callable[[Any], Any]], frozenset[str]]:
     hints, payload_fields = _PAYLOAD_FIELDS[kind]
@@ -242,14 +241,27 @@ CALLER_FIELDS = frozenset({"priority", "timeout_s"})
 
 def advance(call: Syscall, to: CallState, **changes: Any) -> Syscall:
     """The one way a syscall changes state; refuses moves the table does not allow.
-    Returns a copy with the changes, built slot by slot: this runs several times per
-    syscall, and dataclasses.replace re-runs __init__ with every field."""
+    Returns a copy with the changes."""
     if to not in MOVES[call.state]:
         raise InvalidTransition(call.id, call.state, to)
-    new = object.__new__(type(call))
-    for name in _FIELD_NAMES[type(call)]:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(call, name))
-    object.__setattr__(new, "state", to)
+    changes["state"] = to
+    return evolve(call, **changes)
+
+
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def evolve(record: Any, **changes: Any) -> Any:
+    """A copy of a frozen dataclass `record` with `changes`, built slot by slot, without
+    validation: for the records the kernel changes on every syscall (a call, a process),
+    where dataclasses.replace, which re-runs __init__ with every field, costs several times more."""
+    cls = type(record)
+    names = _SLOTS.get(cls)
+    if names is None:
+        names = _SLOTS[cls] = tuple(f.name for f in fields(cls))
+    new = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(record, name))
     return new
 
 

@@ -13,7 +13,7 @@ from aios.errors import Conflict, NotFound
 from aios.process import Process, ProcState
 from aios.storage.db import Database
 from aios.storage.models import ProcessRow
-from aios.syscall import Usage
+from aios.syscall import Usage, evolve
 
 
 class ProcessTable:
@@ -74,7 +74,7 @@ class ProcessTable:
     def charge(self, pid: int, usage: Usage) -> None:
         proc = self.procs.get(pid)
         if proc is not None:
-            self.procs[pid] = replace(proc, usage=proc.usage + usage)
+            self.procs[pid] = evolve(proc, usage=proc.usage + usage)   # on every syscall: no __init__
 
     async def set_state(self, pid: int, state: ProcState, now: float, reason: str | None = None,
                         **ended: Any) -> Process:
