@@ -265,3 +265,8 @@ async def test_memory_is_shared_read_only_and_only_when_its_manifest_says_so(mak
         with pytest.raises(NotFound):   # another principal's agent: it does not exist for mallory
             await k.submit({"kind": "memory", "op": "get", "key": "plan", "owner": sharer.pid}, pid=other.pid,
                            principal="mallory")
+        # every refusal is audited, naming what was refused
+        denied = await k.db.run(lambda e: access.query_audit(e, decision="deny", action="memory.submit"))
+        assert len(denied) == 5
+        assert {d.detail["code"] for d in denied} == {"permission_denied", "not_found"}
+        assert any("does not share its memory" in d.detail["missing"] for d in denied)

@@ -209,7 +209,12 @@ class Kernel:
                                               tool is not None and tool.needs_network, proc.name)
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
         if isinstance(call, MemorySyscall) and call.owner not in (None, call.pid):
-            self._check_shared(call)
+            try:
+                self._check_shared(call)
+            except AiosError as e:   # a refusal is audited, as the manifest's are
+                await self.guard.deny(call.principal, f"{call.kind.value}.submit", str(call.pid), e.message,
+                                      {"owner": call.owner, "op": call.op.value, "code": e.code})
+                raise
         if call.pid in self.guard.manifests:   # a manifest's allow decisions are audited too
             self._audit_soon(call.principal, f"{call.kind.value}.submit", str(call.pid), "allow", {"id": call.id})
         if self._irreversible(call):
