@@ -10,6 +10,7 @@ HTTP statuses, the SDK raises again and the CLI prints with the hint.
     │   │   └── Unauthorized      no bearer token, or one the server does not know (HTTP 401)
     │   ├── NotFound              an unknown syscall id, model, tool or process
     │   ├── Conflict              the thing is not in a state for that (a signal to an exited process)
+    │   │   └── KernelRunning     another kernel holds the database's lease (names it: pid, host, URL)
     │   ├── ProgramError          an agent program that cannot be loaded (raises at import, no main)
     │   ├── MalformedRequest      a request that is not JSON, or not the JSON asked for
     │   └── PayloadTooLarge       a request body over the configured limit
@@ -87,6 +88,11 @@ class Conflict(AiosError):
     code = "conflict"
 
 
+class KernelRunning(Conflict):
+    """A second kernel on a database that a live kernel holds (aios.storage.lease)."""
+    code = "kernel_running"
+
+
 class ProgramError(AiosError):
     code = "invalid_program"
 
@@ -144,7 +150,7 @@ class InternalError(AiosError):
 ERRORS_BY_CODE: dict[str, type[AiosError]] = {
     cls.code: cls for cls in (
         InvalidSyscall, InvalidTransition, ConfigError, PermissionDenied, Unauthorized, NotFound,
-        Conflict, ProgramError, MalformedRequest, PayloadTooLarge,
+        Conflict, KernelRunning, ProgramError, MalformedRequest, PayloadTooLarge,
         BackendUnavailable, BackendBusy, BackendError, SandboxUnavailable, ToolError, QuotaExceeded, DeadlineExceeded,
         JournalUnavailable, Cancelled, InternalError,
     )

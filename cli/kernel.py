@@ -37,6 +37,7 @@ def start(
     settings = settings_from(config, {"server.host": host, "server.port": port, "database_url": db})
     host, port = settings.server.host, settings.server.port
     if detach:
+        daemon.check_free(settings)   # said here, not in the log of a child that exits at once
         argv = ["kernel", "start", "--host", host, "--port", str(port)]
         argv += ["--db", db] if db else []
         argv += ["--config", str(config)] if config else []

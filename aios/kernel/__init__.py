@@ -46,6 +46,7 @@ from aios.scheduler import Resource, Scheduler, Ticket
 from aios.storage import Database, FileStore, Journal
 from aios.storage.journal import Seal, record_in
 from aios.storage.files import check_path
+from aios.storage.lease import Holder
 from aios.tools.registry import ToolRegistry, ToolSpec
 from aios.syscall import (CallState, Kind, LLMSyscall, MemorySyscall, ProcessSyscall,
                           StorageSyscall, Syscall, ToolSyscall,
@@ -102,7 +103,10 @@ class Kernel:
     # ---- boot and shutdown
 
     async def __aenter__(self) -> Kernel:
-        await anyio.to_thread.run_sync(self.db.open)
+        """Boots: takes the database's lease (KernelRunning if another kernel holds it,
+        before anything is migrated, recovered or written), then recovers and accepts."""
+        holder = Holder.this_process(self.endpoint)
+        await anyio.to_thread.run_sync(lambda: self.db.open(lease=holder))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:

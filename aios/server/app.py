@@ -30,6 +30,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
             owned = kernel is None
             if kernel is None:   # the daemon offers the built-in tools; an embedder chooses its own
                 k = Kernel(settings)
+                k.endpoint = app.state.endpoint   # before boot: its lease names where it serves
                 for spec in builtin_tools(settings):   # before boot, so recovered tool calls find them
                     k.register_tool(spec)
                 if settings.tools.mcp:   # imported only when configured: `mcp` costs ~0.5 s of start time
@@ -38,8 +39,8 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
                 await stack.enter_async_context(k)
             else:
                 k = kernel
+                k.endpoint = app.state.endpoint
             app.state.kernel = k
-            k.endpoint = app.state.endpoint
             metrics = app.state.metrics = Metrics(k)
             with metrics.subscribe() as sub:
                 async with anyio.create_task_group() as tg:

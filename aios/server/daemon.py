@@ -1,7 +1,8 @@
 """The daemon: the kernel and its REST endpoint in one long-running process, with its
 state under $AIOS_HOME (config, database, logs/, daemon.json naming its pid and URL).
 
-Invariant: at most one daemon per port; daemon.json exists exactly while one serves."""
+Invariant: at most one daemon per port and per home, and one kernel per database (its
+lease, aios.storage.lease); daemon.json exists exactly while one serves."""
 from __future__ import annotations
 
 import errno
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from aios.config import Settings
-from aios.errors import AiosError, BackendUnavailable, ConfigError
+from aios.errors import AiosError, BackendUnavailable, ConfigError, KernelRunning
 
 STATE_FILE = "daemon.json"
 
@@ -100,6 +101,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_free(settings: Settings) -> None:
+    """Raises KernelRunning, naming it, when a daemon serves this home or a kernel holds the
+    database's lease: before a start opens the database or binds a port. The kernel's own
+    lease, taken at its boot, is what decides a race between two starts."""
+    from aios.storage import lease
+    info = read_info(settings.home)
+    if info is not None:
+        raise KernelRunning(f"an aios kernel already serves the home {settings.home}: pid {info.pid}, at {info.url}",
+                            hint=f'talk to it through the SDK, aios.sdk.Client("{info.url}") (the aios command: '
+                                 f"AIOS_URL={info.url}), or give this kernel another home (AIOS_HOME)")
+    lease.check(settings.db_url)
+
+
 def check_exposure(settings: Settings, host: str) -> str:
     """Refuses to listen beyond loopback without tokens (in the settings or the database's
     API tokens, aios.access); returns the line to print."""
@@ -131,6 +145,7 @@ def serve(settings: Settings, host: str, port: int, *, on_ready: object = None) 
     import uvicorn   # the daemon's own dependency: `aios` commands that only talk to it skip it
 
     from aios.server.app import create_app
+    check_free(settings)
     exposure = check_exposure(settings, host)
     sock = bind(host, port)
     home = settings.home

@@ -23,6 +23,7 @@ STATUS: dict[str, int] = {
     "not_found": 404,
     "invalid_transition": 409,
     "conflict": 409,
+    "kernel_running": 409,
     "payload_too_large": 413,
     "quota_exceeded": 429,
     "backend_busy": 503,

@@ -2,7 +2,8 @@
 PostgreSQL. Blocking database work runs in worker threads, never on the event loop.
 
 Invariant: `open()` fails with JournalUnavailable, naming the cause, before the kernel
-accepts anything, when the database cannot be read and written."""
+accepts anything, when the database cannot be read and written. A kernel opens it with
+its lease (aios.storage.lease), taken before anything is migrated or written."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +13,12 @@ from typing import TypeVar
 
 import anyio
 from sqlalchemy import Engine, create_engine, event, insert, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from aios.clock import Clock
 from aios.errors import JournalUnavailable
+from aios.storage import lease as leases
 from aios.storage.models import Base, BootRow
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,18 @@ class Database:
         self.url = url
         self.clock = clock
         self.engine: Engine | None = None
+        self.lease: leases.Lease | None = None   # held from open(lease=...) until close()
         self._limiter = anyio.CapacityLimiter(4)
 
     @property
     def is_sqlite(self) -> bool:
         return make_url(self.url).get_backend_name() == "sqlite"
 
-    def open(self) -> None:
+    def open(self, *, lease: leases.Holder | None = None) -> None:
+        """Connects, migrates to the newest schema and records a boot. With `lease` (a
+        kernel's boot), first takes the database's lease for that holder, or raises
+        KernelRunning naming the kernel that has it, having written nothing; the lease
+        is held until close(). Without it (admin commands), it opens beside a kernel."""
         url = make_url(self.url)
         if self.is_sqlite and url.database and url.database != ":memory:" and not url.query.get("mode"):
             folder = Path(url.database).expanduser().parent
@@ -43,6 +50,17 @@ class Database:
             except OSError as e:
                 raise JournalUnavailable(f"cannot make the folder {folder} of the database: {e.strerror}",
                                          hint="point --db or AIOS_HOME at a writable folder") from None
+        try:
+            self.lease = leases.take(self.url, lease) if lease is not None else None
+        except SQLAlchemyError as e:
+            raise describe(e, self.url) from None
+        try:
+            self.engine = self._connect(url)
+        except BaseException:
+            self._release()
+            raise
+
+    def _connect(self, url: URL) -> Engine:
         kwargs: dict = {"pool_pre_ping": True}
         if self.is_sqlite:
             module, vec_missing = sqlite_driver()
@@ -57,16 +75,28 @@ class Database:
         try:
             migrate(engine)
             with engine.begin() as conn:   # proves the database is writable
+                if self.lease is not None:
+                    self.lease.record(conn)
                 conn.execute(insert(BootRow).values(started=self.clock.now()))
         except SQLAlchemyError as e:
             engine.dispose()
             raise describe(e, self.url) from None
-        self.engine = engine
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
 
     def close(self) -> None:
+        """Disposes of the connections, then gives the lease up: nothing is written after."""
         if self.engine is not None:
             self.engine.dispose()
             self.engine = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     async def run(self, fn: Callable[[Engine], T]) -> T:
         """Runs blocking database work in a worker thread; maps database errors."""

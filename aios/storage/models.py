@@ -92,6 +92,20 @@ class BootRow(Base):
     num_failed: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LeaseRow(Base):
+    """Who holds the database's lease (aios.storage.lease), on PostgreSQL; SQLite keeps the
+    same record in the lock file beside the database, and leaves this table empty. A
+    holder that releases clears its row; `epoch` counts the takes (the fencing token of
+    the scale-out work)."""
+    __tablename__ = "kernel_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    started: Mapped[float | None] = mapped_column(Float)   # wall-clock seconds
+    endpoint: Mapped[str | None] = mapped_column(String(400))
+
+
 class MemoryRow(Base):
     __tablename__ = "memory_entries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
