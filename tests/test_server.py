@@ -140,7 +140,8 @@ async def test_submit_every_kind_plain_and_waiting(wall) -> None:
     async with served(wall()) as s:
         c = s.client
         plain = await submit(c, llm("hello there", 8))
-        assert plain["kind"] == "llm" and plain["state"] in ("queued", "running")
+        # an LLM call runs while its record commits: by the answer it may even have ended
+        assert plain["kind"] == "llm" and plain["state"] in ("queued", "running", "done")
         assert plain["principal"] == "local" and plain["payload"]["model"] == MODEL
         *_, (last, over) = await events_until_over(c, plain["id"])
         assert last == "state" and over["state"] == "done"
