@@ -1,9 +1,12 @@
 """How the `aios` commands find the kernel: AIOS_URL if set, else the daemon recorded
-under $AIOS_HOME; AIOS_TOKEN for the bearer token."""
+under $AIOS_HOME; and as whom: AIOS_TOKEN if set, else, for the daemon of $AIOS_HOME, the
+owner token it wrote there (aios.owner), else no token (a server without tokens trusts
+loopback)."""
 from __future__ import annotations
 
 import os
 
+from aios import owner
 from aios.config import load_settings
 from aios.errors import BackendUnavailable
 from aios.sdk import Client
@@ -20,11 +23,16 @@ def kernel_url() -> str:
     return info.url
 
 
+def token(url: str) -> str | None:
+    return os.environ.get("AIOS_TOKEN") or owner.token_from_env(url, os.environ)
+
+
 def auth_headers() -> dict[str, str]:
-    token = os.environ.get("AIOS_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    bearer = token(kernel_url())
+    return {"Authorization": f"Bearer {bearer}"} if bearer else {}
 
 
 def client(pid: int | None = None) -> Client:
     """A client of the kernel, as the principal, or acting on one of its agents (`pid`)."""
-    return Client(kernel_url(), token=os.environ.get("AIOS_TOKEN"), pid=pid)
+    url = kernel_url()
+    return Client(url, token=token(url), pid=pid)

@@ -7,6 +7,11 @@ them admins), their API tokens, and the audit log.
   label, its expiry and when it was revoked or last used.
 - `authenticate(token)` returns the principal or raises Unauthorized saying why (unknown,
   malformed, expired, revoked, or its principal disabled), and the attempt is audited.
+- A process token (`aios-pid<pid>-<secret>`) is what a subprocess agent finds in
+  AIOS_TOKEN: made by the kernel when it starts the agent, held only in the agent's
+  environment and the kernel's memory (never in the database, so it never counts as
+  "tokens exist"), honoured only while the kernel runs that process and only as that pid
+  (aios.server.http). It dies with the process.
 - The audit log is append-only: the database itself refuses to update or delete its rows
   (a trigger on SQLite and PostgreSQL), and `query_audit` filters it.
 
@@ -33,6 +38,7 @@ Decision = Literal["allow", "deny", "info"]
 
 NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 TOKEN = re.compile(r"^aios_([a-z0-9]{8})_([A-Za-z0-9_-]{22,64})$")
+PROCESS_TOKEN = re.compile(r"aios-pid([1-9][0-9]{0,17})-[A-Za-z0-9_-]{32}")
 LOCAL = "local"   # the principal of a loopback server without tokens
 
 
@@ -190,9 +196,19 @@ def revoke_token(engine: Engine, token_id: str, now: float, *, by: str = LOCAL) 
     return next(t for t in list_tokens(engine) if t.id == token_id)
 
 
-def has_tokens(engine: Engine) -> bool:
+def process_token(pid: int) -> str:
+    """A new token for the agent process `pid` (see the module's docstring)."""
+    return f"aios-pid{pid}-{secrets.token_urlsafe(24)}"
+
+
+def has_tokens(engine: Engine, now: float) -> bool:
+    """Whether some token would be accepted now: not revoked, not expired, of a principal
+    that is not disabled. A database whose every token is revoked has none."""
+    query = (select(TokenRow.id).join(PrincipalRow, PrincipalRow.name == TokenRow.principal)
+             .where(TokenRow.revoked.is_(None), (TokenRow.expires.is_(None)) | (TokenRow.expires > now),
+                    PrincipalRow.disabled.is_(None)).limit(1))
     with engine.connect() as conn:
-        return conn.execute(select(TokenRow.id).limit(1)).first() is not None
+        return conn.execute(query).first() is not None
 
 
 def authenticate(engine: Engine, token: str, now: float) -> Principal:

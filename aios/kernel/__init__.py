@@ -434,12 +434,14 @@ class Kernel:
         return proc
 
     def _runner(self, proc: Process, prog: Program, main: Callable[..., Any] | None) -> Runner:
+        """A subprocess agent always gets a token of its own in AIOS_TOKEN, whatever tokens
+        exist: a new process token (aios.access) that the server honours only while the
+        supervisor runs this process (the runner's environment is its one copy), and only as
+        this pid. Never a principal's token: the agent cannot act as its principal's account
+        or its other processes, and nothing outlives it."""
         if main is not None:
             return InprocRunner(main, *inproc_clients(self, proc.pid, proc.principal))
-        env = {"AIOS_URL": self.endpoint or "", "AIOS_PID": str(proc.pid)}
-        token = next((t for t, p in self.settings.server.tokens.items() if p == proc.principal), None)
-        if token is not None:
-            env["AIOS_TOKEN"] = token
+        env = {"AIOS_URL": self.endpoint or "", "AIOS_PID": str(proc.pid), "AIOS_TOKEN": access.process_token(proc.pid)}
         manifest = self.guard.manifests.get(proc.pid)
         return SubprocessRunner(prog, env, sandboxed=bool(manifest and manifest.sandbox), private=self.settings.home)
 

@@ -29,7 +29,7 @@ through `os`. Under the "inproc" runner `os` calls the kernel directly (a sync m
 a worker thread); under "subprocess" it comes from `connect()` / `connect_async()`, which read:
 
     AIOS_URL     the kernel's endpoint (default http://127.0.0.1:8642)
-    AIOS_TOKEN   the bearer token, if the kernel requires one
+    AIOS_TOKEN   the bearer token: the kernel gives each agent one of its own process
     AIOS_PID     the agent's pid, sent as X-Aios-Pid on every request
 
 Invariant: a verb's request building and answer parsing live once, in the sans-I/O core

@@ -4,12 +4,14 @@ async versions differ only in I/O."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from aios import owner
 from aios.errors import AiosError, BackendUnavailable
 from aios.sdk._core import (Cancel, GetProcess, ListModels, ListProcesses, ListTools, Request, Signal, Spawn,
                             Submit, Target)
@@ -48,8 +50,9 @@ def events_path(call_id: str) -> str:
 
 def headers(target: Target) -> dict[str, str]:
     out = {"Accept": "application/json"}
-    if target.token:
-        out["Authorization"] = f"Bearer {target.token}"
+    token = target.token or owner.token_from_env(target.url, os.environ)   # as the daemon's owner, if it is
+    if token:
+        out["Authorization"] = f"Bearer {token}"
     if target.pid is not None:
         out["X-Aios-Pid"] = str(target.pid)
     return out

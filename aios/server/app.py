@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 
+from aios import owner
 from aios.config import Settings
 from aios.kernel import Kernel
 from aios.server import errors, openai, routes, schemas
@@ -37,6 +38,10 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
                     from aios.tools.mcp import mcp_imports
                     await stack.enter_async_context(mcp_imports(k, settings.tools.mcp))
                 await stack.enter_async_context(k)
+                # the owner's token, written once this kernel holds the database, so a refused
+                # second start leaves the running daemon's alone (aios.owner)
+                app.state.owner_token = owner.issue(settings.home)
+                stack.callback(owner.retire, settings.home, app.state.owner_token)
             else:
                 k = kernel
                 k.endpoint = app.state.endpoint
@@ -60,6 +65,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     app.state.drain = settings.shutdown == "drain"
     app.state.server = None   # the uvicorn server, when the daemon runs one
     app.state.endpoint = None  # its URL, which agents in subprocesses call back
+    app.state.owner_token = None   # the daemon's owner token, when this app owns its kernel
     errors.install(app)
     app.include_router(routes.router)
     app.include_router(openai.router)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from aios import owner
 from aios.config import Settings
 from aios.errors import AiosError, BackendUnavailable, ConfigError, KernelRunning
 
@@ -135,7 +136,7 @@ def _database_tokens(settings: Settings) -> bool:
     db = Database(settings.db_url, WallClock())
     db.open()
     try:
-        return access.has_tokens(db.engine)   # type: ignore[arg-type]
+        return access.has_tokens(db.engine, time.time())   # type: ignore[arg-type]
     finally:
         db.close()
 
@@ -210,15 +211,18 @@ def status(home: Path) -> tuple[DaemonInfo, dict]:
 
 
 def stop(home: Path, *, drain: bool, token: str | None = None, timeout_s: float = 60.0) -> DaemonInfo:
-    """Asks the daemon to stop (draining or cancelling its calls) and waits until it is gone."""
+    """Asks the daemon to stop (draining or cancelling its calls) and waits until it is gone.
+    Without a token, as the daemon's owner: the owner token of `home` (aios.owner)."""
     info = read_info(home)
     if info is None:
         raise BackendUnavailable("no aios kernel is running", hint="nothing to stop")
+    token = token or owner.token_for(info.url, home)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         r = httpx.post(f"{info.url}/v1/kernel/stop", json={"drain": drain}, headers=headers, timeout=5.0)
         if r.status_code >= 400:
-            raise DaemonError(f"the kernel refused to stop: {r.json().get('error', {}).get('message', r.text)}")
+            error = r.json().get("error", {})
+            raise DaemonError(f"the kernel refused to stop: {error.get('message', r.text)}", hint=error.get("hint"))
     except httpx.HTTPError:
         os.kill(info.pid, signal.SIGTERM)   # not answering: the signal drains as the config says
     deadline = time.monotonic() + timeout_s

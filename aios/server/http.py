@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from aios import access
+from aios import access, owner
 from aios.errors import Unauthorized
 from aios.kernel import Kernel
 from aios.process import Process
+from aios.process.runners import SubprocessRunner
+from aios.server.daemon import is_loopback
 from aios.server.errors import HttpError
 
 
@@ -85,25 +87,38 @@ async def read_model(request: Request, model: type[M]) -> M:
 
 
 _TOKENS_TTL_S = 1.0   # how long "the database holds tokens" is cached for callers without one
+NEEDS_TOKEN_HINT = ("set AIOS_TOKEN to a token from `aios token create --user NAME` (other HTTP clients send "
+                    "Authorization: Bearer <token>), or run aios as the daemon's owner on this machine with "
+                    "AIOS_TOKEN unset and AIOS_URL unset or naming this daemon: it sends $AIOS_HOME/owner.token "
+                    "by itself")
 
 
 async def principal_of(request: Request) -> str:
-    """The caller's principal, from its bearer token: one of `server.tokens`, or an API
-    token of the database (aios.access: checked on every request, so a revocation takes
-    effect at once, and audited). With no tokens anywhere the server is loopback-only and
-    every caller is `local`; once tokens exist (within a second of the first one), a
-    caller without a valid one is refused."""
-    settings_tokens: dict[str, str] = request.app.state.settings.server.tokens
-    if not settings_tokens and not await _database_has_tokens(request):
-        return access.LOCAL   # any header is ignored (OpenAI clients always send one)
+    """The caller's principal, from its bearer token, by the token's form:
+    - a process token: the process's principal, acting only as that pid (see caller_pid);
+    - the owner token (aios.owner): `local`, with every right, whatever else exists;
+    - one of `server.tokens`, or an API token of the database (aios.access: checked on
+      every request, so a revocation takes effect at once, and audited).
+    A token of aios's own forms is always checked. Without API tokens (none configured, and
+    none active in the database: known within a second of a change either way) the server
+    trusts callers on loopback as `local`, ignoring any other header (OpenAI clients always
+    send one); otherwise a caller without a valid token is refused."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise HttpError("unauthorized", "this server needs a bearer token",
-                        hint="send the header Authorization: Bearer <token>")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if access.PROCESS_TOKEN.fullmatch(token):
+        return await _process_principal(request, token)
+    if owner.FORM.fullmatch(token):
+        return await _owner_principal(request, token)
+    settings_tokens: dict[str, str] = request.app.state.settings.server.tokens
     for known, principal in settings_tokens.items():
-        if hmac.compare_digest(known.encode(), token.encode()):
+        if token and hmac.compare_digest(known.encode(), token.encode()):
             return principal
+    is_api_token = access.TOKEN.match(token) is not None
+    if (not is_api_token and not settings_tokens and _from_loopback(request)
+            and not await _database_has_tokens(request)):
+        return access.LOCAL
+    if not token:
+        raise HttpError("unauthorized", "this server needs a bearer token", hint=NEEDS_TOKEN_HINT)
     k = kernel_of(request)
     now = time.time()
     try:
@@ -112,19 +127,78 @@ async def principal_of(request: Request) -> str:
         raise HttpError("unauthorized", e.message, hint=e.hint) from None
 
 
+async def _process_principal(request: Request, token: str) -> str:
+    """The principal of the live process the token was made for; the request acts as that
+    pid and no other (an X-Aios-Pid naming another, 0 included, is refused and audited)."""
+    pid = int(access.PROCESS_TOKEN.fullmatch(token).group(1))   # type: ignore[union-attr]
+    k = kernel_of(request)
+    run = k.supervisor.runs.get(pid)
+    held = run.runner.env.get("AIOS_TOKEN") if run is not None and isinstance(run.runner, SubprocessRunner) else None
+    proc = k.processes.procs.get(pid)
+    if held is None or proc is None or not hmac.compare_digest(held.encode(), token.encode()):
+        await _deny(request, proc.principal if proc is not None else "?", f"process:{pid}",
+                    {"reason": "not the token of a running process"})
+        raise HttpError("unauthorized", f"the token of process {pid} is not valid: a process token works only "
+                        "while the kernel runs that process", hint="it is the agent's own (AIOS_TOKEN in its "
+                        "environment); a principal uses a token from `aios token create`")
+    raw = request.headers.get("x-aios-pid")
+    if raw is not None and raw.strip() != str(pid):
+        await _deny(request, proc.principal, f"process:{pid}", {"reason": "acts only as its own process",
+                                                                 "asked_pid": raw[:40]})
+        raise HttpError("permission_denied", f"the token of process {pid} acts only as process {pid}, not "
+                        f"{raw[:40]!r}", field="X-Aios-Pid", hint="send no X-Aios-Pid, or this process's own pid")
+    request.state.token_pid = pid
+    return proc.principal
+
+
+async def _owner_principal(request: Request, token: str) -> str:
+    """`local`, when the token is the one this daemon wrote at its start and its file is
+    still the owner's alone (aios.owner); refused and audited otherwise."""
+    issued = request.app.state.owner_token
+    if issued is None or not hmac.compare_digest(issued.encode(), token.encode()):
+        await _deny(request, "?", "owner", {"reason": "not this daemon's owner token"})
+        raise HttpError("unauthorized", "the owner token is not this daemon's: each start writes a new one",
+                        hint="unset AIOS_TOKEN: aios reads $AIOS_HOME/owner.token by itself")
+    path = owner.path_in(request.app.state.settings.home)
+    why = owner.looseness(path)
+    if why is not None:
+        await _deny(request, access.LOCAL, "owner", {"reason": why, "file": str(path)})
+        raise HttpError("unauthorized", f"the owner token file {path} {why}, so its token is refused",
+                        hint=f"chmod 600 {path} (and restart the daemon if others may have read it: each start "
+                             "writes a new owner token)")
+    return access.LOCAL
+
+
+async def _deny(request: Request, principal: str, target: str, detail: dict[str, Any]) -> None:
+    now = time.time()
+    await kernel_of(request).db.run(lambda e: access.audit(e, now, principal, "token.use", target, "deny", detail))
+
+
+def _from_loopback(request: Request) -> bool:
+    """Whether the caller's address is this machine's loopback: the only callers a server
+    without tokens trusts (it may listen beyond loopback once tokens exist, and they may
+    all be revoked later)."""
+    return request.client is not None and is_loopback(request.client.host)
+
+
 async def _database_has_tokens(request: Request) -> bool:
     state = request.app.state
     cached = getattr(state, "db_tokens", None)
     now = time.monotonic()
     if cached is None or now - cached[1] > _TOKENS_TTL_S:
-        cached = (await kernel_of(request).db.run(access.has_tokens), now)
+        wall = time.time()
+        cached = (await kernel_of(request).db.run(lambda e: access.has_tokens(e, wall)), now)
         state.db_tokens = cached
     return cached[0]
 
 
 def caller_pid(request: Request, principal: str) -> int:
-    """The pid a syscall is charged to: the X-Aios-Pid header (agents get it in AIOS_PID),
-    or 0, the principal's own account. A pid of another principal does not exist for it."""
+    """The pid a syscall is charged to: a process token's own pid (principal_of checked
+    the header against it), else the X-Aios-Pid header (agents get it in AIOS_PID), else
+    0, the principal's own account. A pid of another principal does not exist for it."""
+    bound = getattr(request.state, "token_pid", None)
+    if bound is not None:
+        return bound
     raw = request.headers.get("x-aios-pid")
     if raw is None:
         return 0

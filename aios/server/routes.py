@@ -124,11 +124,14 @@ def _sse(event: str, data: Any) -> str:
 @router.post("/v1/processes", status_code=201, response_model=schemas.ProcessOut, responses=schemas.ERRORS,
              openapi_extra=_body(schemas.ProcessIn), tags=["processes"])
 async def spawn(request: Request):
+    """Starts a process; an agent's (X-Aios-Pid, or its process token) is its child or
+    its descendant's, never a process of the principal's own."""
     principal = await principal_of(request)
     body = await read_model(request, schemas.ProcessIn)
-    if body.parent_pid is not None:
-        visible_process(request, body.parent_pid, principal)
-    proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=body.parent_pid,
+    parent_pid = body.parent_pid if body.parent_pid is not None else caller_pid(request, principal) or None
+    if parent_pid is not None:
+        visible_process(request, parent_pid, principal)
+    proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=parent_pid,
                                           priority=body.priority, program=body.program, task=body.task,
                                           runner=body.runner, manifest=body.manifest)
     return JSONResponse(process_json(proc), status_code=201)
