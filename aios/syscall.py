@@ -6,6 +6,7 @@ Invariant: a syscall changes state only through `advance`, which refuses moves n
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -13,7 +14,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from aios.errors import InvalidSyscall, InvalidTransition
@@ -313,6 +314,23 @@ def decode(data: Any, *, pid: int, principal: str, created: float) -> Syscall:
                created=created, **values)
     check_payload(call)
     return call
+
+
+def new_call(call: Syscall | Mapping[str, Any], *, pid: int, principal: str, created: float) -> Syscall:
+    """A new call of this caller (`pid`, `principal`) made at `created`, with a fresh id:
+    decoded from a JSON-shaped dict, or a Syscall built in code, checked as a dict is (a
+    Syscall may be submitted twice, and ids are never reused)."""
+    if not isinstance(call, Syscall):
+        return decode(dict(call) if isinstance(call, Mapping) else call, pid=pid, principal=principal,
+                      created=created)
+    check_priority(call.priority)
+    check_payload(call)
+    try:
+        json.dumps(call.payload())
+    except (TypeError, ValueError) as e:
+        raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
+                             hint="the journal stores payloads as JSON: strings, numbers, lists and dicts") from None
+    return evolve(call, id=new_id(), pid=pid, principal=principal, state=CallState.QUEUED, created=created)
 
 
 def check_payload(call: Syscall) -> None:

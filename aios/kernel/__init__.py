@@ -10,7 +10,6 @@ shutdown); a call's slot is released on every path."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -50,7 +49,7 @@ from aios.storage.lease import Holder
 from aios.tools.registry import ToolRegistry, ToolSpec
 from aios.syscall import (CallState, Kind, LLMSyscall, MemorySyscall, ProcessSyscall,
                           StorageSyscall, Syscall, ToolSyscall,
-                          Usage, advance, check_payload, check_priority, decode, new_id)
+                          Usage, advance, check_priority, new_call)
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +190,8 @@ class Kernel:
         if not self.is_accepting:
             raise BackendUnavailable("the kernel is not accepting calls (stopped or still booting)")
         now = self.clock.now()
-        if isinstance(call, Syscall):
-            check_priority(call.priority)
-            check_payload(call)
-            try:
-                json.dumps(call.payload())
-            except (TypeError, ValueError) as e:
-                raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
-                                     hint="the journal stores payloads as JSON") from None
-            # a fresh id: the same object may be submitted twice, and ids are never reused
-            call = replace(call, id=new_id(), pid=pid or call.pid, state=CallState.QUEUED, created=now)
-        else:
-            call = decode(call, pid=pid, principal=principal, created=now)
+        call = new_call(call, pid=pid or (call.pid if isinstance(call, Syscall) else 0), principal=principal,
+                        created=now)
         if call.pid:
             proc = self.processes.check_live(call.pid)
             if call.pid in self.guard.manifests:   # the permission check, before any work

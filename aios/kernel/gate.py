@@ -26,15 +26,13 @@ no slot of its own. `priority` and `timeout_s` mean nothing to it: it runs at on
 its tool call's timeout."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aios import access
 from aios.errors import AiosError, InvalidSyscall, NotFound, PermissionDenied
-from aios.syscall import (CallState, Kind, MemoryOp, MemorySyscall, StorageOp, StorageSyscall, Syscall, ToolSyscall,
-                          check_payload, decode, new_id)
+from aios.syscall import (Kind, MemoryOp, MemorySyscall, StorageOp, StorageSyscall, Syscall, ToolSyscall,
+                          new_call)
 from aios.tools.registry import ToolContext, ToolSpec
 
 if TYPE_CHECKING:
@@ -106,18 +104,7 @@ class ToolGate:
         if not self.is_open:
             raise InvalidSyscall(f"tool call {p.id} is over: its context makes no more syscalls",
                                  hint="a tool makes its syscalls while it runs, and keeps no context for later")
-        now = self.clock.now()
-        if isinstance(call, Syscall):
-            check_payload(call)
-            try:
-                json.dumps(call.payload())
-            except (TypeError, ValueError) as e:
-                raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
-                                     hint="strings, numbers, lists and dicts") from None
-            call = replace(call, id=new_id(), pid=p.pid, principal=p.principal, state=CallState.QUEUED, created=now)
-        else:
-            call = decode(dict(call) if isinstance(call, Mapping) else call, pid=p.pid, principal=p.principal,
-                          created=now)
+        call = new_call(call, pid=p.pid, principal=p.principal, created=self.clock.now())
         if call.kind not in KINDS:
             raise InvalidSyscall(f"a tool makes only storage and memory syscalls on its caller's behalf, "
                                  f"not {call.kind}", field="kind",
