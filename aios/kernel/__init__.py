@@ -339,11 +339,12 @@ class Kernel:
         return call
 
     async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
-        """The reply's chunks as they are generated (what came before, then the rest);
+        """The reply's chunks as they are generated: what came before, piece by piece as it
+        came (a call may start, even end, before its caller has its ticket), then the rest;
         raises the call's error at the end if it failed."""
         send, receive = anyio.create_memory_object_stream[Chunk](math.inf)
-        if ticket.text_parts:
-            send.send_nowait(Chunk("".join(ticket.text_parts), ticket.num_tokens))
+        for i, part in enumerate(ticket.text_parts):   # the tokens so far, counted on the last piece
+            send.send_nowait(Chunk(part, ticket.num_tokens if i == len(ticket.text_parts) - 1 else 0))
         if ticket.done.is_set():
             send.close()
         else:
