@@ -521,7 +521,7 @@ async def test_stream_yields_the_result_text(make_settings):
             t = await k.submit(llm("stream me", 12))
             chunks = [c async for c in k.stream(t)]
             result = await t.result()
-            late = [c async for c in k.stream(t)]                     # after the end: all at once
+            late = [c async for c in k.stream(t)]                     # after the end: the same pieces
         states = []
         while len(states) < 3:
             event = sub.receive_nowait()
@@ -530,7 +530,7 @@ async def test_stream_yields_the_result_text(make_settings):
     text = result["message"]["content"]
     assert "".join(c.text for c in chunks) == text and len(text.split()) == 12
     assert sum(c.num_tokens for c in chunks) == 12
-    assert [c.text for c in late] == [text]
+    assert [c.text for c in late] == [c.text for c in chunks] and sum(c.num_tokens for c in late) == 12
     assert states == ["queued", "running", "done"]
 
 
