@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from aios import access
 from aios.config import Settings
-from aios.errors import AiosError, InvalidSyscall, NotFound, PermissionDenied, QuotaExceeded, ToolError
+from aios.errors import AiosError, InvalidSyscall, NotFound, PermissionDenied, QuotaExceeded
 from aios.kernel import Kernel
 from aios.syscall import CallState, StorageOp, StorageSyscall
 from aios.tools import ToolContext, builtin_tools, tool

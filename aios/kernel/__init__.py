@@ -203,7 +203,7 @@ class Kernel:
         self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
         if isinstance(call, MemorySyscall) and call.owner not in (None, call.pid):
             try:
-                self._check_shared(call)
+                check_shared(call, self.processes, self.guard.manifests)
             except AiosError as e:   # a refusal is audited, as the manifest's are
                 await self.guard.deny(call.principal, f"{call.kind.value}.submit", str(call.pid), e.message,
                                       {"owner": call.owner, "op": call.op.value, "code": e.code})
@@ -245,9 +245,6 @@ class Kernel:
             self._abort(ticket, error)
         else:
             self.tickets.pop(ticket.id, None)
-
-    def _check_shared(self, call: MemorySyscall) -> None:
-        check_shared(call, self.processes, self.guard.manifests)
 
     def tool_gate(self, call: ToolSyscall) -> ToolGate:
         """The gate through which the tool of `call` makes syscalls on its caller's behalf,

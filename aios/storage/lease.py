@@ -156,8 +156,7 @@ class FileLease:
             raise JournalUnavailable(f"cannot lock the database {where} ({path}): {e.strerror}") from None
         before = _read(fd)
         if before is not None:
-            log.warning("took over the lease of kernel pid %d (no longer running) on host %s, for the database %s",
-                        before.pid, before.host, where)
+            _took_over(before.pid, before.host, where)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(asdict(holder)).encode(), 0)
@@ -192,6 +191,11 @@ class FileLease:
         except OSError as e:
             log.warning("could not clear the lease record %s: %s", self.path, e.strerror)
         os.close(self.fd)   # closing drops the lock
+
+
+def _took_over(pid: int, host: str, where: str) -> None:
+    log.warning("took over the lease of kernel pid %d (no longer running) on host %s, for the database %s",
+                pid, host, where)
 
 
 def _open(path: Path, where: str) -> int:
@@ -246,15 +250,13 @@ class AdvisoryLease:
 
     def record(self, conn: Connection) -> None:
         before = conn.execute(select(LEASES).where(LEASES.c.name == LEASE_NAME)).one_or_none()
-        values = {"pid": self.holder.pid, "host": self.holder.host, "started": self.holder.started,
-                  "endpoint": self.holder.endpoint}
+        values = asdict(self.holder)
         if before is None:
             self.epoch = 1
             conn.execute(insert(LeaseRow).values(name=LEASE_NAME, epoch=1, **values))
             return
         if before.pid is not None:
-            log.warning("took over the lease of kernel pid %d (no longer running) on host %s, for the database %s",
-                        before.pid, before.host, self.where)
+            _took_over(before.pid, before.host, self.where)
         self.epoch = before.epoch + 1
         conn.execute(update(LeaseRow).where(LeaseRow.name == LEASE_NAME).values(epoch=self.epoch, **values))
 
