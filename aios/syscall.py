@@ -249,20 +249,32 @@ def advance(call: Syscall, to: CallState, **changes: Any) -> Syscall:
     return evolve(call, **changes)
 
 
-_SLOTS: dict[type, tuple[str, ...]] = {}
+_COPIERS: dict[type, Callable[[Any], Any]] = {}
+
+
+def _copier(cls: type) -> Callable[[Any], Any]:
+    """A function that copies a frozen slotted dataclass field by field in straight-line
+    code, built once per class (as dataclasses builds __init__)."""
+    lines = ["def copy(record):", "    new = new_of(cls)"]
+    lines += [f"    set_(new, {f.name!r}, record.{f.name})" for f in fields(cls)]
+    lines.append("    return new")
+    scope = {"cls": cls, "new_of": object.__new__, "set_": object.__setattr__}
+    exec("\n".join(lines), scope)   # noqa: S102 (code built from the class's own field names)
+    return scope["copy"]
 
 
 def evolve(record: Any, **changes: Any) -> Any:
-    """A copy of a frozen dataclass `record` with `changes`, built slot by slot, without
-    validation: for the records the kernel changes on every syscall (a call, a process),
-    where dataclasses.replace, which re-runs __init__ with every field, costs several times more."""
+    """A copy of a frozen dataclass `record` with `changes`, without validation: for the
+    records the kernel changes on every syscall (a call, a process), where
+    dataclasses.replace, which re-runs __init__ with every field, costs several times more.
+    A name that is not a field raises AttributeError."""
     cls = type(record)
-    names = _SLOTS.get(cls)
-    if names is None:
-        names = _SLOTS[cls] = tuple(f.name for f in fields(cls))
-    new = object.__new__(cls)
-    for name in names:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(record, name))
+    copy = _COPIERS.get(cls)
+    if copy is None:
+        copy = _COPIERS[cls] = _copier(cls)
+    new = copy(record)
+    for name, value in changes.items():
+        object.__setattr__(new, name, value)
     return new
 
 

@@ -9,6 +9,7 @@ terminal with its waiter woken, on every path (done, failure, cancel, kill, dead
 shutdown); a call's slot is released on every path."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -59,7 +60,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.ticket: Ticket | None = None   # the next call to run, handed over by _start
-        self.wake = anyio.Event()
+        self.wake = asyncio.Event()   # asyncio's own: the kernel runs on asyncio, and the hot path is cheaper without anyio's wrapper
 
 
 def build_backends(settings: Settings, clock: Clock) -> list[Backend]:
@@ -545,48 +546,65 @@ class Kernel:
 
     async def _work(self, ticket: Ticket) -> None:
         """A worker of the kernel's task group: runs calls one after another, and waits
-        idle in between (spawning a task per call costs several times more)."""
+        idle in between (spawning a task per call costs several times more). Its calls
+        run in one cancel scope, which a cancel, a kill, a deadline or a timeout of the
+        running call cancels; the next call then gets a new one (a scope per call cost
+        more than the rest of the run)."""
         worker = _Worker()
         while True:
-            await self._run(ticket)
-            worker.wake = anyio.Event()
-            self._idle_workers.append(worker)
-            await worker.wake.wait()
-            assert worker.ticket is not None
-            ticket, worker.ticket = worker.ticket, None
+            res = self.scheduler.resources[ticket.call.resource]
+            with anyio.CancelScope() as scope:
+                while True:
+                    outcome, preempted = await self._run(ticket, scope)
+                    self._settle_safely(ticket, res, outcome, preempted)
+                    ticket = await self._next(worker)
+                    res = self.scheduler.resources[ticket.call.resource]
+            self._settle_safely(ticket, res, None, False)   # the run of `ticket` was cancelled
+            ticket = await self._next(worker)
 
-    async def _run(self, ticket: Ticket) -> None:
-        """Runs with the slot held; releases it on every path."""
-        res = self.scheduler.resources[ticket.call.resource]
+    async def _next(self, worker: _Worker) -> Ticket:
+        worker.wake.clear()
+        self._idle_workers.append(worker)
+        await worker.wake.wait()
+        ticket, worker.ticket = worker.ticket, None
+        assert ticket is not None
+        return ticket
+
+    async def _run(self, ticket: Ticket, scope: anyio.CancelScope) -> tuple[
+            tuple[CallState, Any, Usage, AiosError | None] | None, bool]:
+        """Runs with the slot held, in the worker's `scope`: returns (outcome, preempted),
+        or is cancelled through the scope (the worker then settles the call)."""
         now = self.clock.now()
         started = now if ticket.call.started is None else ticket.call.started   # 0.0 is a time too
         ticket.call = advance(ticket.call, CallState.RUNNING, started=started)
         ticket.run_started = now
         ticket.timeout_error = None
-        outcome: tuple[CallState, Any, Usage, AiosError | None] | None = None
-        preempted = False
-        with anyio.CancelScope() as scope:
-            ticket.scope = scope
-            if ticket.cancel_error is not None:
-                scope.cancel()
-            try:
-                # a call with side effects outside the database is known to be running
-                # before it acts; a write's running record commits with its effect (_seal)
-                if ticket.call.kind in (Kind.TOOL, Kind.PROCESS):
-                    await self.journal.append(ticket.call, now)
-                elif not ticket.call.is_store_write:
-                    self.journal.append_nowait(ticket.call, now)
-                self._publish_state(ticket)
-                result, usage = await HANDLERS[ticket.call.kind](self, ticket)
-                outcome = (CallState.DONE, result, usage, None)
-            except Preempted:
-                preempted = True
-            except AiosError as e:
-                outcome = (CallState.FAILED, None, _partial_usage(ticket), e)
-            except Exception as e:   # a bug: the call fails, the kernel goes on
-                log.exception("syscall %s crashed", ticket.id)
-                outcome = (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}"))
-        ticket.scope = None
+        ticket.scope = scope
+        if ticket.cancel_error is not None:
+            scope.cancel()
+        try:
+            # a call with side effects outside the database is known to be running
+            # before it acts; a write's running record commits with its effect (_seal)
+            if ticket.call.kind in (Kind.TOOL, Kind.PROCESS):
+                await self.journal.append(ticket.call, now)
+            elif not ticket.call.is_store_write:
+                self.journal.append_nowait(ticket.call, now)
+            self._publish_state(ticket)
+            result, usage = await HANDLERS[ticket.call.kind](self, ticket)
+            return (CallState.DONE, result, usage, None), False
+        except Preempted:
+            return None, True
+        except AiosError as e:
+            return (CallState.FAILED, None, _partial_usage(ticket), e), False
+        except Exception as e:   # a bug: the call fails, the kernel goes on
+            log.exception("syscall %s crashed", ticket.id)
+            return (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}")), False
+        finally:
+            ticket.scope = None
+            ticket.end_time_limit()
+
+    def _settle_safely(self, ticket: Ticket, res: Resource,
+                       outcome: tuple[CallState, Any, Usage, AiosError | None] | None, preempted: bool) -> None:
         try:
             self._settle(ticket, res, outcome, preempted)
         except Exception:   # a bug in the bookkeeping: end the call anyway, keep the kernel up
@@ -617,7 +635,7 @@ class Kernel:
             self._finished(ticket, None)
             return
         if outcome is None:   # cancelled: a cancel, a kill, a deadline, shutdown, a timeout
-            err = ticket.cancel_error or (ticket.timeout_error and ticket.timeout_error()) or Cancelled("cancelled")
+            err = ticket.cancel_error or ticket.timeout_error or Cancelled("cancelled")
             outcome = (_cancel_state(err), None, _partial_usage(ticket), err)
         state, result, usage, err = outcome
         self._finish(ticket, res, state, result, ticket.call.usage + held + usage, err)

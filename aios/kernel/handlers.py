@@ -38,10 +38,7 @@ async def run_llm(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
         res.policy.on_tokens(ticket, request.num_prompt_tokens, 0)
     ticket.is_preemptible = backend.is_continuable
     tool_calls, finish, usage = None, "stop", None
-    # the run's own cancel scope carries the backend timeout (one scope, not two)
-    assert ticket.scope is not None
-    ticket.scope.deadline = anyio.current_time() + backend.timeout_s
-    ticket.timeout_error = functools.partial(_timed_out, backend)
+    ticket.time_limit(backend.timeout_s, functools.partial(_timed_out, backend))
     try:
         async with aclosing(backend.stream(request, resume)) as chunks:
             async for chunk in chunks:

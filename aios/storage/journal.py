@@ -18,6 +18,7 @@ A call is acknowledged once its `queued` record is durable. What a crash can lea
   * a call held for a confirmation fails: nobody confirmed it to this kernel."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -46,7 +47,7 @@ class Interrupted(AiosError):
 @dataclass(slots=True)
 class _Flush:
     """One group commit: its waiters, and callbacks run once it is durable (or failed)."""
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
     error: JournalUnavailable | None = None
     callbacks: list[Callable[[JournalUnavailable | None], None]] = field(default_factory=list)
 
@@ -67,7 +68,7 @@ class Journal:
         self.db = db
         self._pending: list[_Record] = []
         self._flush = _Flush()
-        self._wake = anyio.Event()
+        self._wake = asyncio.Event()
         self._flushing = anyio.Lock()
         self._unwritten: set[str] = set()   # calls whose first record failed to commit: never journaled again
         self.num_commits = 0
@@ -97,7 +98,7 @@ class Journal:
         in the same instant share the commit."""
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake.clear()
             await anyio.lowlevel.checkpoint()
             await self.flush()
 
