@@ -2,6 +2,7 @@
 the database refusing to boot when it cannot be written, and the recovery rule."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -347,7 +348,7 @@ async def test_recovery_rule(tmp_path: Path) -> None:
     assert [(c, s) for c, s, _, _ in moves] == [
         ("p-llm", "queued"), ("r-llm", "preempted"), ("r-llm", "queued"),
         ("r-tool", "failed"), ("r-mem", "failed"), ("r-proc", "failed")]
-    assert all(at == 10.0 and detail == '{"recovered": true}' for _, _, at, detail in moves)
+    assert all(at == 10.0 and json.loads(detail) == {"recovered": True} for _, _, at, detail in moves)
     (error,) = query(path, "SELECT error FROM syscalls WHERE id = 'r-tool'")[0]
     assert '"interrupted"' in error
     # the boot row of this boot says what recovery did
