@@ -238,6 +238,7 @@ def _field_checkers(kind: Kind) -> tuple[dict[str, Callable[[Any], Any]], frozen
 
 # What a caller may set when submitting; the rest is the kernel's to fill in.
 CALLER_FIELDS = frozenset({"priority", "timeout_s"})
+_NOT_PAYLOAD = CALLER_FIELDS | {"kind"}
 
 
 def advance(call: Syscall, to: CallState, **changes: Any) -> Syscall:
@@ -303,17 +304,18 @@ def decode(data: Any, *, pid: int, principal: str, created: float) -> Syscall:
                              hint=f"one of: {', '.join(k.value for k in Kind)}") from None
     cls = SYSCALL_TYPES[kind]
     checkers, required = _CHECKERS[kind]
-    unknown = data.keys() - checkers.keys() - CALLER_FIELDS - {"kind"}
-    if unknown:
-        name = sorted(unknown)[0]
-        raise InvalidSyscall(f"unknown field {name!r} for a {kind} syscall", field=name,
-                             hint=f"{kind} syscalls take: {', '.join(sorted(checkers))}")
     values: dict[str, Any] = {}
-    for name, check in checkers.items():
-        if name in data:
-            values[name] = check(data[name])
-        elif name in required:
-            raise InvalidSyscall(f"a {kind} syscall needs the field {name!r}", field=name)
+    for name, value in data.items():   # the fields given, not every field the kind has
+        check = checkers.get(name)
+        if check is not None:
+            values[name] = check(value)
+        elif name not in _NOT_PAYLOAD:
+            unknown = sorted(data.keys() - checkers.keys() - _NOT_PAYLOAD)[0]
+            raise InvalidSyscall(f"unknown field {unknown!r} for a {kind} syscall", field=unknown,
+                                 hint=f"{kind} syscalls take: {', '.join(sorted(checkers))}")
+    if not required <= values.keys():
+        name = next(n for n in checkers if n in required and n not in values)
+        raise InvalidSyscall(f"a {kind} syscall needs the field {name!r}", field=name)
     priority = check_priority(data.get("priority", 0))
     deadline = None
     if data.get("timeout_s") is not None:
