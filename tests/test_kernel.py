@@ -309,6 +309,43 @@ async def test_cancel_queued_and_running_calls(make_settings):
 
 
 @pytest.mark.anyio
+async def test_a_call_that_swallows_its_cancel_leaves_its_worker_sound(make_settings):
+    """Calls of a worker share a cancel scope: one that catches its cancellation and
+    returns must not leave the scope cancelled for the next call, nor the worker twice
+    in the idle list (a call handed to it would never run)."""
+    started = anyio.Event()
+
+    async def stubborn() -> str:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        except anyio.get_cancelled_exc_class():
+            return "ignored the cancel"
+        return "slept"
+
+    async def echo(text: str) -> str:
+        await anyio.sleep(0)
+        return text
+
+    async with Kernel(make_settings(tool_slots=1)) as k:
+        k.register_tool(stubborn)
+        k.register_tool(echo)
+        with anyio.fail_after(30):
+            ticket = await k.submit({"kind": "tool", "tool": "stubborn"})
+            await started.wait()
+            await k.cancel(ticket.id)
+            first = await ticket.wait()
+            assert first.is_terminal   # ended once: whichever way, it is not settled twice
+            assert len(k._idle_workers) == len(set(map(id, k._idle_workers)))
+            tickets = [await k.submit({"kind": "tool", "tool": "echo", "arguments": {"text": str(i)}})
+                       for i in range(20)]
+            results = [await t.result() for t in tickets]
+        assert results == [str(i) for i in range(20)]
+        assert len(k._idle_workers) == len(set(map(id, k._idle_workers)))
+        assert_idle(k)
+
+
+@pytest.mark.anyio
 async def test_a_finished_call_drops_its_deadline_watcher(make_settings):
     async with Kernel(make_settings()) as k:
         with anyio.fail_after(10):

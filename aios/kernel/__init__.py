@@ -553,13 +553,19 @@ class Kernel:
         worker = _Worker()
         while True:
             res = self.scheduler.resources[ticket.call.resource]
+            settled = False
             with anyio.CancelScope() as scope:
                 while True:
                     outcome, preempted = await self._run(ticket, scope)
+                    settled = True
                     self._settle_safely(ticket, res, outcome, preempted)
+                    if scope.cancel_called:   # the call ended although cancelled: the scope is spent
+                        break
                     ticket = await self._next(worker)
                     res = self.scheduler.resources[ticket.call.resource]
-            self._settle_safely(ticket, res, None, False)   # the run of `ticket` was cancelled
+                    settled = False
+            if not settled:   # the run of `ticket` was cancelled through the scope
+                self._settle_safely(ticket, res, None, False)
             ticket = await self._next(worker)
 
     async def _next(self, worker: _Worker) -> Ticket:
