@@ -11,12 +11,13 @@ import anyio
 import pytest
 
 from aios.config import SchedulerSettings
-from aios.errors import ConfigError
+from aios.errors import Cancelled, ConfigError
 from aios.events import EventKind
 from aios.kernel import Kernel
 from aios.llm import count_tokens
 from aios.scheduler import (FairSharePolicy, FifoPolicy, Policy, PriorityPolicy, Resource,
                             RoundRobinPolicy, Scheduler, Ticket, make_policy)
+from aios.scheduler.ticket import TimeLimits
 from aios.syscall import CallState, LLMSyscall
 from tests.conftest import llm
 
@@ -508,3 +509,30 @@ async def test_suspend_holds_queued_calls_until_resume(make_settings, slot_watch
             assert queued.call.started >= max(t.call.finished for t in others)
             assert res.stats.num_held == 0 and k.processes.get(a).state == "running"
     assert slot_watch.violations == []
+
+
+@pytest.mark.anyio
+async def test_time_limits_cancel_only_the_runs_past_their_limit() -> None:
+    """One timer keeps every running call's limit: it fires at the earliest, cancels the
+    runs past theirs with their error, and sets itself again for the rest."""
+    limits = TimeLimits()
+    a, b, c, d = (ticket(i) for i in range(4))
+    for t in (a, b, c, d):
+        t.scope = anyio.CancelScope()
+    limits.set(a, 0.05, lambda: Cancelled("a timed out"))
+    limits.set(b, 0.05, lambda: Cancelled("b timed out"))
+    limits.set(c, 30.0, lambda: Cancelled("c timed out"))
+    limits.clear(b)   # b's run ended in time
+    await anyio.sleep(0.3)
+    assert a.scope.cancel_called and a.timeout_error is not None and a.timeout_error.message == "a timed out"
+    assert not b.scope.cancel_called and b.timeout_error is None
+    assert not c.scope.cancel_called
+    limits.set(d, 0.02, lambda: Cancelled("d timed out"))   # earlier than c's: the timer moves to it
+    await anyio.sleep(0.3)
+    assert d.scope.cancel_called and d.timeout_error.message == "d timed out"
+    assert not c.scope.cancel_called
+    limits.clear(c)
+    d.scope = None   # a run already over when its limit comes is left alone
+    limits.set(d, 0.01, lambda: Cancelled("late"))
+    await anyio.sleep(0.2)
+    assert d.timeout_error.message == "d timed out"

@@ -43,6 +43,7 @@ from aios.process.table import ProcessTable
 from aios.kernel.gate import ToolGate, check_shared, is_irreversible
 from aios.kernel.handlers import HANDLERS, Preempted
 from aios.scheduler import Resource, Scheduler, Ticket
+from aios.scheduler.ticket import TimeLimits
 from aios.storage import Database, FileStore, Journal
 from aios.storage.journal import Seal, record_in
 from aios.storage.files import check_path
@@ -81,6 +82,7 @@ class Kernel:
         self.journal = Journal(self.db)
         self.context = ContextManager()
         self.scheduler = Scheduler(settings.scheduler, self._start, clock.now)
+        self.time_limits = TimeLimits()   # the backends' timeouts of running calls
         self.router = Router(backends if backends is not None else build_backends(settings, clock))
         self.memory = MemoryManager(self.db, settings.memory_working_tokens, settings.memory_policy,
                                     embedder=settings.memory_embedder)
@@ -607,7 +609,7 @@ class Kernel:
             return (CallState.FAILED, None, Usage(), InternalError(f"{type(e).__name__}: {e}")), False
         finally:
             ticket.scope = None
-            ticket.end_time_limit()
+            self.time_limits.clear(ticket)
 
     def _settle_safely(self, ticket: Ticket, res: Resource,
                        outcome: tuple[CallState, Any, Usage, AiosError | None] | None, preempted: bool) -> None:

@@ -38,7 +38,7 @@ async def run_llm(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
         res.policy.on_tokens(ticket, request.num_prompt_tokens, 0)
     ticket.is_preemptible = backend.is_continuable
     tool_calls, finish, usage = None, "stop", None
-    ticket.time_limit(backend.timeout_s, functools.partial(_timed_out, backend))
+    k.time_limits.set(ticket, backend.timeout_s, functools.partial(_timed_out, backend))
     try:
         async with aclosing(backend.stream(request, resume)) as chunks:
             async for chunk in chunks:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncio
+import math
 
 import anyio
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 class Ticket:
     __slots__ = ("call", "seq", "done", "snapshot", "is_preemptible", "is_preempt_requested",
                  "num_slice_tokens", "text_parts", "num_tokens", "listeners", "scope",
-                 "cancel_error", "timeout_error", "timer", "expiry", "run_started", "sealed")
+                 "cancel_error", "timeout_error", "expiry", "run_started", "sealed")
 
     def __init__(self, call: Syscall, seq: int):
         self.call = call                 # the current immutable record; replaced on each move
@@ -37,7 +38,6 @@ class Ticket:
         self.scope: anyio.CancelScope | None = None
         self.cancel_error: AiosError | None = None   # why the kernel cancelled it, if it did
         self.timeout_error: AiosError | None = None   # set when its run's time limit cancelled it
-        self.timer: asyncio.TimerHandle | None = None   # the run's time limit, if it has one
         self.expiry: anyio.CancelScope | None = None   # the deadline watcher, if any
         self.run_started = 0.0
         self.sealed: Syscall | None = None   # a write's end, journaled in the write's own transaction
@@ -49,23 +49,6 @@ class Ticket:
     @property
     def pid(self) -> int:
         return self.call.pid
-
-    def time_limit(self, seconds: float, error: Callable[[], AiosError]) -> None:
-        """Cancels the current run (through its scope) with `error()` if it still runs
-        `seconds` of real time from now: a timer on the loop, cheaper than a scope's deadline."""
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_at(loop.time() + seconds, self._time_out, error)
-
-    def _time_out(self, error: Callable[[], AiosError]) -> None:
-        self.timer = None
-        if self.scope is not None:
-            self.timeout_error = error()
-            self.scope.cancel()
-
-    def end_time_limit(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     async def wait(self) -> Syscall:
         if not self.done.is_set():   # an ended call answers at once, without a trip through the loop
@@ -82,3 +65,45 @@ class Ticket:
     def __repr__(self) -> str:
         return f"<Ticket {self.call.id[:8]} {self.call.kind} pid={self.pid} {self.call.state}>"
 
+
+
+class TimeLimits:
+    """The time limits of running calls (a backend's timeout), kept with one loop timer
+    for all of them rather than one each: a limit is set and cleared on every call and
+    almost never fires. The timer wakes at the earliest limit set; it cancels the runs
+    that passed theirs (through their scope) and sets itself for the next."""
+
+    def __init__(self) -> None:
+        self._limits: dict[Ticket, tuple[float, Callable[[], AiosError]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def set(self, ticket: Ticket, seconds: float, error: Callable[[], AiosError]) -> None:
+        """Cancels the ticket's current run with `error()` if it still runs `seconds` of
+        real time from now."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + seconds
+        self._limits[ticket] = (at, error)
+        if at < self._timer_at:
+            self._arm(loop, at)
+
+    def clear(self, ticket: Ticket) -> None:
+        self._limits.pop(ticket, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = loop.time()
+        for ticket, (at, error) in list(self._limits.items()):
+            if at <= now:
+                del self._limits[ticket]
+                if ticket.scope is not None:
+                    ticket.timeout_error = error()
+                    ticket.scope.cancel()
+        if self._limits:
+            self._arm(loop, min(at for at, _ in self._limits.values()))
