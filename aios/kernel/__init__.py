@@ -203,7 +203,7 @@ class Kernel:
                                               proc.usage.tokens_in + proc.usage.tokens_out, proc.usage.cost_usd,
                                               tool.cost_usd if tool is not None else 0.0,
                                               tool is not None and tool.needs_network, proc.name)
-        self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
+        res = self._admit(call)   # an unknown model or tool, or bad tool arguments, are refused here
         if isinstance(call, MemorySyscall) and call.owner not in (None, call.pid):
             try:
                 check_shared(call, self.processes, self.guard.manifests)
@@ -216,6 +216,7 @@ class Kernel:
         if self._irreversible(call):
             call = replace(call, state=CallState.WAITING_CONFIRMATION)
         ticket = Ticket(call, next(self._seq))
+        ticket.res = res
         self.tickets[call.id] = ticket
         flush = self.journal.append_nowait(call, now, is_new=True)
         if call.is_effect_free and call.state is CallState.QUEUED:
@@ -502,8 +503,9 @@ class Kernel:
 
     # ---- dispatch
 
-    def _admit(self, call: Syscall) -> None:
-        self._resource_of(call)
+    def _admit(self, call: Syscall) -> Resource:
+        """Refuses a call the kernel cannot run; returns the resource it will queue for."""
+        res = self._resource_of(call)
         if isinstance(call, ToolSyscall):
             self.tools[call.tool].bind(call.arguments)
         elif isinstance(call, StorageSyscall):   # a bad path is refused at once, not after a confirmation
@@ -511,6 +513,7 @@ class Kernel:
                 check_path(call.path)
             if call.to:
                 check_path(call.to, field="to")
+        return res
 
     def _resource_of(self, call: Syscall) -> Resource:
         match call:
@@ -534,7 +537,9 @@ class Kernel:
         if call.deadline is not None:
             assert self._tg is not None
             self._tg.start_soon(self._expire, ticket)
-        self._resource_of(call).submit(ticket, self.clock.now())
+        if ticket.res is None:
+            ticket.res = self._resource_of(call)
+        ticket.res.submit(ticket, self.clock.now())
 
     def _start(self, ticket: Ticket) -> None:
         """The scheduler gave the ticket a slot: an idle worker task runs it, or a new one."""
@@ -554,7 +559,8 @@ class Kernel:
         more than the rest of the run)."""
         worker = _Worker()
         while True:
-            res = self.scheduler.resources[ticket.call.resource]
+            res = ticket.res
+            assert res is not None   # it got its slot from this resource
             settled = False
             with anyio.CancelScope() as scope:
                 while True:
@@ -564,7 +570,8 @@ class Kernel:
                     if scope.cancel_called:   # the call ended although cancelled: the scope is spent
                         break
                     ticket = await self._next(worker)
-                    res = self.scheduler.resources[ticket.call.resource]
+                    res = ticket.res
+                    assert res is not None
                     settled = False
             if not settled:   # the run of `ticket` was cancelled through the scope
                 self._settle_safely(ticket, res, None, False)
@@ -713,7 +720,7 @@ class Kernel:
         if ticket.scope is not None:
             ticket.scope.cancel()
             return
-        res = self.scheduler.resources.get(ticket.call.resource)
+        res = ticket.res
         if res is not None and res.remove(ticket):
             self._finish(ticket, None, _cancel_state(error), None, ticket.call.usage, error)
 

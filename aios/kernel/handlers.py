@@ -31,7 +31,8 @@ async def run_llm(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     call = ticket.call
     assert isinstance(call, LLMSyscall)
     backend = k.router.route(call.model)
-    res = k.scheduler.resources[call.resource]
+    res = ticket.res
+    assert res is not None
     request = Request.of(call)
     resume = k.context.restore(ticket)
     if resume is None:

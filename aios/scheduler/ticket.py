@@ -2,11 +2,10 @@
 call). Only kernel tasks on the event loop touch it; the caller holds it to wait."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
 import asyncio
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -16,12 +15,13 @@ from aios.syscall import Syscall
 if TYPE_CHECKING:
     from aios.context import Snapshot
     from aios.llm import Chunk
+    from aios.scheduler import Resource
 
 
 class Ticket:
     __slots__ = ("call", "seq", "done", "snapshot", "is_preemptible", "is_preempt_requested",
                  "num_slice_tokens", "text_parts", "num_tokens", "listeners", "scope",
-                 "cancel_error", "timeout_error", "expiry", "run_started", "sealed")
+                 "cancel_error", "timeout_error", "expiry", "res", "run_started", "sealed")
 
     def __init__(self, call: Syscall, seq: int):
         self.call = call                 # the current immutable record; replaced on each move
@@ -40,6 +40,7 @@ class Ticket:
         self.timeout_error: AiosError | None = None   # set when its run's time limit cancelled it
         self.expiry: anyio.CancelScope | None = None   # the deadline watcher, if any
         self.run_started = 0.0
+        self.res: Resource | None = None   # the resource it queues for and runs on, once enqueued
         self.sealed: Syscall | None = None   # a write's end, journaled in the write's own transaction
 
     @property
