@@ -9,21 +9,9 @@ so the final text equals an uninterrupted generation on a continuable backend.""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from aios.llm import Backend, Request, Resume
-from aios.scheduler.ticket import Ticket
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    call_id: str
-    text: str
-    num_tokens: int
-    backend: str
-    state: Any          # the backend's own saved state (hardware model: a SavedKV)
-    taken_at: float
+from aios.scheduler.ticket import Snapshot, Ticket
 
 
 class ContextManager:

@@ -20,7 +20,7 @@ def export(
 ) -> None:
     """Writes every LLM syscall in the journal as a request (arrival, prompt and output
     tokens, process as session, priority)."""
-    from aios.hardware.trace import export_journal
+    from aios.storage.trace import export_journal
     from aios.hardware.workload import save_trace
     settings = settings_from(config, {"database_url": db})
     workload = export_journal(settings.db_url, include_unfinished=include_unfinished)

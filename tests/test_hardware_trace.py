@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from aios.cli.main import app
 from aios.errors import ConfigError
-from aios.hardware.trace import export_journal
+from aios.storage.trace import export_journal
 from aios.hardware.workload import load_trace
 from aios.kernel import Kernel
 from tests.conftest import llm

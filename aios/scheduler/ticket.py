@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,9 +14,20 @@ from aios.errors import AiosError
 from aios.syscall import Syscall
 
 if TYPE_CHECKING:
-    from aios.context import Snapshot
     from aios.llm import Chunk
     from aios.scheduler import Resource
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An interrupted generation, as the context manager (aios.context) saved it: the
+    reply so far, and where the backend put its state. A ticket holds it until resumed."""
+    call_id: str
+    text: str
+    num_tokens: int
+    backend: str
+    state: Any          # the backend's own saved state (hardware model: a SavedKV)
+    taken_at: float
 
 
 class Ticket:

@@ -1,6 +1,7 @@
 """`aios trace export`: the kernel's own LLM syscalls, from its journal, as a workload
 trace for the simulator, so that a day of real agent traffic can be replayed against
-serving policies and hardware.
+serving policies and hardware. It lives with the journal it reads: the simulator
+(aios.hardware) stands alone and knows nothing of the kernel.
 
 Each LLM call becomes a request: its arrival is when it was submitted (seconds from the
 first call exported), its prompt and output tokens are what the kernel metered, its

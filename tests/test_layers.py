@@ -1,0 +1,100 @@
+"""The house's floors, read from the source: which package imports which (every import,
+those under TYPE_CHECKING and inside functions too)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import aios
+
+ROOT = Path(aios.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """The aios modules a source file names in its imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("aios"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("aios"))
+    return found
+
+
+def package(module: str) -> str:
+    """A module's floor: `aios.kernel.handlers` is in `aios.kernel`."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        here = package(module_name(path))
+        graph.setdefault(here, set()).update(p for p in map(package, imports_of(path)) if p not in (here, "aios"))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+# the ground floor: errors, limits and settings, which import nothing above them
+GROUND = {"aios.errors", "aios.param", "aios.config"}
+
+
+def test_the_ground_floor_imports_nothing_above_it() -> None:
+    above = {(m, i) for m in GROUND for i in imports_of(ROOT / f"{m.split('.')[1]}.py") if i not in GROUND}
+    assert above == set()
+
+
+def test_the_simulator_stands_alone() -> None:
+    """aios.hardware is a library the kernel uses, on the ground floor only, never the
+    other way up: the journal's export to a trace lives in aios.storage."""
+    outside = {(module_name(p), m) for p in (ROOT / "hardware").rglob("*.py")
+               for m in imports_of(p) if not m.startswith("aios.hardware") and m not in GROUND}
+    assert outside == set()
+
+
+def test_no_import_circle_between_floors_but_the_one_being_removed() -> None:
+    """aios.context and aios.scheduler no longer import each other (the Snapshot type
+    lives with the ticket that holds it). The circle kernel, process runners, SDK goes
+    when the in-process transport moves beside the runners."""
+    assert cycles(package_graph()) == [["aios.kernel", "aios.process", "aios.sdk"]]
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
