@@ -45,7 +45,7 @@ from aios.kernel.handlers import HANDLERS, Preempted
 from aios.scheduler import Resource, Scheduler, Ticket
 from aios.scheduler.ticket import TimeLimits
 from aios.storage import Database, FileStore, Journal
-from aios.storage.journal import Seal, record_in
+from aios.storage.journal import Flush, Seal, record_in
 from aios.storage.files import check_path
 from aios.storage.lease import Holder
 from aios.tools.registry import ToolRegistry, ToolSpec
@@ -286,13 +286,11 @@ class Kernel:
                                                  "confirmation.deny", call_id, "allow" if approve else "deny",
                                                  {"pid": ticket.call.pid}))
         if approve:
-            ticket.call = advance(ticket.call, CallState.QUEUED)
             try:   # durable before it can run: a write's end commits with its effect, and must come last
-                await self.journal.append(ticket.call, now)
+                await self._move_durably(ticket, CallState.QUEUED, now)
             except JournalUnavailable as e:
                 self._finish(ticket, None, CallState.FAILED, None, ticket.call.usage, e)
                 raise
-            self._publish_state(ticket)
             self._enqueue(ticket)
             return ticket.call
         self._finish(ticket, None, CallState.FAILED, None, ticket.call.usage,
@@ -591,7 +589,6 @@ class Kernel:
         or is cancelled through the scope (the worker then settles the call)."""
         now = self.clock.now()
         started = now if ticket.call.started is None else ticket.call.started   # 0.0 is a time too
-        ticket.call = advance(ticket.call, CallState.RUNNING, started=started)
         ticket.run_started = now
         ticket.timeout_error = None
         ticket.scope = scope
@@ -601,10 +598,9 @@ class Kernel:
             # a call with side effects outside the database is known to be running
             # before it acts; a write's running record commits with its effect (_seal)
             if ticket.call.kind in (Kind.TOOL, Kind.PROCESS):
-                await self.journal.append(ticket.call, now)
-            elif not ticket.call.is_store_write:
-                self.journal.append_nowait(ticket.call, now)
-            self._publish_state(ticket)
+                await self._move_durably(ticket, CallState.RUNNING, now, started=started)
+            else:
+                self._move(ticket, CallState.RUNNING, now, journal=not ticket.call.is_store_write, started=started)
             result, usage = await HANDLERS[ticket.call.kind](self, ticket)
             return (CallState.DONE, result, usage, None), False
         except Preempted:
@@ -626,6 +622,26 @@ class Kernel:
             log.exception("syscall %s could not be settled", ticket.id)
             self._drop(ticket, res)
 
+    def _move(self, ticket: Ticket, to: CallState, now: float, *, journal: bool = True, publish: bool = True,
+              **changes: Any) -> Flush:
+        """The one way a call in the kernel changes state: the ticket gets the new record,
+        the journal its move (unless the move commits elsewhere: a write's running record
+        commits with its effect), observers the event. Returns the commit the move is in."""
+        ticket.call = advance(ticket.call, to, **changes)
+        flush = self.journal.append_nowait(ticket.call, now) if journal else Flush.durable()
+        if publish:
+            self._publish_state(ticket)
+        return flush
+
+    async def _move_durably(self, ticket: Ticket, to: CallState, now: float, **changes: Any) -> None:
+        """`_move`, published only once its record is durable (JournalUnavailable if not):
+        for a call about to act outside the database, or to be queued after a confirmation."""
+        flush = self._move(ticket, to, now, publish=False, **changes)
+        await flush.done.wait()
+        if flush.error is not None:
+            raise flush.error
+        self._publish_state(ticket)
+
     def _settle(self, ticket: Ticket, res: Resource, outcome: tuple[CallState, Any, Usage, AiosError | None] | None,
                 preempted: bool) -> None:
         """After a run: re-queue a preempted call, or make it terminal. Nothing here awaits,
@@ -633,13 +649,9 @@ class Kernel:
         now = self.clock.now()
         held = Usage(service_s=now - ticket.run_started)
         if preempted:
-            ticket.call = advance(ticket.call, CallState.PREEMPTED, usage=ticket.call.usage + held,
-                                  num_preemptions=ticket.call.num_preemptions + 1)
-            self.journal.append_nowait(ticket.call, now)
-            self._publish_state(ticket)
-            ticket.call = advance(ticket.call, CallState.QUEUED)
-            self.journal.append_nowait(ticket.call, now)
-            self._publish_state(ticket)
+            self._move(ticket, CallState.PREEMPTED, now, usage=ticket.call.usage + held,
+                       num_preemptions=ticket.call.num_preemptions + 1)
+            self._move(ticket, CallState.QUEUED, now)
             res.requeue(ticket, now)
             return
         if ticket.sealed is not None and (outcome is None or outcome[0] is CallState.DONE):
@@ -689,12 +701,12 @@ class Kernel:
             self.context.discard(ticket, self.router.route(ticket.call.model))
         if ticket.call.state is CallState.RUNNING and ticket.call.is_store_write:
             self.journal.append_nowait(ticket.call, ticket.run_started)   # it ran, but its effect did not commit
-        ticket.call = advance(ticket.call, state, finished=now, result=result, usage=usage,
-                              error=err.to_dict() if err else None)
+        flush = self._move(ticket, state, now, publish=False, finished=now, result=result, usage=usage,
+                           error=err.to_dict() if err else None)
         if res is not None:
             res.release(ticket, now)   # the slot is free before the commit: work-conserving
         self.processes.charge(ticket.pid, usage)
-        self.journal.append_nowait(ticket.call, now).on_durable(lambda error: self._finished(ticket, error))
+        flush.on_durable(lambda error: self._finished(ticket, error))   # published once durable
 
     def _finished(self, ticket: Ticket, error: JournalUnavailable | None) -> None:
         if error is not None:

@@ -46,14 +46,24 @@ class Interrupted(AiosError):
 
 
 @dataclass(slots=True)
-class _Flush:
+class Flush:
     """One group commit: its waiters, and callbacks run once it is durable (or failed)."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     error: JournalUnavailable | None = None
     callbacks: list[Callable[[JournalUnavailable | None], None]] = field(default_factory=list)
 
     def on_durable(self, callback: Callable[[JournalUnavailable | None], None]) -> None:
-        self.callbacks.append(callback)
+        if self.done.is_set():   # a commit already over (or no commit at all): at once
+            callback(self.error)
+        else:
+            self.callbacks.append(callback)
+
+    @classmethod
+    def durable(cls) -> Flush:
+        """A commit already over: for a move recorded by some other transaction."""
+        flush = cls()
+        flush.done.set()
+        return flush
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +78,7 @@ class Journal:
     def __init__(self, db: Database):
         self.db = db
         self._pending: list[_Record] = []
-        self._flush = _Flush()
+        self._flush = Flush()
         self._wake = asyncio.Event()
         self._flushing = anyio.Lock()
         self._unwritten: set[str] = set()   # calls whose first record failed to commit: never journaled again
@@ -85,7 +95,7 @@ class Journal:
                 raise flush.error
 
     def append_nowait(self, call: Syscall, at: float, *, is_new: bool = False,
-                      detail: dict[str, Any] | None = None) -> _Flush:
+                      detail: dict[str, Any] | None = None) -> Flush:
         """Queues the record for the next commit; returns that commit, to wait on or to
         register `on_durable` callbacks with."""
         flush = self._flush
@@ -111,7 +121,7 @@ class Journal:
     async def _flush_pending(self) -> None:
         while self._pending:
             batch, flush = self._pending, self._flush
-            self._pending, self._flush = [], _Flush()
+            self._pending, self._flush = [], Flush()
             if self._unwritten:   # a later record of a call with no row would fail the whole batch
                 batch = [r for r in batch if r.call.id not in self._unwritten]
             try:
