@@ -61,7 +61,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.ticket: Ticket | None = None   # the next call to run, handed over by _start
-        self.wake = asyncio.Event()   # asyncio's own: the kernel runs on asyncio, and the hot path is cheaper without anyio's wrapper
+        self.wake = asyncio.Event()   # asyncio's own: the kernel runs on asyncio, and it is cheaper
 
 
 def build_backends(settings: Settings, clock: Clock) -> list[Backend]:
@@ -123,7 +123,7 @@ class Kernel:
                     call = replace(call, pid=0)   # its process died with the old kernel
                 ticket = Ticket(call, next(self._seq))
                 try:
-                    self._admit(call)
+                    ticket.res = self._admit(call)
                 except (NotFound, InvalidSyscall) as e:   # a tool not registered before boot, a model no longer served
                     self.tickets[call.id] = ticket
                     self._finish(ticket, None, CallState.FAILED, None, call.usage, e)
@@ -228,9 +228,7 @@ class Kernel:
             # queued once its record is durable, whether or not this caller still waits:
             # recorded and queued, or unrecorded, never between
             flush.on_durable(lambda error: self._unrecorded(ticket, error) if error else self._accept(ticket))
-        await flush.done.wait()
-        if flush.error is not None:
-            raise flush.error
+        await flush.wait()
         return ticket
 
     def _accept(self, ticket: Ticket) -> None:
@@ -535,8 +533,7 @@ class Kernel:
         if call.deadline is not None:
             assert self._tg is not None
             self._tg.start_soon(self._expire, ticket)
-        if ticket.res is None:
-            ticket.res = self._resource_of(call)
+        assert ticket.res is not None   # found when the call was admitted
         ticket.res.submit(ticket, self.clock.now())
 
     def _start(self, ticket: Ticket) -> None:
@@ -636,10 +633,7 @@ class Kernel:
     async def _move_durably(self, ticket: Ticket, to: CallState, now: float, **changes: Any) -> None:
         """`_move`, published only once its record is durable (JournalUnavailable if not):
         for a call about to act outside the database, or to be queued after a confirmation."""
-        flush = self._move(ticket, to, now, publish=False, **changes)
-        await flush.done.wait()
-        if flush.error is not None:
-            raise flush.error
+        await self._move(ticket, to, now, publish=False, **changes).wait()
         self._publish_state(ticket)
 
     def _settle(self, ticket: Ticket, res: Resource, outcome: tuple[CallState, Any, Usage, AiosError | None] | None,

@@ -79,7 +79,6 @@ class Ticket:
         return f"<Ticket {self.call.id[:8]} {self.call.kind} pid={self.pid} {self.call.state}>"
 
 
-
 class TimeLimits:
     """The time limits of running calls (a backend's timeout), kept with one loop timer
     for all of them rather than one each: a limit is set and cleared on every call and

@@ -23,13 +23,13 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import anyio
-import orjson
 import anyio.lowlevel
+import orjson
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import DBAPIError
 
@@ -51,6 +51,12 @@ class Flush:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     error: JournalUnavailable | None = None
     callbacks: list[Callable[[JournalUnavailable | None], None]] = field(default_factory=list)
+
+    async def wait(self) -> None:
+        """Returns once the commit is durable; raises its JournalUnavailable if it failed."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
 
     def on_durable(self, callback: Callable[[JournalUnavailable | None], None]) -> None:
         if self.done.is_set():   # a commit already over (or no commit at all): at once
@@ -90,9 +96,7 @@ class Journal:
         """Records the call's current state (a new row when `is_new`) and its move at `at`."""
         flush = self.append_nowait(call, at, is_new=is_new, detail=detail)
         if wait:
-            await flush.done.wait()
-            if flush.error is not None:
-                raise flush.error
+            await flush.wait()
 
     def append_nowait(self, call: Syscall, at: float, *, is_new: bool = False,
                       detail: dict[str, Any] | None = None) -> Flush:
