@@ -108,11 +108,17 @@ def token_from_env(url: str, environ: Mapping[str, str]) -> str | None:
     return token_for(url, Path(environ.get("AIOS_HOME") or "~/.aios").expanduser())
 
 
-def _is_this_machine(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine's loopback."""
+    return _is_this_machine(host, unspecified=False)
+
+
+def _is_this_machine(host: str, unspecified: bool = True) -> bool:
+    """Loopback, or (`unspecified`) an address a server listens on for every interface."""
     if host == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return address.is_loopback or address.is_unspecified
+    return address.is_loopback or (unspecified and address.is_unspecified)

@@ -1,5 +1,6 @@
 """Syscalls: what an agent asks the kernel for, one frozen dataclass per resource kind, and
-the state machine every syscall follows.
+the state machine every syscall follows; and the record of an agent process, which the
+process syscalls and the REST API return.
 
 Invariant: a syscall changes state only through `advance`, which refuses moves not in MOVES.
     [waiting_confirmation ->] queued -> running -> (preempted -> queued)* -> done | failed | cancelled
@@ -16,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+
+import orjson
 
 from aios.errors import InvalidSyscall, InvalidTransition
 from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
@@ -107,6 +110,44 @@ class Usage:
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.tokens_in + other.tokens_in, self.tokens_out + other.tokens_out,
                      self.cost_usd + other.cost_usd, self.service_s + other.service_s)
+
+
+# ---- the process record (aios.process keeps the table; the SDK and the REST API read it)
+
+class ProcState(StrEnum):
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    pid: int
+    name: str
+    principal: str
+    parent_pid: int | None
+    priority: int
+    state: ProcState
+    created: float
+    exited: float | None = None
+    exit_reason: str | None = None
+    usage: Usage = Usage()
+    program: str | None = None     # what it runs (a file, a module, a registered name); None: a bare account
+    runner: str | None = None      # "inproc" | "subprocess"
+    exit_code: int | None = None
+    cpu_s: float = 0.0             # CPU time of its OS process (subprocess runner)
+    max_rss_kib: int = 0
+
+
+def process_json(p: Process) -> dict[str, Any]:
+    """A process as the REST API shows it (GET /v1/processes/{pid}), and the SDK reads it."""
+    u = p.usage
+    return {"pid": p.pid, "name": p.name, "principal": p.principal, "parent_pid": p.parent_pid,
+            "priority": p.priority, "state": p.state.value, "created": p.created, "exited": p.exited,
+            "exit_reason": p.exit_reason, "exit_code": p.exit_code, "program": p.program, "runner": p.runner,
+            "cpu_s": p.cpu_s, "max_rss_kib": p.max_rss_kib,
+            "usage": {"tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost_usd": u.cost_usd,
+                      "service_s": u.service_s}}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -324,27 +365,63 @@ def decode(data: Any, *, pid: int, principal: str, created: float) -> Syscall:
             raise InvalidSyscall(f"timeout_s must be a positive number of seconds, got {timeout_s!r}",
                                  field="timeout_s")
         deadline = created + float(timeout_s)
-    call = cls(pid=pid, principal=principal, priority=priority, deadline=deadline,
-               created=created, **values)
-    check_payload(call)
-    return call
+    return checked(cls(pid=pid, principal=principal, priority=priority, deadline=deadline,
+                       created=created, **values))
 
 
 def new_call(call: Syscall | Mapping[str, Any], *, pid: int, principal: str, created: float) -> Syscall:
     """A new call of this caller (`pid`, `principal`) made at `created`, with a fresh id:
     decoded from a JSON-shaped dict, or a Syscall built in code, checked as a dict is (a
-    Syscall may be submitted twice, and ids are never reused)."""
+    Syscall may be submitted twice, and ids are never reused). The one decode of a call:
+    its payload checked (JSON, as the journal stores it) and its paths normalised, so
+    that nothing after it checks them again."""
     if not isinstance(call, Syscall):
-        return decode(dict(call) if isinstance(call, Mapping) else call, pid=pid, principal=principal,
+        call = decode(dict(call) if isinstance(call, Mapping) else call, pid=pid, principal=principal,
                       created=created)
-    check_priority(call.priority)
+    else:
+        check_priority(call.priority)
+        call = checked(evolve(call, id=new_id(), pid=pid, principal=principal, state=CallState.QUEUED,
+                              created=created))
+    _check_json(call)
+    return call
+
+
+def checked(call: Syscall) -> Syscall:
+    """The call with its paths normalised (check_path), once its payload is checked."""
+    if isinstance(call, StorageSyscall):
+        path = check_path(call.path) if call.path else call.path
+        to = check_path(call.to, "to") if call.to else call.to
+        if path != call.path or to != call.to:
+            call = evolve(call, path=path, to=to)
     check_payload(call)
+    return call
+
+
+def _check_json(call: Syscall) -> None:
+    """The payload as the journal will store it: JSON values only (a set, an object, a
+    float NaN refused here, not when its batch is written)."""
     try:
-        json.dumps(call.payload())
-    except (TypeError, ValueError) as e:
-        raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
-                             hint="the journal stores payloads as JSON: strings, numbers, lists and dicts") from None
-    return evolve(call, id=new_id(), pid=pid, principal=principal, state=CallState.QUEUED, created=created)
+        orjson.dumps(call.payload(), option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        try:   # orjson refuses integers beyond 64 bits, which JSON allows
+            json.dumps(call.payload(), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
+                                 hint="the journal stores payloads as JSON: strings, numbers, lists and dicts") \
+                from None
+
+
+def check_path(path: str, field: str = "path") -> str:
+    """A relative path with no `..`, no NUL and no empty parts; returned normalised."""
+    if "\x00" in path:
+        raise InvalidSyscall(f"{field} must not contain NUL bytes", field=field)
+    if path.startswith("/"):
+        raise InvalidSyscall(f"{field} {path!r} is absolute", field=field,
+                             hint="paths are relative to the agent's own file space")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidSyscall(f"{field} {path!r} climbs out with '..'", field=field)
+    return "/".join(parts)
 
 
 def check_payload(call: Syscall) -> None:
@@ -387,6 +464,8 @@ def check_payload(call: Syscall) -> None:
             raise InvalidSyscall(f"storage {call.op} needs 'path'", field="path")
         case StorageSyscall(op=StorageOp.MOVE) if not call.to:
             raise InvalidSyscall("storage move needs 'to', the new path", field="to")
+        case StorageSyscall(op=StorageOp.MOVE) if call.to == call.path:
+            raise InvalidSyscall(f"cannot move {call.path!r} onto itself", field="to")
         case ProcessSyscall(op=op) if op not in (ProcessOp.LIST,) and call.target_pid is None:
             raise InvalidSyscall(f"process {op} needs 'target_pid'", field="target_pid")
 

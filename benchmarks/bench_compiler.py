@@ -42,6 +42,7 @@ from aios.config import HardwareBackendSettings, load_settings
 from aios.errors import ConfigError
 from aios.kernel import Kernel
 from aios.llm.hardware import HardwareBackend
+from aios.process.inproc import KernelTransport
 from aios.sdk import AsyncClient
 from aios.tools import tool
 from aios.tools.calculator import calculator as calc
@@ -135,7 +136,7 @@ def critical_path_bound(spans: list[Span]) -> float:
 
 async def answer(k: Kernel, agent: str, q: Question, model: str, timeout_s: float) -> Run:
     proc = await k.spawn(f"{agent}:{q.workload}")
-    os = AsyncClient(kernel=k, pid=proc.pid)
+    os = AsyncClient(transport=KernelTransport(k, pid=proc.pid))
     now = k.clock.now
     runner: Any
     if agent == "compiler":

@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from aios.benchmarks.stats import percentile
 from aios.config import load_settings
 from aios.kernel import Kernel
+from aios.process.inproc import KernelTransport
 from aios.sdk import AsyncClient
 
 MODEL = "sim-llama-3-8b"
@@ -328,7 +329,7 @@ async def over_http(url: str, config: Path, home: Path, seed: int, num_throughpu
     out: dict[str, Any] = {}
     async with Kernel(load_settings(config, env={}, overrides={"home": str(home)})) as k:
         http_clients = [AsyncClient(url) for _ in range(NUM_CLIENTS)]
-        inproc_clients = [AsyncClient(kernel=k) for _ in range(NUM_CLIENTS)]
+        inproc_clients = [AsyncClient(transport=KernelTransport(k)) for _ in range(NUM_CLIENTS)]
         try:
             per_path = num_throughput + NUM_CLIENTS * 10
             with anyio.fail_after(SECTION_TIMEOUT_S):
@@ -417,7 +418,7 @@ def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True) -> di
         "http_syscalls_per_s": f"median of 3 rounds: {NUM_CLIENTS} AsyncClients over HTTP to a daemon subprocess "
                                "on loopback, each making its next llm call (max_tokens 1, wait=true) as the last "
                                "answers, against a hardware backend that answers at once; inproc_syscalls_per_s is "
-                               f"the same with {NUM_CLIENTS} AsyncClient(kernel=k) on a Kernel in this process",
+                               f"the same with {NUM_CLIENTS} AsyncClient(transport=KernelTransport(k)) on a Kernel in this process",
         "http_overhead": "one client, sequential calls, blocks of 50 alternating between HTTP (to the daemon) "
                          "and in-process (a Kernel with the same settings in this process); overhead pNN is "
                          "pNN(http latency) - pNN(in-process latency), not a percentile of differences; "

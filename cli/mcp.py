@@ -107,6 +107,7 @@ def _serve_own(settings: Settings, declared: dict[str, Any] | None, say: Callabl
     process in it and serves as that process. Unless database_url is set, the kernel
     journals into a temporary folder: it must not share a database with a running daemon."""
     from aios.kernel import Kernel
+    from aios.process.inproc import KernelTransport
     from aios.sdk import AsyncClient
     from aios.tools import builtin_tools
     from aios.tools.mcp import mcp_imports
@@ -119,7 +120,7 @@ def _serve_own(settings: Settings, declared: dict[str, Any] | None, say: Callabl
             proc = await kernel.spawn(PROCESS_NAME, manifest=declared)
             say(f"serving from a kernel of its own (--own-kernel), as its process {proc.pid}; "
                 f"the daemon does not see these calls")
-            async with AsyncClient(kernel=kernel, pid=proc.pid) as client:
+            async with AsyncClient(transport=KernelTransport(kernel, pid=proc.pid)) as client:
                 await serve(client)
             await kernel.shutdown(drain=False)   # the client has gone: nobody waits for what is left
 

@@ -14,6 +14,7 @@ from aios.config import HardwareBackendSettings
 from aios.kernel import Kernel
 from aios.llm import Request
 from aios.llm.hardware import FunctionResponder, HardwareBackend
+from aios.process.inproc import KernelTransport
 from aios.sdk import AsyncClient
 from aios.tools import tool
 
@@ -50,7 +51,7 @@ async def agent_kernel(make_settings: Callable[..., Any], model: Model,
         for t in timed_tools(k.clock, [] if log is None else log):
             k.register_tool(t)
         proc = await k.spawn("agent")
-        yield k, AsyncClient(kernel=k, pid=proc.pid)
+        yield k, AsyncClient(transport=KernelTransport(k, pid=proc.pid))
 
 
 def timed_tools(clock: Any, log: list[tuple[str, float, float]]) -> list[Any]:

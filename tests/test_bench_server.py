@@ -14,6 +14,7 @@ from aios.benchmarks.bench_server import (INSTANT_CONFIG, TRIVIAL_AGENT, Daemon,
                                           spawn_to_exit)
 from aios.config import load_settings
 from aios.kernel import Kernel
+from aios.process.inproc import KernelTransport
 from aios.sdk import AsyncClient
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def test_daemon_serves_calls_and_agents_then_stops(tmp_path: Path) -> None:
             settings = load_settings(config, env={}, overrides={"home": str(tmp_path / "inproc")})
             async with Kernel(settings) as k, AsyncClient(d.url) as client, \
                     httpx.AsyncClient(base_url=d.url, timeout=30.0) as http:
-                lat = await overhead(client, AsyncClient(kernel=k), random.Random(7), 20, lambda n: None, block=10)
+                lat = await overhead(client, AsyncClient(transport=KernelTransport(k)), random.Random(7), 20, lambda n: None, block=10)
                 return lat, await spawn_to_exit(client, http, agent, "inproc", 2, lambda n: None)
 
         lat, spawn_ms = anyio.run(main)

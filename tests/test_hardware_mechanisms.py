@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aios.errors import ConfigError
-from aios.hardware.cluster import Cluster, ClusterConfig, DistServe, Placement
+from aios.hardware.cluster import Cluster, ClusterConfig, DistServe, Placement, serve
 from aios.hardware.conversation import Conversations, PriorityUpdates
 from aios.hardware.engine import Engine, EngineConfig, Instance, Ledger
 from aios.hardware.workload import Arrivals, Lengths, Workload, sessions, synthetic
@@ -233,12 +233,15 @@ def test_priority_updates_per_iteration_for_all_or_each_conversation():
 
 def test_pipeline_stages_multiply_latency_and_split_memory():
     w = Workload(np.array([0.0]), np.array([100]), np.array([3]))
-    r = Engine(StagedCost(2, capacity=10_000, per_ctx=0.0), EngineConfig()).run(w)
+    r = serve(StagedCost(2, capacity=10_000, per_ctx=0.0), EngineConfig(), w)
     assert r.first_token_s[0] == pytest.approx(2 * (0.01 + 1e-2))
     assert r.finish_s[0] == pytest.approx(2 * (0.01 + 1e-2) + 2 * 2 * (0.01 + 1e-4))
     assert r.num_blocks == 2 * (5_000 // 16)
     busy = synthetic(100, Arrivals("poisson", 40.0), Lengths.uniform(10, 100), Lengths.uniform(10, 100), seed=1)
-    every_request_finishes_once(Engine(StagedCost(4, capacity=10_000), EngineConfig()).run(busy))
+    every_request_finishes_once(serve(StagedCost(4, capacity=10_000), EngineConfig(), busy))
+    with pytest.raises(ConfigError, match="pp=2") as err:   # an Engine is one stage: serve() runs a pipeline
+        Engine(StagedCost(2, capacity=10_000), EngineConfig()).run(w)
+    assert err.value.field == "pp" and "serve" in (err.value.hint or "")
 
 
 # ---- bad input

@@ -23,6 +23,7 @@ from aios.sdk import (AiosError, AsyncClient, BackendUnavailable, CallState, Can
                       ConfigError, DeadlineExceeded, InvalidSyscall, MemoryEntry, NotFound, ProcState,
                       SyscallInfo, ToolError, Unauthorized, connect, connect_async)
 from aios.sdk._core import TextStream
+from aios.process.inproc import KernelTransport, ThreadKernelTransport
 from aios.server import create_app
 from aios.syscall import Usage
 from aios.tools import ToolContext
@@ -116,20 +117,22 @@ def idempotency_key_of(ctx: ToolContext) -> str:
 
 
 @pytest.fixture(params=["http", "inproc"])
-async def endpoint(request: pytest.FixtureRequest, kernel: Kernel) -> AsyncIterator[dict[str, Any]]:
-    """How a client reaches `kernel`: the keyword arguments for Client / AsyncClient."""
+async def endpoint(request: pytest.FixtureRequest, kernel: Kernel) -> AsyncIterator[Callable[..., dict[str, Any]]]:
+    """How a client reaches `kernel`: a maker of the keyword arguments for Client
+    (blocking=True) or AsyncClient, for the principal's account or a process (pid=)."""
     if request.param == "inproc":
-        yield {"kernel": kernel}
+        yield lambda pid=None, blocking=False: {
+            "transport": (ThreadKernelTransport if blocking else KernelTransport)(kernel, pid=pid)}
         return
     async with serving(kernel.settings, kernel) as url:
-        yield {"url": url}
+        yield lambda pid=None, blocking=False: {"url": url, "pid": pid}
 
 
 @pytest.fixture
-async def make_client(endpoint: dict[str, Any]) -> AsyncIterator[Callable[..., AsyncClient]]:
+async def make_client(endpoint: Callable[..., dict[str, Any]]) -> AsyncIterator[Callable[..., AsyncClient]]:
     async with AsyncExitStack() as stack:
-        def make(**kwargs: Any) -> AsyncClient:
-            client = AsyncClient(**endpoint, **kwargs)
+        def make(pid: int | None = None) -> AsyncClient:
+            client = AsyncClient(**endpoint(pid))
             stack.push_async_callback(client.aclose)
             return client
         yield make
@@ -318,7 +321,7 @@ async def test_processes(client: AsyncClient):
 
 
 @pytest.mark.anyio
-async def test_signalling_an_exited_process_fails_alike(client: AsyncClient, endpoint: dict[str, Any],
+async def test_signalling_an_exited_process_fails_alike(client: AsyncClient, endpoint: Callable[..., Any],
                                                         request: pytest.FixtureRequest):
     proc = await client.processes.spawn("once")
     await client.processes.kill(proc.pid)
@@ -328,7 +331,7 @@ async def test_signalling_an_exited_process_fails_alike(client: AsyncClient, end
 
 
 @pytest.mark.anyio
-async def test_spawn_refuses_an_empty_name_alike(client: AsyncClient, endpoint: dict[str, Any],
+async def test_spawn_refuses_an_empty_name_alike(client: AsyncClient, endpoint: Callable[..., Any],
                                                  request: pytest.FixtureRequest):
     with pytest.raises(InvalidSyscall) as err:
         await client.processes.spawn("")
@@ -435,17 +438,21 @@ async def test_no_kernel_answers() -> None:
 
 
 @pytest.mark.anyio
-async def test_urls_and_kernels_must_agree(kernel: Kernel):
+async def test_urls_and_transports_must_agree(kernel: Kernel):
     with pytest.raises(ConfigError) as err:
         AsyncClient("inproc://")
-    assert err.value.field == "kernel"
+    assert err.value.field == "url" and "KernelTransport" in (err.value.hint or "")
     with pytest.raises(ConfigError) as err:
         AsyncClient("ftp://example.com")
     assert err.value.field == "url"
     with pytest.raises(ConfigError) as err:
-        AsyncClient("http://127.0.0.1:1", kernel=kernel)
-    assert err.value.field == "url"
-    assert AsyncClient("inproc://", kernel=kernel).url == "inproc://"
+        AsyncClient("http://127.0.0.1:1", transport=KernelTransport(kernel))
+    assert err.value.field == "transport"
+    with pytest.raises(ConfigError) as err:
+        AsyncClient(transport=KernelTransport(kernel, pid=-1))
+    assert err.value.field == "pid"
+    client = AsyncClient(transport=KernelTransport(kernel, pid=None))
+    assert client.url == "inproc://" and client.pid is None
 
 
 # ---- the blocking client
@@ -464,8 +471,8 @@ def blocking_session(client: Client) -> dict[str, Any]:
 
 
 @pytest.mark.anyio
-async def test_blocking_client(endpoint: dict[str, Any]):
-    out = await anyio.to_thread.run_sync(blocking_session, Client(**endpoint))
+async def test_blocking_client(endpoint: Callable[..., dict[str, Any]]):
+    out = await anyio.to_thread.run_sync(blocking_session, Client(**endpoint(blocking=True)))
     assert out["reply"].usage.tokens_out == 5 and "".join(out["pieces"]) == out["reply"].text
     assert out["file"] == "A" and out["sum"] == 3
     assert out["proc"].name == "sync-child" and out["proc"].state is ProcState.RUNNING

@@ -1,8 +1,12 @@
 """The kernel's gate (aios.access): each process's enforced manifest, decided at spawn and
-checked on every syscall it submits; every denial is written to the audit log."""
+checked on every syscall it submits; every denial is written to the audit log.
+
+`Guard.admit` is the one permission check of a call, made once when it is submitted,
+and made the same way for a call a tool makes on its caller's behalf (the tool gate)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
@@ -14,6 +18,32 @@ from aios.config import Settings
 from aios.errors import AiosError, NotFound, PermissionDenied
 from aios.storage import Database
 from aios.storage.models import ManifestRow, ProcessRow, SyscallRow
+from aios.syscall import CallState, MemoryOp, MemorySyscall, StorageOp, StorageSyscall, Syscall, ToolSyscall
+
+
+def check_shared(call: MemorySyscall, procs: Mapping[int, Any], manifests: Mapping[int, Manifest]) -> None:
+    """Reading another agent's memory (`owner`): only what it shares, within one principal.
+    `procs`: the live process table's processes, by pid."""
+    owner = procs.get(call.owner)   # type: ignore[arg-type]
+    if owner is None or owner.principal != call.principal:
+        raise NotFound(f"no process {call.owner}", field="owner")
+    if call.op not in (MemoryOp.GET, MemoryOp.LIST, MemoryOp.SEARCH):
+        raise PermissionDenied(f"another agent's memory is read-only: {call.op.value} is refused", field="op")
+    manifest = manifests.get(owner.pid)
+    if manifest is None or not manifest.memory_share:
+        raise PermissionDenied(f"process {owner.pid} does not share its memory: missing permission memory_share "
+                               "in its manifest", field="owner", hint="its manifest sets memory_share = true")
+
+
+def is_irreversible(call: Syscall, is_confirming: bool, tool: Any | None) -> bool:
+    """Whether the call waits for its principal's confirmation while `access.confirm` is
+    on: an agent process's call of an irreversible tool (`tool`, its spec), or its storage
+    delete. The principal's own calls (pid 0) are its own decision."""
+    if not is_confirming or not call.pid:
+        return False
+    if isinstance(call, ToolSyscall):
+        return tool is not None and tool.irreversible
+    return isinstance(call, StorageSyscall) and call.op is StorageOp.DELETE
 
 
 class Guard:
@@ -21,6 +51,47 @@ class Guard:
         self.db, self.clock = db, clock
         self.groups = {name: Manifest.parse(m, f"access.groups.{name}") for name, m in settings.access.groups.items()}
         self.manifests: dict[int, Manifest] = {}   # pid -> the manifest enforced on it
+        self.is_confirming = settings.access.confirm
+        # runs an audit write in the background (the kernel's task group, set at boot)
+        self.start_soon: Callable[..., None] | None = None
+
+    async def admit(self, call: Syscall, proc: Any, procs: Mapping[int, Any], in_flight: Iterable[Syscall],
+                    tool: Any | None, *, detail: dict[str, Any], in_tool: ToolSyscall | None = None) -> Syscall:
+        """The one permission check of a call (of the live process `proc`, if any): its
+        manifest (check_call: what it may use, its budget, its syscalls in flight), another
+        agent's memory only where shared, and an irreversible action held for a confirmation
+        (`in_tool`, the tool call making it on its caller's behalf, cannot wait for one: it
+        is refused). Every refusal is audited, and so is an allowed call of a process with a
+        manifest (`detail`). Returns the call as it may run (its state waiting for a
+        confirmation, an LLM call's max_tokens cut to its budget)."""
+        action, target = f"{call.kind.value}.submit", str(call.pid)
+        manifest = self.manifests.get(call.pid) if call.pid else None
+        if manifest is not None:
+            call = await self.check(call, in_flight, proc.usage.tokens_in + proc.usage.tokens_out,
+                                    proc.usage.cost_usd, tool.cost_usd if tool is not None else 0.0,
+                                    tool is not None and tool.needs_network, proc.name)
+        try:
+            if isinstance(call, MemorySyscall) and call.owner not in (None, call.pid):
+                check_shared(call, procs, self.manifests)
+            if is_irreversible(call, self.is_confirming, tool):
+                if in_tool is not None:
+                    raise PermissionDenied(f"a tool may not {call.op.value} {call.path!r} on process "   # type: ignore[attr-defined]
+                                           f"{call.pid}'s behalf: it needs a confirmation, and a tool call cannot "
+                                           "wait for one", field="op",
+                                           hint="make the storage syscall directly; its principal confirms it")
+                call = replace(call, state=CallState.WAITING_CONFIRMATION)
+        except AiosError as e:
+            await self.deny(call.principal, action, target, e.message, {**detail, "code": e.code})
+            raise
+        if manifest is not None:
+            self.audit_soon(call.principal, action, target, "allow", detail)
+        return call
+
+    def audit_soon(self, principal: str, action: str, target: str, decision: str, detail: dict[str, Any]) -> None:
+        """Writes an audit record in the background (in order with the kernel's other work)."""
+        now = self.clock.now()
+        assert self.start_soon is not None, "the kernel sets Guard.start_soon when it boots"
+        self.start_soon(self.db.run, lambda e: access.audit(e, now, principal, action, target, decision, detail))
 
     async def rights(self, principal: str) -> Manifest:
         if principal == access.LOCAL:
@@ -66,6 +137,7 @@ class Guard:
 
     async def check(self, call: Any, in_flight: Iterable[Any], used_tokens: int, used_cost: float,
                     tool_cost: float = 0.0, needs_network: bool = False, name: str = "") -> Any:
+        """The manifest's part of `admit` (check_call); audits a denial."""
         manifest = self.manifests.get(call.pid)
         if manifest is None:
             return call

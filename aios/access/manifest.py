@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aios.errors import ConfigError, InvalidSyscall, PermissionDenied, QuotaExceeded
 from aios.llm import count_tokens
-from aios.storage.files import check_path
 from aios.syscall import (
     LLMSyscall,
     ProcessOp,
@@ -49,6 +48,7 @@ from aios.syscall import (
     StorageOp,
     StorageSyscall,
     ToolSyscall,
+    check_path,
 )
 
 
@@ -307,7 +307,7 @@ def check_call(call: Any, manifest: Manifest, in_flight: Iterable[Any], used_tok
             name = "storage_write" if writing else "storage_read"
             # a move writes both ends: it deletes its path and writes its target
             for field, path in [("path", call.path)] + ([("to", call.to)] if call.op is StorageOp.MOVE else []):
-                if not path_allowed(check_path(path, field=field) if path else "", globs):
+                if not path_allowed(path or "", globs):   # normalised at decode
                     raise PermissionDenied(f"{who} may not {call.op.value} {'to ' if field == 'to' else ''}{path!r}: "
                                            f"missing permission {name}: {path}", field=field,
                                            hint=f"its manifest allows {name}: {', '.join(globs or ()) or 'nothing'}")

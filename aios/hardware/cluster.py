@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from aios.errors import ConfigError
-from aios.hardware.engine import EngineConfig, EngineResult, Instance, Ledger, result_of, virtual_engines
+from aios.hardware.engine import Engine, EngineConfig, EngineResult, Instance, Ledger, result_of, virtual_engines
 from aios.hardware.workload import Workload
 
 Dispatch = Literal["round_robin", "least_load"]
@@ -68,6 +68,14 @@ class ClusterConfig:
         if not self.poll_s > 0:
             raise ConfigError("poll_s must be positive", field="poll_s")
 
+
+
+def serve(cost: Any, config: EngineConfig, w: Workload) -> EngineResult:
+    """One serving instance over a workload: an Engine, or with pipeline parallelism
+    (`cost.pp` > 1) a cluster of one instance made of pp virtual engines."""
+    if int(getattr(cost, "pp", 1)) > 1:
+        return Cluster(cost, config, 1, ClusterConfig(dispatch="least_load", migration=False)).run(w)
+    return Engine(cost, config).run(w)
 
 class _Loop:
     """The shared event loop: timed callbacks plus instances stepped in time order."""

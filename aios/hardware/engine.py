@@ -745,9 +745,9 @@ class Engine:
         self.num_blocks = kv_blocks(cost, self.config)   # checks that there is room at all
 
     def run(self, w: Workload) -> EngineResult:
-        if int(getattr(self.cost, "pp", 1)) > 1:   # pp virtual engines: a cluster of one instance
-            from aios.hardware.cluster import Cluster, ClusterConfig
-            return Cluster(self.cost, self.config, 1, ClusterConfig(dispatch="least_load", migration=False)).run(w)
+        if int(getattr(self.cost, "pp", 1)) > 1:
+            raise ConfigError(f"an Engine is one pipeline stage; this cost model has pp={self.cost.pp}",
+                              field="pp", hint="aios.hardware.cluster.serve runs pp stages as virtual engines")
         ledger = Ledger.of(w)
         inst = Instance(self.cost, self.config, ledger)
         arrivals = w.arrival_s.tolist()   # Python floats: scalar reads in the loop are cheaper

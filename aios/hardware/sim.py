@@ -35,7 +35,7 @@ from aios.hardware.cost import CostModel
 from aios.hardware.engine import Engine, EngineConfig, EngineResult
 from aios.hardware.metrics import SLO, Capacity, attainment, capacity, goodput
 from aios.hardware.specs import Dtype, get_device, get_model
-from aios.hardware.cluster import Cluster, ClusterConfig, DistServe, Placement
+from aios.hardware.cluster import Cluster, ClusterConfig, DistServe, Placement, serve
 from aios.hardware.conversation import Conversations, PriorityUpdates
 from aios.hardware.workload import (DATASETS, Arrivals, Lengths, Workload, dataset, from_dataset, load_trace, sessions,
                                     synthetic)
@@ -450,7 +450,7 @@ Runner = Callable[[SimConfig, Workload, Progress | None], EngineResult]
 
 def run_single(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:
     """One serving instance (tp x pp GPUs)."""
-    return Engine(cost_model(config), engine_config(config)).run(workload)
+    return serve(cost_model(config), engine_config(config), workload)
 
 
 def run_cluster(config: SimConfig, workload: Workload, progress: Progress | None) -> EngineResult:

@@ -7,20 +7,49 @@ import functools
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from aios.clock import within
-from aios.errors import AiosError, BackendUnavailable, InvalidSyscall, NotFound, ToolError
+from aios.errors import AiosError, BackendUnavailable, InvalidSyscall, ToolError
 from aios.events import EventKind
 from aios.llm import Backend, Chunk, Request, Response
 from aios.process import Process
 from aios.scheduler import Resource, Ticket
+from aios.scheduler.ticket import TimeLimits
 from aios.syscall import Kind, LLMSyscall, ProcessOp, ProcessSyscall, ToolSyscall, Usage
 
 if TYPE_CHECKING:
-    from aios.kernel import Kernel
+    from aios.clock import Clock
+    from aios.context import ContextManager
+    from aios.events import EventBus
+    from aios.kernel.gate import ToolGate
+    from aios.llm import Router
+    from aios.memory import MemoryManager
+    from aios.process.table import ProcessTable
+    from aios.storage import FileStore
+    from aios.storage.journal import Seal
+
+
+class Kernel(Protocol):
+    """What a handler uses of the kernel (aios.kernel.Kernel, which imports this module)."""
+    clock: Clock
+    bus: EventBus
+    context: ContextManager
+    router: Router
+    processes: ProcessTable
+    files: FileStore
+    memory: MemoryManager
+    time_limits: TimeLimits
+
+    def publish(self, kind: EventKind, *, pid: int | None = None, call_id: str | None = None,
+                data: dict[str, Any] | None = None) -> None: ...
+    def tool_gate(self, call: ToolSyscall) -> ToolGate: ...
+    def _seal(self, ticket: Ticket) -> Seal: ...
+    async def suspend(self, pid: int) -> Process: ...
+    async def resume(self, pid: int) -> Process: ...
+    async def kill(self, pid: int, reason: str = "killed") -> Process: ...
 
 
 class Preempted(Exception):
@@ -76,8 +105,7 @@ def emit(k: Kernel, ticket: Ticket, res: Resource, chunk: Chunk) -> None:
 async def run_tool(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     call = ticket.call
     assert isinstance(call, ToolSyscall)
-    tool = k.tools[call.tool]
-    kwargs = tool.bind(call.arguments)
+    tool, kwargs = ticket.tool, dict(ticket.arguments or {})   # bound when the call was admitted
     gate = k.tool_gate(call)   # the tool's only way to the kernel's resources, closed when it ends
     if tool.context_param is not None:
         kwargs[tool.context_param] = gate.context()
@@ -117,11 +145,8 @@ async def run_process(k: Kernel, ticket: Ticket) -> tuple[Any, Usage]:
     call = ticket.call
     assert isinstance(call, ProcessSyscall)
     if call.op is ProcessOp.LIST:
-        return [_proc_dict(p) for p in k.processes.procs.values()
-                if p.principal == call.principal and k.processes.sees(call.pid, p.pid)], Usage()
-    target = k.processes.get(call.target_pid)   # type: ignore[arg-type]
-    if target.principal != call.principal or not k.processes.sees(call.pid, target.pid):
-        raise NotFound(f"no process {call.target_pid}", field="target_pid")
+        return [_proc_dict(p) for p in k.processes.visible(call.principal, call.pid, include_exited=True)], Usage()
+    target = k.processes.find(call.principal, call.pid, call.target_pid, field="target_pid")
     if target.pid == call.pid and call.op is not ProcessOp.STATUS:
         raise InvalidSyscall(f"a process cannot {call.op} itself", field="target_pid")
     ops = {ProcessOp.SUSPEND: k.suspend, ProcessOp.RESUME: k.resume, ProcessOp.KILL: k.kill}

@@ -208,12 +208,3 @@ class SubprocessRunner:
 def _append(path: Path, text: str) -> None:
     with open(path, "a") as log:
         log.write(text)
-
-
-def inproc_clients(kernel: Any, pid: int, principal: str) -> tuple[Any, Callable[[], Any]]:
-    """The clients an in-process agent gets: an AsyncClient on the kernel, and a maker of
-    sync Clients for a sync main running in a worker thread. This is the one place where
-    the kernel meets the SDK (DESIGN.md)."""
-    from aios.sdk import AsyncClient, Client
-    return (AsyncClient(kernel=kernel, pid=pid, principal=principal),
-            lambda: Client(kernel=kernel, pid=pid, principal=principal))

@@ -51,6 +51,28 @@ class ProcessTable:
         except KeyError:
             raise NotFound(f"no process {pid}", field="pid") from None
 
+    # ---- the one visibility rule (the server, the in-process transport and the handlers use it)
+
+    def find(self, principal: str, viewer: int, pid: int | None, field: str = "pid") -> Process:
+        """The process `pid` as the caller (`principal`, and its process `viewer`, 0 for the
+        principal's own account) may see it; NotFound for any other: another principal's
+        does not exist for the caller, nor, for an agent, one that is not itself or its
+        descendant."""
+        proc = self.procs.get(pid) if pid is not None else None
+        if proc is None or proc.principal != principal or not self.sees(viewer, proc.pid):
+            raise NotFound(f"no process {pid}", field=field)
+        return proc
+
+    def visible(self, principal: str, viewer: int, include_exited: bool = False) -> list[Process]:
+        """The processes the caller may see (see `find`), live ones only unless asked."""
+        return [p for p in self.procs.values() if p.principal == principal and self.sees(viewer, p.pid)
+                and (include_exited or p.state is not ProcState.EXITED)]
+
+    def sees_call(self, principal: str, viewer: int, call: Any) -> bool:
+        """Whether the caller may see a syscall: one of its principal, made by a process it
+        may see (or by the principal's own account, for the account itself)."""
+        return call.principal == principal and self.sees(viewer, call.pid)
+
     def sees(self, viewer: int, pid: int) -> bool:
         """Whether an agent process `viewer` may see `pid`: itself or one of its descendants.
         A viewer of 0 is the principal's own account, which sees all of its processes."""

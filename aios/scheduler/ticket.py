@@ -15,7 +15,6 @@ from aios.syscall import Syscall
 
 if TYPE_CHECKING:
     from aios.llm import Chunk
-    from aios.scheduler import Resource
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +32,7 @@ class Snapshot:
 class Ticket:
     __slots__ = ("call", "seq", "done", "snapshot", "is_preemptible", "is_preempt_requested",
                  "num_slice_tokens", "text_parts", "num_tokens", "listeners", "scope",
-                 "cancel_error", "timeout_error", "expiry", "res", "run_started", "sealed")
+                 "cancel_error", "timeout_error", "expiry", "res", "tool", "arguments", "run_started", "sealed")
 
     def __init__(self, call: Syscall, seq: int):
         self.call = call                 # the current immutable record; replaced on each move
@@ -52,7 +51,10 @@ class Ticket:
         self.timeout_error: AiosError | None = None   # set when its run's time limit cancelled it
         self.expiry: anyio.CancelScope | None = None   # the deadline watcher, if any
         self.run_started = 0.0
-        self.res: Resource | None = None   # the resource it queues for and runs on, once enqueued
+        # found once, when the call is admitted (Kernel._admit), for its run to use:
+        self.res: Any = None   # the aios.scheduler.Resource it queues for and runs on (that module imports this one)
+        self.tool: Any = None              # a tool call's tool (its ToolSpec)
+        self.arguments: dict[str, Any] | None = None   # and its arguments, bound to the tool's parameters
         self.sealed: Syscall | None = None   # a write's end, journaled in the write's own transaction
 
     @property

@@ -42,7 +42,7 @@ from aios.errors import (AiosError, BackendBusy, BackendError, BackendUnavailabl
                          Conflict, DeadlineExceeded, InternalError, InvalidSyscall, JournalUnavailable,
                          MalformedRequest, NotFound, PayloadTooLarge, PermissionDenied, ProgramError,
                          QuotaExceeded, ToolError, Unauthorized)
-from aios.process import ProcState
+from aios.syscall import ProcState
 from aios.sdk._core import DEFAULT_URL, from_env
 from aios.sdk.client import AsyncClient, Client
 from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolCall, ToolInfo

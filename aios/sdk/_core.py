@@ -77,6 +77,7 @@ class ListTools:
 
 
 Request = Submit | Cancel | Spawn | ListProcesses | GetProcess | Signal | ListModels | ListTools
+Event = tuple[str, dict[str, Any]]   # a server-sent event of a call: ("token" | "state", its data)
 Verb = Generator[Request, Any, T]
 
 
@@ -112,23 +113,22 @@ class Target:
     principal: str            # in-process only; over HTTP the token names the principal
 
 
-def target(url: str | None, token: str | None, pid: int | None, principal: str, has_kernel: bool) -> Target:
-    """Checks the URL against the transport it implies."""
-    url = url if url is not None else (INPROC_URL if has_kernel else DEFAULT_URL)
-    if url.startswith(HTTP_SCHEMES):
-        if has_kernel:
-            raise ConfigError(f"a client for {url} speaks HTTP; it cannot also take a kernel", field="url",
-                              hint="pass url='inproc://' (or no url) with kernel=")
-    elif url.startswith(INPROC_URL):
-        if not has_kernel:
-            raise ConfigError("an inproc:// client needs the kernel object", field="kernel",
-                              hint="pass kernel=<the Kernel> (in-process), or an http:// url")
-    else:
-        raise ConfigError(f"unknown kind of aios url {url!r}", field="url",
-                          hint="http://host:port, https://host:port, or inproc:// with kernel=")
+def target(url: str | None, token: str | None, pid: int | None, principal: str = "local") -> Target:
+    """Checks where a client over HTTP is to go, and as whom."""
+    url = url if url is not None else DEFAULT_URL
+    if url.startswith(INPROC_URL):
+        raise ConfigError("an in-process client is given its transport, not a url", field="url",
+                          hint="Client(transport=ThreadKernelTransport(kernel)) or AsyncClient(transport="
+                               "KernelTransport(kernel)), from aios.process.inproc")
+    if not url.startswith(HTTP_SCHEMES):
+        raise ConfigError(f"unknown kind of aios url {url!r}", field="url", hint="http://host:port or https://host:port")
+    check_pid(pid)
+    return Target(url.rstrip("/"), token, pid or None, principal)
+
+
+def check_pid(pid: Any) -> None:
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
         raise ConfigError(f"pid must be a process id, got {pid!r}", field="pid")
-    return Target(url.rstrip("/") if url.startswith(HTTP_SCHEMES) else url, token, pid or None, principal)
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:

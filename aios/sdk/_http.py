@@ -13,11 +13,10 @@ import httpx
 
 from aios import owner
 from aios.errors import AiosError, BackendUnavailable
-from aios.sdk._core import (Cancel, GetProcess, ListModels, ListProcesses, ListTools, Request, Signal, Spawn,
-                            Submit, Target)
+from aios.sdk._core import (Cancel, Event, GetProcess, ListModels, ListProcesses, ListTools, Request, Signal,
+                            Spawn, Submit, Target)
 
 TIMEOUT = httpx.Timeout(None, connect=5.0)   # a waited call takes as long as it takes; the kernel has deadlines
-Event = tuple[str, dict[str, Any]]
 
 
 def http_request(request: Request) -> tuple[str, str, dict[str, str] | None, Any]:
@@ -105,7 +104,7 @@ class SSEDecoder:
 
 class HTTPTransport:
     def __init__(self, target: Target):
-        self.url = target.url
+        self.target, self.url = target, target.url
         self._http = httpx.Client(base_url=target.url, headers=headers(target), timeout=TIMEOUT)
 
     def handle(self, request: Request) -> Any:
@@ -134,7 +133,7 @@ class HTTPTransport:
 
 class AsyncHTTPTransport:
     def __init__(self, target: Target):
-        self.url = target.url
+        self.target, self.url = target, target.url
         self._http = httpx.AsyncClient(base_url=target.url, headers=headers(target), timeout=TIMEOUT)
 
     async def handle(self, request: Request) -> Any:

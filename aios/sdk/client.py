@@ -1,37 +1,66 @@
 """Client and AsyncClient: the same verbs (from the core), driven with blocking I/O or with
-awaits, over HTTP or in-process. They differ only in how a verb's requests are carried."""
+awaits, over a transport (httpx's design): HTTP by default, or the one given. They differ
+only in how a verb's requests are carried.
+
+A transport has `target` (where and as whom), `handle(request) -> answer` (the REST API's
+JSON for it), `events(call_id)` (a call's server-sent events) and `close()` (blocking) or
+`aclose()` (async). aios.sdk has the HTTP ones; the in-process ones, which call a Kernel
+object directly, live with the runners that hand them to agents (aios.process.inproc)."""
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Protocol, Self
 
 import anyio
 
-from aios.errors import AiosError
-from aios.sdk._core import BaseClient, TextStream, Verb, target
+from aios.errors import AiosError, ConfigError
+from aios.sdk._core import BaseClient, Event, Request, Target, TextStream, Verb, target
 from aios.sdk._http import AsyncHTTPTransport, HTTPTransport
-from aios.sdk._inproc import KernelTransport, ThreadKernelTransport
 from aios.sdk.types import SyscallInfo
 
-if TYPE_CHECKING:
-    from aios.kernel import Kernel
+
+class Transport(Protocol):
+    """What a blocking Client speaks through."""
+    target: Target
+
+    def handle(self, request: Request) -> Any: ...
+    def events(self, call_id: str) -> Iterator[Event]: ...
+    def close(self) -> None: ...
+
+
+class AsyncTransport(Protocol):
+    """What an AsyncClient speaks through."""
+    target: Target
+
+    async def handle(self, request: Request) -> Any: ...
+    def events(self, call_id: str) -> AsyncIterator[Event]: ...
+    async def aclose(self) -> None: ...
+
+
+def _given(url: str | None, token: str | None, pid: int | None, transport: Any) -> Target:
+    if transport is None:
+        return target(url, token, pid)
+    if url is not None or token is not None or pid is not None:
+        raise ConfigError("a client takes a url (with token and pid) or a transport, not both", field="transport",
+                          hint="the transport already knows where it goes and as whom")
+    return transport.target
 
 
 class Client(BaseClient):
-    """The blocking client. Over HTTP it works anywhere; in-process (kernel=) it must run in a
-    worker thread of the kernel's event loop, as anyio.to_thread.run_sync starts one.
+    """The blocking client. Over HTTP it works anywhere; in-process (transport=
+    ThreadKernelTransport(kernel)) it must run in a worker thread of the kernel's event
+    loop, as anyio.to_thread.run_sync starts one.
 
         with Client("http://127.0.0.1:8642", token=...) as os:
             print(os.llm.chat("hello").text)
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None, pid: int | None = None,
-                 kernel: Kernel | None = None, principal: str = "local"):
-        super().__init__(target(url, token, pid, principal, kernel is not None))
-        self._transport = (HTTPTransport(self.target) if kernel is None
-                           else ThreadKernelTransport(kernel, self.target))
+                 transport: Transport | None = None):
+        super().__init__(_given(url, token, pid, transport))
+        self._transport: Transport = transport if transport is not None else HTTPTransport(self.target)
 
     def _run(self, verb: Verb[Any]) -> Any:
         try:
@@ -60,8 +89,7 @@ class Client(BaseClient):
             yield rest
 
     def close(self) -> None:
-        if isinstance(self._transport, HTTPTransport):
-            self._transport.close()
+        self._transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -74,15 +102,14 @@ class Client(BaseClient):
 class AsyncClient(BaseClient):
     """The async client: every verb is awaited, and llm.stream is an async iterator.
 
-        async with AsyncClient(kernel=k) as os:          # or AsyncClient("http://...")
+        async with AsyncClient("http://127.0.0.1:8642") as os:   # or transport=KernelTransport(k)
             print((await os.llm.chat("hello")).text)
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None, pid: int | None = None,
-                 kernel: Kernel | None = None, principal: str = "local"):
-        super().__init__(target(url, token, pid, principal, kernel is not None))
-        self._transport = (AsyncHTTPTransport(self.target) if kernel is None
-                           else KernelTransport(kernel, self.target))
+                 transport: AsyncTransport | None = None):
+        super().__init__(_given(url, token, pid, transport))
+        self._transport: AsyncTransport = transport if transport is not None else AsyncHTTPTransport(self.target)
 
     async def _run(self, verb: Verb[Any]) -> Any:
         try:
@@ -111,8 +138,7 @@ class AsyncClient(BaseClient):
             yield rest
 
     async def aclose(self) -> None:
-        if isinstance(self._transport, AsyncHTTPTransport):
-            await self._transport.aclose()
+        await self._transport.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aios.errors import AiosError, BackendError
-from aios.process import ProcState
+from aios.syscall import ProcState
 from aios.syscall import CallState, Kind, Usage
 
 

@@ -6,7 +6,6 @@ lease, aios.storage.lease); daemon.json exists exactly while one serves."""
 from __future__ import annotations
 
 import errno
-import ipaddress
 import json
 import os
 import signal
@@ -72,15 +71,6 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def bind(host: str, port: int) -> socket.socket:
     """Binds the listening socket before anything else starts, so a port in use is said
     plainly (and no other daemon's files are touched)."""
@@ -122,7 +112,7 @@ def check_exposure(settings: Settings, host: str) -> str:
         return f"{len(settings.server.tokens)} bearer token(s) configured"
     if _database_tokens(settings):
         return "bearer tokens required (API tokens in the database: aios token list)"
-    if not is_loopback(host):
+    if not owner.is_loopback(host):
         raise ConfigError(f"refusing to listen on {host} with no tokens configured", field="server.tokens",
                           hint="make one with `aios token create --user NAME`, or add [server.tokens] to the "
                                "config, or listen on 127.0.0.1")

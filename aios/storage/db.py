@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from aios.clock import Clock
 from aios.errors import JournalUnavailable
-from aios.storage import lease as leases
+import aios.storage.lease as leases
 from aios.storage.models import Base, BootRow
 
 log = logging.getLogger(__name__)

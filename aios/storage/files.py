@@ -18,19 +18,6 @@ from aios.storage.models import BlobRow, FileRow, FileVersionRow
 from aios.syscall import StorageOp, StorageSyscall
 
 
-def check_path(path: str, field: str = "path") -> str:
-    """A relative path with no `..`, no NUL and no empty parts; returned normalised."""
-    if "\x00" in path:
-        raise InvalidSyscall(f"{field} must not contain NUL bytes", field=field)
-    if path.startswith("/"):
-        raise InvalidSyscall(f"{field} {path!r} is absolute", field=field,
-                             hint="paths are relative to the agent's own file space")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise InvalidSyscall(f"{field} {path!r} climbs out with '..'", field=field)
-    return "/".join(parts)
-
-
 class FileStore:
     """Reads and lists come from `files` (each file's current content); every write and
     delete also appends a version, whose content is a blob stored once by its SHA-256.
@@ -43,10 +30,7 @@ class FileStore:
     async def execute(self, call: StorageSyscall, now: float, *, seal: Seal | None = None) -> Any:
         """Runs the call. A write calls `seal(conn, result)` in its own transaction, so that
         the kernel journals the call's end with its effect (aios.storage.journal)."""
-        path = check_path(call.path) if call.path else ""
-        if not path and call.op is not StorageOp.LIST:
-            raise InvalidSyscall(f"path {call.path!r} names no file", field="path")
-        pid = call.pid
+        path, pid = call.path, call.pid   # checked and normalised when the call was decoded (aios.syscall)
         match call.op:
             case StorageOp.READ if call.version is not None:
                 version = await self.db.run(lambda e: _version(e, pid, path, call.version))
@@ -91,11 +75,7 @@ class FileStore:
             case StorageOp.DIFF:
                 return await self.db.run(lambda e: _diff(e, pid, path, call.version, call.other))
             case StorageOp.MOVE:
-                to = check_path(call.to or "", field="to")
-                if not to:
-                    raise InvalidSyscall(f"to {call.to!r} names no file", field="to")
-                if to == path:
-                    raise InvalidSyscall(f"cannot move {path!r} onto itself", field="to")
+                to = call.to
 
                 def move(engine: Engine) -> dict[str, Any]:
                     with engine.begin() as conn:   # both versions, or neither

@@ -1,35 +1,41 @@
-"""The in-process transports: each request of the core becomes a call on a Kernel object in
-this process, and each answer the JSON the REST API would send for it, so both transports
-feed the same parsers and raise the same errors.
+"""The in-process transports of the SDK's clients: each request of the SDK's core becomes a
+call on a Kernel object in this process, and each answer the JSON the REST API would send
+for it, so both transports feed the same parsers and raise the same errors. They live
+here, beside the runners that hand them to in-kernel agents: this is where the kernel
+meets the SDK (DESIGN.md), and the SDK imports nothing of the kernel.
 
-`KernelTransport` runs on the kernel's event loop. `ThreadKernelTransport` serves a blocking
-Client in a worker thread of that loop (one started by anyio.to_thread.run_sync)."""
+    AsyncClient(transport=KernelTransport(kernel, pid=7))        # on the kernel's event loop
+    Client(transport=ThreadKernelTransport(kernel, pid=7))       # in a worker thread of it
+
+The kernel is used through its public verbs (submit, cancel, lookup, stream, spawn,
+suspend, resume, kill, tool_listing) and its process table's visibility rule."""
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import anyio.from_thread
 
 from aios.errors import NotFound
-from aios.process import Process, ProcState, process_json
-from aios.sdk._core import (Cancel, GetProcess, ListModels, ListProcesses, ListTools, Request, Signal, Spawn,
-                            Submit, Target)
-
+from aios.process import Process, process_json
+from aios.sdk import AsyncClient, Client
+from aios.sdk._core import (INPROC_URL, Cancel, Event, GetProcess, ListModels, ListProcesses, ListTools, Request,
+                            Signal, Spawn, Submit, Target, check_pid)
 from aios.syscall import syscall_json
-
-if TYPE_CHECKING:
-    from aios.kernel import Kernel
-
-Event = tuple[str, dict[str, Any]]
 
 
 class KernelTransport:
-    def __init__(self, kernel: Kernel, target: Target):
+    """`kernel`: an aios.kernel.Kernel, running on this event loop (the kernel package
+    imports this one, so it is not named here). `pid`: the agent the client speaks for
+    (None: the principal's own account)."""
+
+    def __init__(self, kernel: Any, *, pid: int | None = None, principal: str = "local"):
+        check_pid(pid)
         self.kernel = kernel
-        self.pid = target.pid or 0
-        self.principal = target.principal
+        self.target = Target(INPROC_URL, None, pid or None, principal)
+        self.pid = pid or 0
+        self.principal = principal
 
     async def handle(self, request: Request) -> Any:
         k = self.kernel
@@ -45,9 +51,7 @@ class KernelTransport:
                                                   priority=priority, program=program, task=task, runner=runner,
                                                   manifest=manifest))
             case ListProcesses(include_exited):
-                return [process_json(p) for p in k.processes.procs.values()
-                        if p.principal == self.principal and (include_exited or p.state is not ProcState.EXITED)
-                        and k.processes.sees(self.pid, p.pid)]
+                return [process_json(p) for p in k.processes.visible(self.principal, self.pid, include_exited)]
             case GetProcess(pid):
                 return process_json(self._owned_process(pid))
             case Signal(pid, signal):
@@ -73,23 +77,24 @@ class KernelTransport:
                 yield "token", {"text": chunk.text}
         yield "state", syscall_json(ticket.call)
 
+    async def aclose(self) -> None:
+        pass   # nothing held: the kernel is its owner's to stop
+
     async def _owned_call(self, call_id: str) -> None:
         call = await self.kernel.lookup(call_id)
-        if call.principal != self.principal or not self.kernel.processes.sees(self.pid, call.pid):
+        if not self.kernel.processes.sees_call(self.principal, self.pid, call):
             raise NotFound(f"no syscall {call_id!r}", field="id")
 
     def _owned_process(self, pid: int) -> Process:
-        proc = self.kernel.processes.procs.get(pid)
-        if proc is None or proc.principal != self.principal or not self.kernel.processes.sees(self.pid, pid):
-            raise NotFound(f"no process {pid}", field="pid")
-        return proc
+        return self.kernel.processes.find(self.principal, self.pid, pid)
 
 
 class ThreadKernelTransport:
     """Runs each request on the kernel's event loop from a worker thread, and waits."""
 
-    def __init__(self, kernel: Kernel, target: Target):
-        self._inner = KernelTransport(kernel, target)
+    def __init__(self, kernel: Any, *, pid: int | None = None, principal: str = "local"):
+        self._inner = KernelTransport(kernel, pid=pid, principal=principal)
+        self.target = self._inner.target
 
     def handle(self, request: Request) -> Any:
         return anyio.from_thread.run(self._inner.handle, request)
@@ -108,3 +113,13 @@ class ThreadKernelTransport:
                 yield event
         finally:
             anyio.from_thread.run(events.aclose)
+
+    def close(self) -> None:
+        pass
+
+
+def inproc_clients(kernel: Any, pid: int, principal: str) -> tuple[AsyncClient, Callable[[], Client]]:
+    """The clients an in-process agent gets: an AsyncClient on the kernel, and a maker of
+    blocking Clients for a sync main running in a worker thread."""
+    return (AsyncClient(transport=KernelTransport(kernel, pid=pid, principal=principal)),
+            lambda: Client(transport=ThreadKernelTransport(kernel, pid=pid, principal=principal)))

@@ -1,0 +1,146 @@
+"""The process lifecycle: spawning an agent (its program found, its manifest decided, its
+runner built), suspending, resuming and killing it, and recording how it ended. The
+kernel's verbs of the same names call these; the kernel cancels the process's calls
+(`end_calls`), the supervisor runs its program.
+
+A Lifecycle works on the kernel it is given (an aios.kernel.Kernel: the kernel package
+imports this one, so it is not named here): its process table, guard, scheduler, event
+bus, clock and settings, and its endpoint for a subprocess agent's client."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.abc
+
+from aios import access
+from aios.access.manifest import Manifest, beside
+from aios.agents import BUILTIN_AGENTS
+from aios.errors import BackendUnavailable, InvalidSyscall, PermissionDenied
+from aios.events import EventKind
+from aios.process import Process, ProcState
+from aios.process.inproc import inproc_clients
+from aios.process.runners import RUNNERS, Exit, InprocRunner, Program, SubprocessRunner, load_main, resolve
+from aios.process.supervisor import Runner, Supervisor
+from aios.syscall import check_priority
+
+
+class Lifecycle:
+    def __init__(self, kernel: Any, end_calls: Callable[[int, str], Awaitable[None]]):
+        self.k = kernel
+        self.end_calls = end_calls   # the kernel's: cancels a process's calls in flight and waits for them
+        self.supervisor = Supervisor(kernel.settings.home / "logs", self._exited)
+        self.agents: dict[str, str] = dict(BUILTIN_AGENTS)   # registered agent name -> file or module
+        self.agent_manifests: dict[str, Manifest] = {}       # registered agent name -> its manifest
+        self.tg: anyio.abc.TaskGroup | None = None           # the kernel's, where programs run
+
+    async def spawn(self, name: str, *, principal: str = "local", parent_pid: int | None = None,
+                    priority: int = 0, program: str | None = None, task: str = "",
+                    runner: str = "inproc", manifest: Manifest | dict[str, Any] | None = None) -> Process:
+        """Creates a process; with a program (a .py file, a module or a registered agent
+        name) it also starts running `main(task, os)` under the runner. A program that
+        cannot be found or imported is refused here, before anything is recorded. Its
+        permission manifest (aios.access.manifest) is `manifest`, else the one registered
+        with the agent, else the TOML file beside its program; a manifest asking for more
+        than the principal (or the parent process) may grant is refused."""
+        check_priority(priority)
+        if not 0 < len(name) <= 200:
+            raise InvalidSyscall("a process name needs 1 to 200 characters", field="name")
+        if runner not in RUNNERS:
+            raise InvalidSyscall(f"unknown runner {runner!r}", field="runner", hint=f"one of: {', '.join(RUNNERS)}")
+        if parent_pid is not None:
+            self.k.processes.check_live(parent_pid)
+        prog = resolve(program, self.agents) if program is not None else None
+        declared = self._manifest_of(manifest, program, prog)
+        if declared is not None and declared.priority_ceiling is not None and priority > declared.priority_ceiling:
+            raise PermissionDenied(f"priority {priority} is above the manifest's ceiling {declared.priority_ceiling}",
+                                   field="priority")
+        effective = await self.k.guard.decide(principal, declared, parent_pid, name)
+        if prog is not None and effective is not None and effective.sandbox and runner != "subprocess":
+            raise InvalidSyscall("a sandboxed agent runs only under the subprocess runner", field="runner",
+                                 hint="spawn it with runner=subprocess, or drop sandbox from its manifest")
+        main = None
+        if prog is not None and runner == "inproc":
+            main = load_main(prog)
+        if prog is not None and runner == "subprocess" and self.k.endpoint is None:
+            raise BackendUnavailable("the subprocess runner needs the kernel's HTTP endpoint",
+                                     hint="run agents in subprocesses through the daemon (`aios kernel start`)")
+        proc = await self.k.processes.spawn(name, principal, self.k.clock.now(), parent_pid=parent_pid,
+                                          priority=priority, program=prog.target if prog else None,
+                                          runner=runner if prog else None)
+        await self.k.guard.attach(proc.pid, declared, effective)
+        self.k.publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
+        if prog is not None:
+            assert self.tg is not None, "the kernel gives its task group when it boots"
+            self.supervisor.start(self.tg, proc.pid, self._runner(proc, prog, main), task)
+        return proc
+
+    def _runner(self, proc: Process, prog: Program, main: Callable[..., Any] | None) -> Runner:
+        """A subprocess agent always gets a token of its own in AIOS_TOKEN, whatever tokens
+        exist: a new process token (aios.access) that the server honours only while the
+        supervisor runs this process (the runner's environment is its one copy), and only as
+        this pid. Never a principal's token: the agent cannot act as its principal's account
+        or its other processes, and nothing outlives it."""
+        if main is not None:
+            return InprocRunner(main, *inproc_clients(self.k, proc.pid, proc.principal))
+        env = {"AIOS_URL": self.k.endpoint or "", "AIOS_PID": str(proc.pid), "AIOS_TOKEN": access.process_token(proc.pid)}
+        manifest = self.k.guard.manifests.get(proc.pid)
+        return SubprocessRunner(prog, env, sandboxed=bool(manifest and manifest.sandbox), private=self.k.settings.home)
+
+    def register_agent(self, name: str, program: str, manifest: Manifest | dict[str, Any] | None = None) -> None:
+        """Makes `aios run NAME` and spawn(program=NAME) run `program` (a file or module),
+        under `manifest` if given."""
+        self.agents[name] = program
+        if manifest is not None:
+            self.agent_manifests[name] = self._manifest_of(manifest, None, None)   # type: ignore[assignment]
+
+    def _manifest_of(self, given: Manifest | dict[str, Any] | None, program: str | None, prog: Any) -> Manifest | None:
+        if given is not None:
+            return given if isinstance(given, Manifest) else Manifest.parse(given)
+        if program is not None and program in self.agent_manifests:
+            return self.agent_manifests[program]
+        path = beside(prog.target) if prog is not None else None
+        return Manifest.load(path) if path is not None else None
+
+    async def suspend(self, pid: int) -> Process:
+        self.k.processes.check_live(pid)
+        self.k.scheduler.suspend(pid)
+        self.supervisor.suspend(pid)
+        return await self._set_process_state(pid, ProcState.SUSPENDED)
+
+    async def resume(self, pid: int) -> Process:
+        self.k.processes.check_live(pid)
+        self.supervisor.resume(pid)
+        self.k.scheduler.resume(pid)
+        return await self._set_process_state(pid, ProcState.RUNNING)
+
+    async def kill(self, pid: int, reason: str = "killed") -> Process:
+        """Stops its program, cancels its calls in flight (their slots are released) and
+        marks it exited."""
+        self.k.processes.check_live(pid)
+        self.supervisor.resume(pid)   # a stopped OS process must run to die
+        if await self.supervisor.kill(pid, reason) is None:
+            await self.end_calls(pid, f"was {reason}")
+            await self._set_process_state(pid, ProcState.EXITED, reason)
+        return self.k.processes.get(pid)
+
+    async def wait(self, pid: int) -> Process:
+        """Waits until the process's program ends (at once for a process without one)."""
+        self.k.processes.get(pid)
+        await self.supervisor.wait(pid)
+        return self.k.processes.get(pid)
+
+    async def _exited(self, pid: int, end: Exit) -> None:
+        """The supervisor's report: the program ended; its calls end with it."""
+        await self.end_calls(pid, f"ended: {end.reason}")
+        await self._set_process_state(pid, ProcState.EXITED, end.reason, exit_code=end.code,
+                                      cpu_s=end.cpu_s, max_rss_kib=end.max_rss_kib)
+
+    async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None,
+                                 **ended: Any) -> Process:
+        proc = await self.k.processes.set_state(pid, state, self.k.clock.now(), reason, **ended)
+        if state is ProcState.EXITED:
+            self.k.memory.working.pop(pid, None)   # its context is gone with it; its entries stay
+        self.k.publish(EventKind.PROCESS, pid=pid, data={"state": state.value})
+        return proc
+
