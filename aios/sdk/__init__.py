@@ -1,6 +1,7 @@
-"""The agent SDK: one client, blocking (`Client`) or async (`AsyncClient`), over HTTP to a
-kernel's REST endpoint or in-process to a Kernel object, with the same verbs, results and
-errors either way.
+"""The agent SDK: one client, blocking (`Client`) or async (`AsyncClient`), over a
+transport: HTTP to a kernel's REST endpoint by default, or in-process to a Kernel object
+(`transport=KernelTransport(kernel)`, from aios.process.inproc), with the same verbs,
+results and errors either way.
 
     client.llm.chat(messages, model=None, max_tokens=None, tools=None, temperature=None,
                     priority=0, timeout_s=None) -> ChatResult
@@ -33,7 +34,8 @@ a worker thread); under "subprocess" it comes from `connect()` / `connect_async(
     AIOS_PID     the agent's pid, sent as X-Aios-Pid on every request
 
 Invariant: a verb's request building and answer parsing live once, in the sans-I/O core
-(aios.sdk._core); transports only carry requests. This package never imports aios.server."""
+(aios.sdk._core); transports only carry requests. This package imports nothing of the
+kernel, its managers or the server (tests/test_layers.py)."""
 from __future__ import annotations
 
 import os
@@ -41,21 +43,23 @@ import os
 from aios.errors import (AiosError, BackendBusy, BackendError, BackendUnavailable, Cancelled, ConfigError,
                          Conflict, DeadlineExceeded, InternalError, InvalidSyscall, JournalUnavailable,
                          MalformedRequest, NotFound, PayloadTooLarge, PermissionDenied, ProgramError,
-                         QuotaExceeded, ToolError, Unauthorized)
+                         QuotaExceeded, SandboxUnavailable, ToolError, Unauthorized)
 from aios.syscall import ProcState
 from aios.sdk._core import DEFAULT_URL, from_env
-from aios.sdk.client import AsyncClient, Client
+from aios.sdk._http import AsyncHTTPTransport, HTTPTransport
+from aios.sdk.client import AsyncClient, AsyncTransport, Client, Transport
 from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolCall, ToolInfo
 from aios.syscall import CallState, Kind, Usage
 
 __all__ = [
     "Client", "AsyncClient", "connect", "connect_async", "DEFAULT_URL",
+    "Transport", "AsyncTransport", "HTTPTransport", "AsyncHTTPTransport",
     "ChatResult", "ToolCall", "Usage", "SyscallInfo", "ProcessInfo", "MemoryEntry", "ToolInfo",
     "CallState", "Kind", "ProcState",
     "AiosError", "InvalidSyscall", "ConfigError", "PermissionDenied", "Unauthorized", "NotFound", "Conflict",
     "ProgramError", "MalformedRequest", "PayloadTooLarge", "BackendUnavailable",
     "BackendBusy", "BackendError", "ToolError", "QuotaExceeded", "DeadlineExceeded", "JournalUnavailable",
-    "Cancelled", "InternalError",
+    "Cancelled", "InternalError", "SandboxUnavailable",
 ]
 
 
