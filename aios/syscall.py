@@ -167,6 +167,11 @@ class Syscall:
     num_preemptions: int = 0
     result: Any = None
     error: dict[str, Any] | None = None   # AiosError.to_dict() of a failed or cancelled call
+    # The payload's JSON text, encoded once when the call is decoded (new_call), for the
+    # journal. Not an init field: dataclasses.replace, which may change the payload,
+    # drops it (the journal then encodes the payload itself); evolve, which only moves
+    # state, keeps it.
+    payload_text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def resource(self) -> str:
@@ -263,7 +268,7 @@ class ProcessSyscall(Syscall):
 SYSCALL_TYPES: dict[Kind, type[Syscall]] = {
     cls.kind: cls for cls in (LLMSyscall, ToolSyscall, MemorySyscall, StorageSyscall, ProcessSyscall)
 }
-COMMON_FIELDS = frozenset(f.name for f in fields(Syscall))
+COMMON_FIELDS = frozenset(f.name for f in fields(Syscall))   # payload_text among them: not payload
 # Per kind: the type hints and dataclass fields of its payload, read once.
 _PAYLOAD_FIELDS = {
     kind: (typing.get_type_hints(cls), {f.name: f for f in fields(cls) if f.name not in COMMON_FIELDS})
@@ -398,17 +403,24 @@ def checked(call: Syscall) -> Syscall:
 
 
 def _check_json(call: Syscall) -> None:
-    """The payload as the journal will store it: JSON values only (a set, an object, a
-    float NaN refused here, not when its batch is written)."""
+    """The payload as the journal will store it: JSON values only (a set, an object
+    refused here, not when its batch is written), encoded once (`payload_text`)."""
     try:
-        orjson.dumps(call.payload(), option=orjson.OPT_NON_STR_KEYS)
+        text = json_text(call.payload())
+    except (TypeError, ValueError) as e:
+        raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
+                             hint="the journal stores payloads as JSON: strings, numbers, lists and dicts") from None
+    object.__setattr__(call, "payload_text", text)
+
+
+def json_text(value: Any) -> str:
+    """A value as JSON text: by orjson, several times faster than json on the syscall
+    path; by json where orjson refuses a value json takes (an integer beyond 64 bits).
+    TypeError for a value that is not JSON."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
-        try:   # orjson refuses integers beyond 64 bits, which JSON allows
-            json.dumps(call.payload(), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise InvalidSyscall(f"the {call.kind} syscall's payload is not JSON: {e}",
-                                 hint="the journal stores payloads as JSON: strings, numbers, lists and dicts") \
-                from None
+        return json.dumps(value)
 
 
 def check_path(path: str, field: str = "path") -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from aios.clock import VirtualClock
 from aios.config import Settings, load_settings
-from aios.errors import JournalUnavailable
+from aios.errors import InvalidSyscall, JournalUnavailable
 from aios.kernel import Kernel
 from aios.llm import count_tokens
 from aios.storage import Database, Journal
@@ -75,6 +75,41 @@ async def test_submitted_call_is_in_the_database_when_submit_returns(make_settin
         assert states(db_file(settings), ticket.id) in (["queued"], ["queued", "running"])
         await ticket.wait()
     assert states(db_file(settings), ticket.id) == ["queued", "running", "done"]
+
+
+@pytest.mark.anyio
+async def test_a_payload_that_is_not_json_is_refused_at_submit(make_sqlite_settings: Callable[..., Settings]) -> None:
+    """Decoded once: a dict payload holding a value JSON cannot store is refused when it is
+    submitted, naming the payload; before, it was taken, and its journal batch failed with
+    every other call's records in it."""
+    settings = make_sqlite_settings()
+    async with Kernel(settings) as k:
+        k.register_tool("echo", lambda text: text)
+        with pytest.raises(InvalidSyscall, match="payload is not JSON") as err:
+            await k.submit({"kind": "tool", "tool": "echo", "arguments": {"text": {1, 2}}})
+        assert "strings, numbers, lists and dicts" in (err.value.hint or "")
+        ok = await k.submit(llm("after"))   # the journal goes on
+        assert (await ok.wait()).state is CallState.DONE
+    assert query(db_path(settings), "SELECT kind, state FROM syscalls") == [("llm", "done")]
+
+
+@pytest.mark.anyio
+async def test_the_journal_stores_the_payload_as_checked(make_sqlite_settings: Callable[..., Settings]) -> None:
+    """The payload's JSON is encoded once, at decode; a payload the check changes (an LLM
+    call's max_tokens cut to its budget, a path normalised) is journaled as it will run."""
+    settings = make_sqlite_settings()
+    async with Kernel(settings) as k:
+        proc = await k.spawn("budgeted", manifest={"budget": {"run": {"tokens": 40}}})
+        ticket = await k.submit(llm("short", max_tokens=1000), pid=proc.pid)
+        assert isinstance(ticket.call, LLMSyscall) and ticket.call.max_tokens is not None
+        cut = ticket.call.max_tokens
+        assert cut < 40
+        write = await k.submit({"kind": "storage", "op": "write", "path": "./notes//a.txt", "data": "x"})
+        await ticket.wait()
+        await write.wait()
+    rows = dict(query(db_path(settings), "SELECT id, payload FROM syscalls"))
+    assert json.loads(rows[ticket.id])["max_tokens"] == cut
+    assert json.loads(rows[write.id])["path"] == "notes/a.txt"
 
 
 @pytest.mark.anyio

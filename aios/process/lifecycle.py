@@ -66,8 +66,8 @@ class Lifecycle:
             raise BackendUnavailable("the subprocess runner needs the kernel's HTTP endpoint",
                                      hint="run agents in subprocesses through the daemon (`aios kernel start`)")
         proc = await self.k.processes.spawn(name, principal, self.k.clock.now(), parent_pid=parent_pid,
-                                          priority=priority, program=prog.target if prog else None,
-                                          runner=runner if prog else None)
+                                            priority=priority, program=prog.target if prog else None,
+                                            runner=runner if prog else None)
         await self.k.guard.attach(proc.pid, declared, effective)
         self.k.publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
         if prog is not None:
