@@ -138,6 +138,15 @@ class Process:
     cpu_s: float = 0.0             # CPU time of its OS process (subprocess runner)
     max_rss_kib: int = 0
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Process:
+        """The record again from `process_json`'s JSON (what the SDK reads)."""
+        u = data["usage"]
+        return cls(data["pid"], data["name"], data["principal"], data["parent_pid"], data["priority"],
+                   ProcState(data["state"]), data["created"], data["exited"], data["exit_reason"],
+                   Usage(u["tokens_in"], u["tokens_out"], u["cost_usd"], u["service_s"]), data["program"],
+                   data["runner"], data["exit_code"], data["cpu_s"], data["max_rss_kib"])
+
 
 def process_json(p: Process) -> dict[str, Any]:
     """A process as the REST API shows it (GET /v1/processes/{pid}), and the SDK reads it."""

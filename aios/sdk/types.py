@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aios.errors import AiosError, BackendError
-from aios.syscall import ProcState
-from aios.syscall import CallState, Kind, Usage
+from aios.syscall import CallState, Kind, Process, Usage
 
 
 def usage_of(data: dict[str, Any]) -> Usage:
@@ -101,30 +100,9 @@ class ChatResult:
                    result["finish_reason"], call.usage, result["model"], call.id)
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    pid: int
-    name: str
-    principal: str
-    parent_pid: int | None
-    priority: int
-    state: ProcState
-    created: float
-    exited: float | None
-    exit_reason: str | None
-    exit_code: int | None       # its program's, once it exited; None for a bare process
-    program: str | None         # what it runs (a file or a module); None: a bare account
-    runner: str | None          # "inproc" | "subprocess"
-    cpu_s: float                # CPU time of its OS process (subprocess runner)
-    max_rss_kib: int
-    usage: Usage                # of its syscalls
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ProcessInfo:
-        return cls(data["pid"], data["name"], data["principal"], data["parent_pid"], data["priority"],
-                   ProcState(data["state"]), data["created"], data["exited"], data["exit_reason"],
-                   data["exit_code"], data["program"], data["runner"], data["cpu_s"], data["max_rss_kib"],
-                   usage_of(data["usage"]))
+# A process as the SDK returns it: the kernel's own record (one shape, aios.syscall.Process),
+# read back from the REST API's JSON by Process.from_json.
+ProcessInfo = Process
 
 
 @dataclass(frozen=True, slots=True)
