@@ -71,20 +71,16 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     app.include_router(openai.router)
 
     def openapi() -> dict:
-        """The generated document, plus the syscall bodies that POST /v1/syscalls refers to."""
+        """The generated document, made whole (aios.server.schemas.complete)."""
         if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, description=app.description,
-                               routes=app.routes)
-            components = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (schemas.LLMCall, schemas.ToolCall, schemas.MemoryCall, schemas.StorageCall,
-                          schemas.ProcessCall):
-                components[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            app.openapi_schema = spec
+            app.openapi_schema = schemas.complete(get_openapi(title=app.title, version=app.version,
+                                                              description=app.description, routes=app.routes))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"],
+             responses=schemas.answers(schemas.CALLER))
     async def metrics(request: Request) -> PlainTextResponse:
         """Needs a token when tokens are configured: it names every principal's processes."""
         await principal_of(request)

@@ -1,6 +1,7 @@
-"""Errors over HTTP: one table from error code to status, and the one JSON shape,
-`{"error": {"code", "message", "field", "hint"}}` (OpenAI clients read `error.message`).
-No request, however malformed, gets a 500 from a handler's own mistake about input."""
+"""Errors over HTTP: each error's status, the one its class names (aios.errors), and the
+one JSON shape, `{"error": {"code", "message", "field", "hint", "type"}}` (OpenAI clients
+read `error.message` and `error.type`). No request, however malformed, gets a 500 from a
+handler's own mistake about input."""
 from __future__ import annotations
 
 import logging
@@ -10,33 +11,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from aios.errors import AiosError
+from aios.errors import ERRORS_BY_CODE, AiosError, InvalidSyscall
+from aios.storage.journal import Interrupted
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[str, int] = {
-    "invalid_syscall": 422,
-    "invalid_config": 422,
-    "malformed_request": 400,
-    "unauthorized": 401,
-    "permission_denied": 403,
-    "not_found": 404,
-    "invalid_transition": 409,
-    "conflict": 409,
-    "kernel_running": 409,
-    "payload_too_large": 413,
-    "quota_exceeded": 429,
-    "backend_busy": 503,
-    "backend_unavailable": 503,
-    "journal_unavailable": 503,
-    "sandbox_unavailable": 503,
-    "backend_error": 502,
-    "tool_error": 502,
-    "deadline_exceeded": 504,
-    "cancelled": 409,
-    "interrupted": 409,
-    "internal_error": 500,
-}
+# code -> status, from each error class's own `status` (aios.errors): also for an error
+# raised here by its code (HttpError) or rebuilt from a call's record (AiosError.from_dict)
+STATUS: dict[str, int] = {cls.code: cls.status for cls in (*ERRORS_BY_CODE.values(), Interrupted)}
+
+
+def status_of(err: AiosError) -> int:
+    return STATUS.get(err.code, err.status)
 
 
 class HttpError(AiosError):
@@ -52,7 +38,7 @@ def error_body(code: str, message: str, field: str | None = None, hint: str | No
 
 
 def error_response(err: AiosError) -> JSONResponse:
-    status = STATUS.get(err.code, 400)
+    status = status_of(err)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(error_body(err.code, err.message, err.field, err.hint), status_code=status,
                         headers=headers)
@@ -67,8 +53,8 @@ def install(app: FastAPI) -> None:
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
-        return JSONResponse(error_body("invalid_syscall", f"{field or 'request'}: {first['msg']}", field or None),
-                            status_code=422)
+        return JSONResponse(error_body(InvalidSyscall.code, f"{field or 'request'}: {first['msg']}", field or None),
+                            status_code=InvalidSyscall.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:

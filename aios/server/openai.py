@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from aios.errors import AiosError
+from aios.server import schemas
 from aios.server.errors import HttpError, error_body, error_response
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json
 from aios.syscall import CallState
@@ -46,7 +47,10 @@ def to_syscall(body: Any) -> dict[str, Any]:
     return call
 
 
-@router.post("/v1/chat/completions", tags=["openai"])
+@router.post("/v1/chat/completions", tags=["openai"], openapi_extra=schemas.chat_body(_PASSED, _IGNORED),
+             responses=schemas.answers(schemas.CALLER, schemas.BODY, schemas.SUBMIT, schemas.LLM_ENDED,
+                                       ok=schemas.ChatCompletionOut, stream="text/event-stream",
+                                       events=schemas.CHAT_EVENTS))
 async def chat_completions(request: Request):
     principal = await principal_of(request)
     pid = caller_pid(request, principal)

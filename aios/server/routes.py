@@ -22,10 +22,6 @@ from aios.server.http import caller_pid, kernel_of, principal_of, read_json, rea
 from aios.syscall import Syscall, syscall_json
 
 router = APIRouter()
-SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in
-              (schemas.LLMCall, schemas.ToolCall, schemas.MemoryCall, schemas.StorageCall, schemas.ProcessCall)],
-    "discriminator": {"propertyName": "kind"}}}}}}
 
 
 def _body(model: type[BaseModel]) -> dict[str, Any]:
@@ -45,8 +41,9 @@ async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
 
 # ---- syscalls
 
-@router.post("/v1/syscalls", status_code=201, response_model=schemas.SyscallOut, responses=schemas.ERRORS,
-             openapi_extra=SYSCALL_BODY, tags=["syscalls"])
+@router.post("/v1/syscalls", status_code=201, tags=["syscalls"], openapi_extra=schemas.SYSCALL_BODY,
+             responses=schemas.answers(schemas.CALLER, schemas.PARAMS, schemas.BODY, schemas.SUBMIT,
+                                       ok=schemas.SyscallOut, status=201))
 async def submit(request: Request, wait: bool = Query(False, description="answer once the call is over")):
     """Submits any syscall. The answer comes once its record is durable; with
     `wait=true`, once the call is over."""
@@ -58,22 +55,23 @@ async def submit(request: Request, wait: bool = Query(False, description="answer
     return JSONResponse(syscall_json(call), status_code=201)
 
 
-@router.get("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
-            tags=["syscalls"])
+@router.get("/v1/syscalls/{call_id}", tags=["syscalls"],
+            responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, ok=schemas.SyscallOut))
 async def get_syscall(request: Request, call_id: str):
     return syscall_json(await owned_call(request, call_id, await principal_of(request)))
 
 
-@router.delete("/v1/syscalls/{call_id}", response_model=schemas.SyscallOut, responses=schemas.ERRORS,
-               tags=["syscalls"])
+@router.delete("/v1/syscalls/{call_id}", tags=["syscalls"],
+               responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, ok=schemas.SyscallOut))
 async def cancel_syscall(request: Request, call_id: str):
     """Cancels a call that is not over; a finished call is returned as it is."""
     await owned_call(request, call_id, await principal_of(request))
     return syscall_json(await kernel_of(request).cancel(call_id))
 
 
-@router.get("/v1/syscalls/{call_id}/events", responses=schemas.ERRORS, tags=["syscalls"],
-            response_class=StreamingResponse)
+@router.get("/v1/syscalls/{call_id}/events", tags=["syscalls"], response_class=StreamingResponse,
+            responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, stream="text/event-stream",
+                                      events=schemas.CALL_EVENTS))
 async def syscall_events(request: Request, call_id: str):
     """Server-sent events: `state` (each state change, the last one terminal), `token`
     (each piece of generated text), `lagged` (this client read too slowly and missed some)."""
@@ -121,8 +119,9 @@ def _sse(event: str, data: Any) -> str:
 
 # ---- processes
 
-@router.post("/v1/processes", status_code=201, response_model=schemas.ProcessOut, responses=schemas.ERRORS,
-             openapi_extra=_body(schemas.ProcessIn), tags=["processes"])
+@router.post("/v1/processes", status_code=201, openapi_extra=_body(schemas.ProcessIn), tags=["processes"],
+             responses=schemas.answers(schemas.CALLER, schemas.BODY, schemas.SPAWN, ok=schemas.ProcessOut,
+                                       status=201))
 async def spawn(request: Request):
     """Starts a process; an agent's (X-Aios-Pid, or its process token) is its child or
     its descendant's, never a process of the principal's own."""
@@ -137,8 +136,8 @@ async def spawn(request: Request):
     return JSONResponse(process_json(proc), status_code=201)
 
 
-@router.get("/v1/processes/{pid}/logs", responses=schemas.ERRORS, tags=["processes"],
-            response_class=StreamingResponse)
+@router.get("/v1/processes/{pid}/logs", tags=["processes"], response_class=StreamingResponse,
+            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, stream="text/plain"))
 async def process_logs(request: Request, pid: int, follow: bool = Query(False, description="keep streaming "
                        "until the process exits")):
     """The process's output (its program's stdout and stderr, or an in-process agent's
@@ -173,8 +172,8 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-@router.get("/v1/processes", response_model=list[schemas.ProcessOut], responses=schemas.ERRORS,
-            tags=["processes"])
+@router.get("/v1/processes", tags=["processes"],
+            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, ok=list[schemas.ProcessOut]))
 async def list_processes(request: Request,
                          include_exited: bool = Query(False, alias="all", description="exited ones too")):
     principal = await principal_of(request)
@@ -185,14 +184,15 @@ async def list_processes(request: Request,
             and table.sees(viewer, p.pid)]
 
 
-@router.get("/v1/processes/{pid}", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
-            tags=["processes"])
+@router.get("/v1/processes/{pid}", tags=["processes"],
+            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, ok=schemas.ProcessOut))
 async def get_process(request: Request, pid: int):
     return process_json(visible_process(request, pid, await principal_of(request)))
 
 
-@router.post("/v1/processes/{pid}/signal", response_model=schemas.ProcessOut, responses=schemas.ERRORS,
-             openapi_extra=_body(schemas.SignalIn), tags=["processes"])
+@router.post("/v1/processes/{pid}/signal", openapi_extra=_body(schemas.SignalIn), tags=["processes"],
+             responses=schemas.answers(schemas.CALLER, schemas.PARAMS, schemas.BODY, schemas.SIGNAL,
+                                       ok=schemas.ProcessOut))
 async def signal(request: Request, pid: int):
     """suspend: its calls stop being scheduled; resume; terminate and kill: its calls in
     flight are cancelled and it exits."""
@@ -214,7 +214,7 @@ async def signal(request: Request, pid: int):
 
 # ---- what the kernel serves
 
-@router.get("/v1/models", tags=["models"])
+@router.get("/v1/models", tags=["models"], responses=schemas.answers(schemas.CALLER, ok=schemas.ModelList))
 async def models(request: Request):
     await principal_of(request)
     k = kernel_of(request)
@@ -222,14 +222,15 @@ async def models(request: Request):
         {"id": m, "object": "model", "created": 0, "owned_by": k.router.route(m).name} for m in k.router.models]}
 
 
-@router.get("/v1/tools", tags=["tools"])
+@router.get("/v1/tools", tags=["tools"], responses=schemas.answers(schemas.CALLER, ok=schemas.ToolList))
 async def tools(request: Request):
     await principal_of(request)
     return {"tools": kernel_of(request).tool_listing()}
 
 
-@router.post("/v1/kernel/stop", status_code=202, responses=schemas.ERRORS, openapi_extra=_body(schemas.StopIn),
-             tags=["kernel"])
+@router.post("/v1/kernel/stop", status_code=202, openapi_extra=_body(schemas.StopIn), tags=["kernel"],
+             responses=schemas.answers(schemas.CALLER, schemas.ADMIN, schemas.BODY, schemas.STOP,
+                                       ok=schemas.StopOut, status=202))
 async def stop_kernel(request: Request):
     """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked.
     Only the local principal or an admin may, and not from an agent process."""
@@ -248,7 +249,7 @@ async def stop_kernel(request: Request):
     return {"stopping": True, "drain": body.drain}
 
 
-@router.get("/v1/kernel/stats", tags=["kernel"])
+@router.get("/v1/kernel/stats", tags=["kernel"], responses=schemas.answers(schemas.CALLER, ok=schemas.StatsOut))
 async def kernel_stats(request: Request):
     """A snapshot for `aios top`: each resource's policy, queue and slots, calls in
     flight, tokens so far, and the caller's live processes."""
@@ -262,7 +263,7 @@ async def kernel_stats(request: Request):
                           if p.principal == principal and p.state is not ProcState.EXITED]}
 
 
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], responses=schemas.answers(ok=schemas.HealthOut))
 async def healthz(request: Request):
     k = kernel_of(request)
     return {"status": "ok" if k.is_accepting else "stopping", "models": k.router.models,
@@ -279,7 +280,8 @@ async def _is_admin(request: Request, principal: str) -> bool:
 
 # ---- confirmation of irreversible actions
 
-@router.get("/v1/confirmations", responses=schemas.ERRORS, tags=["access"])
+@router.get("/v1/confirmations", tags=["access"],
+            responses=schemas.answers(schemas.CALLER, schemas.ADMIN, ok=list[schemas.SyscallOut]))
 async def list_confirmations(request: Request):
     """The caller's calls held for a confirmation (an admin sees everyone's). Agent
     processes cannot list or confirm: a principal decides."""
@@ -289,8 +291,9 @@ async def list_confirmations(request: Request):
     return [syscall_json(c) for c in kernel_of(request).pending_confirmations(None if everyone else principal)]
 
 
-@router.post("/v1/confirmations/{call_id}", responses=schemas.ERRORS, openapi_extra=_body(schemas.ConfirmIn),
-             tags=["access"])
+@router.post("/v1/confirmations/{call_id}", openapi_extra=_body(schemas.ConfirmIn), tags=["access"],
+             responses=schemas.answers(schemas.CALLER, schemas.ADMIN, schemas.BODY, schemas.LOOKUP,
+                                       ok=schemas.SyscallOut))
 async def confirm(request: Request, call_id: str):
     """Approves (the call is queued) or denies (it fails) a held call."""
     principal = await principal_of(request)

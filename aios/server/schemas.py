@@ -1,95 +1,173 @@
-"""The shapes of the REST API, for the OpenAPI document (and so for generated clients).
-Bodies are decoded by aios.syscall.decode, the one validator of syscalls; these models
-describe them and are not used to parse them."""
+"""The shapes of the REST API, for the OpenAPI document (and so for generated clients),
+generated from the types they describe: a syscall's fields, kinds, ops and states
+(aios.syscall), a process's fields and states (aios.process), and each error class's
+HTTP status (aios.errors).
+
+Invariant: nothing here lists a record's fields, a state or a status a second time. A
+record's model has every field of its dataclass, each always present, and no other key,
+as syscall_json and process_json write them (tests/test_schemas.py validates real records
+against the document). Bodies are decoded by aios.syscall.decode, the one validator of
+syscalls; these models describe them and are not used to parse them."""
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import models_json_schema
 
-from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_PRIORITY
+from aios import errors
+from aios.errors import AiosError
+from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
+from aios.process import Process
+from aios.process.runners import RUNNERS
+from aios.scheduler import ResourceStats
+from aios.syscall import COMMON_FIELDS, SYSCALL_TYPES, CallState, Kind, Syscall, Usage
 
-
-class _Common(BaseModel):
-    priority: int = Field(0, ge=0, le=MAX_PRIORITY, description="higher is more urgent")
-    timeout_s: float | None = Field(None, gt=0, description="fail the call if it is not done by then")
-
-
-class LLMCall(_Common):
-    kind: Literal["llm"]
-    model: str
-    messages: list[dict[str, Any]] = Field(description="OpenAI-shaped messages")
-    tools: list[dict[str, Any]] | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    stop: list[str] | None = None
-    stream: bool = False
+_EXACT = ConfigDict(extra="forbid")   # a record's JSON has these keys and no others
+_REF = "#/components/schemas/{model}"
 
 
-class ToolCall(_Common):
-    kind: Literal["tool"]
-    tool: str
-    arguments: dict[str, Any] = {}
-    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS,
-                                        description="the client's own, given again when it resubmits a call that "
-                                                    "failed as interrupted; the tool gets it (else the call's id)")
+def _record(name: str, cls: type, *, skip: Iterable[str] = (), swap: dict[Any, Any] | None = None,
+            **added: Any) -> type[BaseModel]:
+    """The model of the dataclass `cls` as its JSON function writes it: each field (but
+    `skip`, and a field left out of comparison, which is a cache and not the record's, as
+    Syscall.payload_text), always present, so required (null where its type allows), and no
+    other key. `swap` maps a field's name or type to the type of its JSON; `added` are the
+    keys the function writes beyond the fields."""
+    swap = swap or {}
+    hints = typing.get_type_hints(cls)
+    shape = {f.name: (swap.get(f.name, swap.get(hints[f.name], hints[f.name])), ...)
+             for f in dataclasses.fields(cls) if f.name not in set(skip) and f.compare}
+    return create_model(name, __config__=_EXACT, **shape, **{k: (t, ...) for k, t in added.items()})
 
 
-class MemoryCall(_Common):
-    kind: Literal["memory"]
-    op: Literal["add", "get", "search", "list", "delete"]
-    key: str | None = None
-    content: str | None = None
-    query: str | None = None
-    k: int = 5
-
-
-class StorageCall(_Common):
-    kind: Literal["storage"]
-    op: Literal["read", "write", "list", "delete"]
-    path: str = ""
-    data: str | None = None
-
-
-class ProcessCall(_Common):
-    kind: Literal["process"]
-    op: Literal["status", "list", "suspend", "resume", "kill"]
-    target_pid: int | None = None
-
-
-SyscallIn = LLMCall | ToolCall | MemoryCall | StorageCall | ProcessCall
-
-
-class UsageOut(BaseModel):
-    tokens_in: int
-    tokens_out: int
-    cost_usd: float
-    service_s: float
+UsageOut = _record("UsageOut", Usage)
 
 
 class ErrorOut(BaseModel):
-    code: str
+    """An error as AiosError.to_dict writes it: a failed or cancelled call's `error`."""
+    model_config = _EXACT
+    code: str = Field(description="stable snake_case; the SDK raises the class of that code again")
     message: str
-    field: str | None = None
-    hint: str | None = None
+    hint: str | None
+    field: str | None = Field(description="the field at fault, if one is")
 
 
-class SyscallOut(BaseModel):
-    id: str
-    kind: str
-    pid: int
-    principal: str
-    state: Literal["queued", "running", "preempted", "done", "failed", "cancelled"]
-    priority: int
-    deadline: float | None
-    created: float
-    started: float | None
-    finished: float | None
-    num_preemptions: int
-    usage: UsageOut
-    payload: dict[str, Any]
-    result: Any = None
-    error: ErrorOut | None = None
+class HttpErrorOut(ErrorOut):
+    type: str = Field(description="the code again, where OpenAI clients look for it")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"error": {"code", "message", "field", "hint", "type"}}`."""
+    model_config = _EXACT
+    error: HttpErrorOut
+
+
+# ---- syscalls: what a caller sends, and the record the kernel keeps of it
+
+# What decode and check_payload refuse beyond a field's type, for the document; a key
+# that is not a payload field of its kind fails here, at import.
+_LIMITS: dict[tuple[Kind, str], dict[str, Any]] = {
+    (Kind.LLM, "model"): {"min_length": 1},
+    (Kind.LLM, "messages"): {"min_length": 1, "max_length": MAX_MESSAGES, "description": "OpenAI-shaped messages"},
+    (Kind.LLM, "max_tokens"): {"ge": 1, "le": MAX_TOKENS},
+    (Kind.TOOL, "tool"): {"min_length": 1},
+    (Kind.TOOL, "idempotency_key"): {
+        "min_length": 1, "max_length": MAX_IDEMPOTENCY_KEY_CHARS,
+        "description": "the client's own, given again when it resubmits a call that failed as interrupted; "
+                       "the tool gets it (else the call's id)"},
+}
+
+
+class MessageIn(BaseModel):
+    """An OpenAI-shaped message, as check_payload takes it: a role, and text or parts."""
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[Any] | None = None
+
+
+# What a payload field's JSON is, where its type hint says less
+_TYPES: dict[tuple[Kind, str], Any] = {(Kind.LLM, "messages"): list[MessageIn]}
+_CALLER_FIELDS: dict[str, Any] = {
+    "priority": (int, Field(0, ge=0, le=MAX_PRIORITY, description="higher is more urgent")),
+    "timeout_s": (float | None, Field(None, gt=0, description="fail the call if it is not done by then")),
+}
+
+
+def _payload_fields(kind: Kind) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(SYSCALL_TYPES[kind]) if f.name not in COMMON_FIELDS]
+
+
+def _call_model(kind: Kind) -> type[BaseModel]:
+    """The body that submits a call of `kind`: its payload fields (required where the
+    dataclass has no default) and the caller's priority and timeout; decode refuses others."""
+    shape: dict[str, Any] = {"kind": (Literal[kind.value], ...), **_CALLER_FIELDS}
+    for f in _payload_fields(kind):
+        limits = _LIMITS.get((kind, f.name), {})
+        if f.default is not dataclasses.MISSING:
+            shape[f.name] = (_type(kind, f.name), Field(f.default, **limits))
+        elif f.default_factory is not dataclasses.MISSING:
+            shape[f.name] = (_type(kind, f.name), Field(default_factory=f.default_factory, **limits))
+        else:
+            shape[f.name] = (_type(kind, f.name), Field(..., **limits))
+    return create_model(f"{_stem(kind)}Call", __config__=_EXACT, **shape)
+
+
+def _type(kind: Kind, name: str) -> Any:
+    return _TYPES.get((kind, name)) or typing.get_type_hints(SYSCALL_TYPES[kind])[name]
+
+
+def _stem(kind: Kind) -> str:
+    return SYSCALL_TYPES[kind].__name__.removesuffix("Syscall")
+
+
+for _kind, _name in (*_LIMITS, *_TYPES):
+    if _name not in {f.name for f in _payload_fields(_kind)}:
+        raise TypeError(f"aios.server.schemas names {_name!r}, which is not a payload field of a {_kind} syscall")
+
+SYSCALL_MODELS: tuple[type[BaseModel], ...] = tuple(_call_model(kind) for kind in SYSCALL_TYPES)
+PAYLOAD_MODELS: tuple[type[BaseModel], ...] = tuple(
+    _record(f"{_stem(kind)}Payload", cls, skip=COMMON_FIELDS) for kind, cls in SYSCALL_TYPES.items())
+SyscallOut = _record("SyscallOut", Syscall, swap={Usage: UsageOut, "error": ErrorOut | None},
+                     kind=Kind, payload=typing.Union[PAYLOAD_MODELS])   # noqa: UP007 (a union built from a tuple)
+
+# a body of each kind, for the document's readers (tests/test_schemas.py decodes each)
+EXAMPLES: dict[Kind, dict[str, Any]] = {
+    Kind.LLM: {"kind": "llm", "model": "sim-llama-3-8b", "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 8},
+    Kind.TOOL: {"kind": "tool", "tool": "calculator", "arguments": {"expression": "6 * 7"}},
+    Kind.MEMORY: {"kind": "memory", "op": "add", "key": "colour", "content": "the sky is blue"},
+    Kind.STORAGE: {"kind": "storage", "op": "write", "path": "notes/todo.md", "data": "buy milk"},
+    Kind.PROCESS: {"kind": "process", "op": "list", "priority": 5},
+}
+SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in SYSCALL_MODELS],
+               "discriminator": {"propertyName": "kind"}},
+    "examples": {kind.value: {"value": body} for kind, body in EXAMPLES.items()}}}}}
+
+
+def complete(spec: dict[str, Any]) -> dict[str, Any]:
+    """The document FastAPI generates, made whole: with the schemas named only by
+    reference (the syscall bodies, which no route parses with a model, the error body,
+    the events of streams), and without the 422 answers FastAPI adds by itself in a shape
+    of its own (the app answers 422 with ErrorBody, and the routes that can say so)."""
+    _, top = models_json_schema([(m, "validation") for m in _BY_REFERENCE], ref_template=_REF)
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    components.update(top["$defs"])
+    for operation in (op for item in spec["paths"].values() for op in item.values()):
+        if "HTTPValidationError" in str(operation["responses"].get("422")):
+            del operation["responses"]["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return spec
+
+
+# ---- processes
+
+ProcessOut = _record("ProcessOut", Process, swap={Usage: UsageOut})
 
 
 class ProcessIn(BaseModel):
@@ -99,49 +177,242 @@ class ProcessIn(BaseModel):
     program: str | None = Field(None, description="a .py file, a module or a registered agent name; "
                                 "none makes a bare process (an account to charge calls to)")
     task: str = Field("", description="passed to the program's main(task, os)")
-    runner: Literal["inproc", "subprocess"] = "inproc"
+    runner: Literal[RUNNERS] = "inproc"   # type: ignore[valid-type]
     manifest: dict[str, Any] | None = Field(None, description="its permission manifest (models, tools, "
                                             "storage_read, storage_write, spawn, max_concurrent_syscalls, "
                                             "priority_ceiling, budget.run)")
-
-
-class ConfirmIn(BaseModel):
-    approve: bool = Field(description="true: the held call is queued; false: it fails as denied")
-
-
-class ProcessOut(BaseModel):
-    pid: int
-    name: str
-    principal: str
-    parent_pid: int | None
-    priority: int
-    state: Literal["running", "suspended", "exited"]
-    created: float
-    exited: float | None
-    exit_reason: str | None
-    exit_code: int | None = None
-    program: str | None = None
-    runner: str | None = None
-    cpu_s: float = 0.0
-    max_rss_kib: int = 0
-    usage: UsageOut
 
 
 class SignalIn(BaseModel):
     signal: Literal["suspend", "resume", "terminate", "kill"]
 
 
+class ConfirmIn(BaseModel):
+    approve: bool = Field(description="true: the held call is queued; false: it fails as denied")
+
+
 class StopIn(BaseModel):
     drain: bool = Field(True, description="finish the calls in flight (else cancel them)")
 
 
-class ErrorBody(BaseModel):
-    error: ErrorOut
+# ---- the other answers (the routes build them; schemathesis checks them against these)
+
+class StopOut(BaseModel):
+    model_config = _EXACT
+    stopping: Literal[True]
+    drain: bool
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in ((400, "malformed request"), (401, "missing or bad token"), (403, "not allowed"),
-                         (404, "no such thing"), (409, "not in a state for that"), (413, "body too large"),
-                         (422, "invalid field"), (429, "over quota"), (503, "backend or journal unavailable"))
-}
+class HealthOut(BaseModel):
+    model_config = _EXACT
+    status: Literal["ok", "stopping"]
+    models: list[str]
+    num_in_flight: int
+
+
+class ModelOut(BaseModel):
+    model_config = _EXACT
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str = Field(description="the backend that serves it")
+
+
+class ModelList(BaseModel):
+    model_config = _EXACT
+    object: Literal["list"]
+    data: list[ModelOut]
+
+
+class ToolOut(BaseModel):
+    """A tool as ToolSpec.to_json writes it, with the concurrency it gets."""
+    model_config = _EXACT
+    name: str
+    description: str
+    parameters: dict[str, Any] = Field(description="the JSON schema of its arguments")
+    timeout_s: float | None
+    irreversible: bool
+    needs_network: bool
+    cost_usd: float
+    max_concurrency: int
+    source: str
+
+
+class ToolList(BaseModel):
+    model_config = _EXACT
+    tools: list[ToolOut]
+
+
+ResourceOut = create_model("ResourceOut", __config__=_EXACT,
+                           **{name: (hint, ...) for name, hint in typing.get_type_hints(ResourceStats).items()})
+
+
+class StatsOut(BaseModel):
+    model_config = _EXACT
+    now: float
+    policy: str
+    num_in_flight: int
+    tokens_in: int
+    tokens_out: int
+    resources: list[ResourceOut]   # type: ignore[valid-type]
+    processes: list[ProcessOut]   # type: ignore[valid-type]
+
+
+def chat_body(passed: Iterable[str], ignored: Iterable[str]) -> dict[str, Any]:
+    """The documented body of POST /v1/chat/completions: the fields it passes to the LLM
+    syscall (typed as the syscall types them), the ones it reads itself, and the ones
+    it accepts and ignores (any value); it refuses others."""
+    limits = {name: spec for (kind, name), spec in _LIMITS.items() if kind is Kind.LLM}
+    shape: dict[str, Any] = {name: (Any, None) for name in ignored}
+    shape |= {name: (_type(Kind.LLM, name), Field(... if name in ("model", "messages") else None,
+                                                  **limits.get(name, {}))) for name in passed}
+    shape |= {"max_tokens": (int | None, Field(None, **limits["max_tokens"])),
+              "max_completion_tokens": (int | None, Field(None, **limits["max_tokens"])),
+              "stop": (str | list[str] | None, None), "stream": (bool, False),
+              "stream_options": (dict[str, Any] | None, Field(None, description="include_usage: a last chunk "
+                                                               "with the usage")),
+              "n": (Literal[1], 1)}
+    schema = create_model("ChatIn", __config__=_EXACT, **shape).model_json_schema(ref_template=_REF)
+    schema.pop("$defs", None)   # the models it names are among the components (_BY_REFERENCE)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+class ChatMessageOut(BaseModel):
+    model_config = _EXACT
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatChoiceOut(BaseModel):
+    model_config = _EXACT
+    index: int
+    message: ChatMessageOut
+    finish_reason: str
+    logprobs: None
+
+
+class ChatUsageOut(BaseModel):
+    model_config = _EXACT
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionOut(BaseModel):
+    model_config = _EXACT
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoiceOut]
+    usage: ChatUsageOut
+
+
+class ChatDeltaOut(BaseModel):
+    """What a chunk adds: the role (first chunk only), text, or the tool calls; the last, nothing."""
+    model_config = _EXACT
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatChunkChoiceOut(BaseModel):
+    model_config = _EXACT
+    index: int
+    delta: ChatDeltaOut
+    finish_reason: str | None
+    logprobs: None
+
+
+class ChatChunkOut(BaseModel):
+    """One event of a streamed chat completion; the last, when asked, has no choices and the usage."""
+    model_config = _EXACT
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoiceOut]
+    usage: ChatUsageOut | None = None
+
+
+# ---- server-sent events, each an object of `event` and `data` (as OpenAPI 3.2 reads a
+# stream, and schemathesis with it): `data` is JSON of one of the shapes named
+
+class StateChangeOut(BaseModel):
+    """A call's move to a state that is not its last (its last comes as the whole record)."""
+    model_config = _EXACT
+    id: str
+    state: CallState
+    at: float
+
+
+class TokenOut(BaseModel):
+    model_config = _EXACT
+    text: str
+
+
+class LaggedOut(BaseModel):
+    """This reader was too slow: the number of events it missed so far."""
+    model_config = _EXACT
+    num_dropped: int
+
+
+def _json_data(*models: type[BaseModel]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json",
+            "contentSchema": {"anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in models]}}
+
+
+def _event(name: str, *models: type[BaseModel]) -> dict[str, Any]:
+    return {"type": "object", "required": ["event", "data"],
+            "properties": {"event": {"const": name}, "data": _json_data(*models)}}
+
+
+CALL_EVENTS = {"oneOf": [_event("state", SyscallOut, StateChangeOut), _event("token", TokenOut),
+                         _event("lagged", LaggedOut)]}
+CHAT_EVENTS = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+    {"const": "[DONE]"}, _json_data(ChatChunkOut, ErrorBody)]}}}
+_BY_REFERENCE = (*SYSCALL_MODELS, MessageIn, ErrorBody, StateChangeOut, TokenOut, LaggedOut, ChatChunkOut)
+
+
+# ---- the statuses each route can answer with, from the error classes it can raise
+
+# before a route's own work (aios.server.http): the caller's token (401; 403 for a process
+# token acting as another pid; 503 when the database's tokens cannot be read) and its
+# X-Aios-Pid (400 when it is not a pid, 404 when it is not one of the principal's)
+CALLER = (errors.Unauthorized, errors.PermissionDenied, errors.MalformedRequest, errors.NotFound,
+          errors.JournalUnavailable)
+PARAMS = (errors.InvalidSyscall,)   # a path or query parameter that is not of its type
+BODY = (errors.MalformedRequest, errors.PayloadTooLarge, errors.InvalidSyscall)   # read_json, read_model
+LOOKUP = (errors.NotFound, errors.JournalUnavailable)   # a call by id: in flight, or from the journal
+SUBMIT = (errors.InvalidSyscall, errors.PermissionDenied, errors.NotFound, errors.Conflict, errors.QuotaExceeded,
+          errors.BackendUnavailable, errors.JournalUnavailable)   # Kernel.submit (Conflict: an exited pid)
+SPAWN = (errors.InvalidSyscall, errors.PermissionDenied, errors.NotFound, errors.Conflict, errors.ProgramError,
+         errors.ConfigError, errors.BackendUnavailable, errors.JournalUnavailable)
+SIGNAL = (errors.NotFound, errors.Conflict, errors.JournalUnavailable)
+ADMIN = (errors.PermissionDenied, errors.JournalUnavailable)   # an agent refused; the principal's admin flag read
+STOP = (errors.Conflict,)   # a server that does not own its kernel
+# how an LLM call the caller waited for can end other than done (POST /v1/chat/completions
+# answers with its error): too large for the backend, a provider's failure, its deadline, a cancel
+LLM_ENDED = (errors.InvalidSyscall, errors.BackendError, errors.BackendUnavailable, errors.DeadlineExceeded,
+             errors.Cancelled, errors.JournalUnavailable)
+
+
+def answers(*raised: Iterable[type[AiosError]], ok: Any = None, status: int = 200, stream: str | None = None,
+            events: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    """A route's documented answers: under `status`, `ok` (as JSON) and, for a route that
+    streams, the media type `stream` (text, or server-sent `events` of that schema); and one
+    error answer per status of the classes it can raise, naming their codes."""
+    codes: dict[int, set[str]] = {}
+    for cls in (c for group in raised for c in group):
+        codes.setdefault(cls.status, set()).add(cls.code)
+    out: dict[int | str, dict[str, Any]] = {
+        s: {"description": "error codes: " + ", ".join(sorted(c)), "content": {"application/json": {"schema": {
+            "$ref": "#/components/schemas/ErrorBody"}}}} for s, c in sorted(codes.items())}
+    if ok is not None or stream is not None:
+        out[status] = {"description": "the answer"}
+    if ok is not None:
+        out[status]["model"] = ok
+    if stream is not None:
+        out[status]["content"] = {stream: {"schema": events or {"type": "string"}}}
+    return out
