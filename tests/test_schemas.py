@@ -177,9 +177,10 @@ def test_each_error_class_names_its_status_and_answers_with_the_documents_body(s
 
 
 def test_every_route_documents_the_statuses_of_what_it_meets(spec) -> None:
-    """Every route but /healthz names its caller (a token, X-Aios-Pid), so it may answer
-    400, 401, 403, 404 and 503; one that reads a body, 400, 413 and 422; one with a typed
-    parameter, 422. No route documents a status that no error class has."""
+    """Every route but /healthz names its caller (a token, X-Aios-Pid: both documented),
+    so it may answer 400, 401, 403, 404 and 503; one that reads a body, 400, 413 and 422;
+    one with a typed path or query parameter, 422. No route documents a status that no
+    error class has."""
     known = {cls.status for cls in (*ERRORS_BY_CODE.values(), Interrupted)}
     for path, item in spec["paths"].items():
         for method, operation in item.items():
@@ -193,8 +194,11 @@ def test_every_route_documents_the_statuses_of_what_it_meets(spec) -> None:
             assert {400, 401, 403, 404, 503} <= documented, (method, path)
             if "requestBody" in operation:
                 assert {400, 413, 422} <= documented, (method, path)
-            if any(p["schema"].get("type") in ("integer", "boolean") for p in operation.get("parameters", [])):
+            if any(p["in"] in ("path", "query") and p["schema"].get("type") in ("integer", "boolean")
+                   for p in operation.get("parameters", [])):
                 assert 422 in documented, (method, path)
+            assert "X-Aios-Pid" in {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+            assert operation["security"] == [{"bearer": []}, {}]
             for status in documented - ok:
                 answer = operation["responses"][str(status)]["content"]
                 assert answer == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}

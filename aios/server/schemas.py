@@ -149,17 +149,30 @@ SYSCALL_BODY = {"requestBody": {"required": True, "content": {"application/json"
     "examples": {kind.value: {"value": body} for kind, body in EXAMPLES.items()}}}}}
 
 
+_CALLER_PID = {"name": "X-Aios-Pid", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 1},
+               "description": "the agent process the request acts as (an agent has it in AIOS_PID); absent: the "
+                              "principal's own account. A process token acts only as its own process"}
+
+
 def complete(spec: dict[str, Any]) -> dict[str, Any]:
     """The document FastAPI generates, made whole: with the schemas named only by
     reference (the syscall bodies, which no route parses with a model, the error body,
-    the events of streams), and without the 422 answers FastAPI adds by itself in a shape
-    of its own (the app answers 422 with ErrorBody, and the routes that can say so)."""
+    the events of streams); with what a route that names its caller reads of every request
+    (aios.server.http: the bearer token, X-Aios-Pid), which no route declares; and without
+    the 422 answers FastAPI adds by itself in a shape of its own (the app answers 422 with
+    ErrorBody, and the routes that can say so)."""
     _, top = models_json_schema([(m, "validation") for m in _BY_REFERENCE], ref_template=_REF)
     components = spec.setdefault("components", {}).setdefault("schemas", {})
     components.update(top["$defs"])
+    spec["components"]["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer", "description": "a token of `aios token create`, the daemon's owner "
+        "token, or an agent's process token; none is needed from loopback while no token exists"}}
     for operation in (op for item in spec["paths"].values() for op in item.values()):
         if "HTTPValidationError" in str(operation["responses"].get("422")):
             del operation["responses"]["422"]
+        if str(errors.Unauthorized.status) in operation["responses"]:   # it names its caller
+            operation["security"] = [{"bearer": []}, {}]
+            operation.setdefault("parameters", []).append(_CALLER_PID)
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     return spec
