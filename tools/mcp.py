@@ -345,7 +345,7 @@ async def serve_mcp(client: AsyncClient, transport: Literal["stdio", "http"] = "
 async def _serve_http(server: Server, host: str, port: int, announce: Callable[[str], None] | None) -> None:
     import uvicorn
 
-    from aios.server.daemon import is_loopback
+    from aios.owner import is_loopback
 
     if not is_loopback(host):
         raise ConfigError(f"refusing to serve MCP on {host}: it has no authentication", field="host",

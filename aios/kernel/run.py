@@ -43,7 +43,6 @@ class _Worker:
         self.wake = asyncio.Event()   # asyncio's own: the kernel runs on asyncio, and it is cheaper
 
 
-
 class RunLoop:
     """The kernel's run loop, as a base of `Kernel` (which makes the attributes below)."""
 
@@ -60,6 +59,7 @@ class RunLoop:
     _idle_workers: list[_Worker]
 
     def _enqueue(self, ticket: Ticket) -> None:
+        """Queues an admitted call for its resource (a deadline starts counting)."""
         call = ticket.call
         self.tickets[call.id] = ticket
         if call.deadline is not None:

@@ -16,7 +16,10 @@ from fastapi.responses import PlainTextResponse
 from aios import owner
 from aios.config import Settings
 from aios.kernel import Kernel
-from aios.server import errors, openai, routes, schemas
+import aios.server.errors as errors
+import aios.server.openai as openai
+import aios.server.routes as routes
+import aios.server.schemas as schemas
 from aios.server.http import principal_of
 from aios.server.metrics import Metrics
 from aios.tools import builtin_tools

@@ -17,7 +17,6 @@ from aios.errors import Unauthorized
 from aios.kernel import Kernel
 from aios.process import Process
 from aios.process.runners import SubprocessRunner
-from aios.server.daemon import is_loopback
 from aios.server.errors import HttpError
 
 
@@ -178,7 +177,7 @@ def _from_loopback(request: Request) -> bool:
     """Whether the caller's address is this machine's loopback: the only callers a server
     without tokens trusts (it may listen beyond loopback once tokens exist, and they may
     all be revoked later)."""
-    return request.client is not None and is_loopback(request.client.host)
+    return request.client is not None and owner.is_loopback(request.client.host)
 
 
 async def _database_has_tokens(request: Request) -> bool:
@@ -217,10 +216,5 @@ def owned_process(request: Request, pid: int, principal: str) -> Process:
 
 
 def visible_process(request: Request, pid: int, principal: str) -> Process:
-    """A process of the principal that the caller may see: an agent (X-Aios-Pid) sees
-    itself and its descendants only, the principal's own account all of them. Any other
-    pid does not exist for the caller."""
-    proc = owned_process(request, pid, principal)
-    if not kernel_of(request).processes.sees(caller_pid(request, principal), pid):
-        raise HttpError("not_found", f"no process {pid}", field="pid")
-    return proc
+    """A process that the caller may see (ProcessTable.find, the one visibility rule)."""
+    return kernel_of(request).processes.find(principal, caller_pid(request, principal), pid)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from aios.errors import AiosError
-from aios.server import schemas
+import aios.server.schemas as schemas
 from aios.server.errors import HttpError, error_body, error_response
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json
 from aios.syscall import CallState

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from aios.errors import NotFound
 from aios.events import EventKind
 from aios.process import ProcState, process_json
-from aios.server import schemas
+import aios.server.schemas as schemas
 from aios.server.errors import HttpError
 from aios import access
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json, read_model, visible_process
@@ -34,7 +34,7 @@ async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
     descendants'); any other does not exist for it."""
     k = kernel_of(request)
     call = await k.lookup(call_id)
-    if call.principal != principal or not k.processes.sees(caller_pid(request, principal), call.pid):
+    if not k.processes.sees_call(principal, caller_pid(request, principal), call):
         raise NotFound(f"no syscall {call_id!r}", field="id")
     return call
 
@@ -177,11 +177,8 @@ def _read_from(path: Path, offset: int) -> bytes:
 async def list_processes(request: Request,
                          include_exited: bool = Query(False, alias="all", description="exited ones too")):
     principal = await principal_of(request)
-    table = kernel_of(request).processes
     viewer = caller_pid(request, principal)
-    return [process_json(p) for p in table.procs.values()
-            if p.principal == principal and (include_exited or p.state is not ProcState.EXITED)
-            and table.sees(viewer, p.pid)]
+    return [process_json(p) for p in kernel_of(request).processes.visible(principal, viewer, include_exited)]
 
 
 @router.get("/v1/processes/{pid}", tags=["processes"],
@@ -259,8 +256,7 @@ async def kernel_stats(request: Request):
     return {"now": k.clock.now(), "policy": k.scheduler.policy_name, "num_in_flight": len(k.tickets),
             "tokens_in": metrics.num_tokens["in"], "tokens_out": metrics.num_tokens["out"],
             "resources": [res.stats._asdict() for res in k.scheduler],
-            "processes": [process_json(p) for p in k.processes.procs.values()
-                          if p.principal == principal and p.state is not ProcState.EXITED]}
+            "processes": [process_json(p) for p in k.processes.visible(principal, caller_pid(request, principal))]}
 
 
 @router.get("/healthz", tags=["health"], responses=schemas.answers(ok=schemas.HealthOut))
