@@ -26,6 +26,9 @@ from aios.kernel import Kernel
 from aios.llm import Chunk, Request, Response, Resume, collect
 from aios.server import create_app
 from aios.server.daemon import bind
+from aios.errors import NotFound
+from aios.process.inproc import KernelTransport
+from aios.sdk import AsyncClient
 from aios.syscall import Usage
 from tests.conftest import llm, serve
 
@@ -306,6 +309,39 @@ async def test_processes_spawn_list_get_and_signals(wall) -> None:
         assert (await c.get("/v1/processes")).json() == []
         everyone = (await c.get("/v1/processes", params={"all": "true"})).json()
         assert [(p["pid"], p["state"]) for p in everyone] == [(a["pid"], "exited"), (b["pid"], "exited")]
+
+
+@pytest.mark.anyio
+async def test_one_visibility_rule_for_the_server_the_inproc_transport_and_the_process_syscall(wall) -> None:
+    """An agent (X-Aios-Pid) sees itself and its descendants, never a sibling, however it
+    asks: REST routes, kernel stats (which listed every process of the principal before),
+    the in-process transport and the process syscall answer alike; the principal's own
+    account sees all."""
+    async with served(wall()) as s:
+        c, k = s.client, s.kernel
+        parent = await spawn(c, "parent")
+        child = (await c.post("/v1/processes", json={"name": "child", "parent_pid": parent["pid"]})).json()
+        sibling = await spawn(c, "sibling")
+        as_parent = {"X-Aios-Pid": str(parent["pid"])}
+        mine = {parent["pid"], child["pid"]}
+
+        assert {p["pid"] for p in (await c.get("/v1/processes", headers=as_parent)).json()} == mine
+        stats = (await c.get("/v1/kernel/stats", headers=as_parent)).json()
+        assert {p["pid"] for p in stats["processes"]} == mine
+        check_error(await c.get(f"/v1/processes/{sibling['pid']}", headers=as_parent), 404, "not_found", "pid")
+        theirs = await submit(c, llm("theirs"), pid=sibling["pid"])
+        check_error(await c.get(f"/v1/syscalls/{theirs['id']}", headers=as_parent), 404, "not_found", "id")
+        assert {p["pid"] for p in (await c.get("/v1/kernel/stats")).json()["processes"]} == mine | {sibling["pid"]}
+
+        agent = AsyncClient(transport=KernelTransport(k, pid=parent["pid"]))
+        assert {p.pid for p in await agent.processes.list()} == mine
+        with pytest.raises(NotFound):
+            await agent.processes.get(sibling["pid"])
+        listed = await k.call({"kind": "process", "op": "list"}, pid=parent["pid"])
+        assert {p["pid"] for p in listed} == mine
+        with pytest.raises(NotFound) as err:
+            await k.call({"kind": "process", "op": "status", "target_pid": sibling["pid"]}, pid=parent["pid"])
+        assert err.value.field == "target_pid"
 
 
 @pytest.mark.anyio
