@@ -595,3 +595,16 @@ async def test_stream_of_a_failed_call_raises_its_error(make_settings):
                 async for chunk in k.stream(t):
                     parts.append(chunk.text)
     assert parts == [" t0", " t1"] and "GPU fell over" in info.value.message
+
+
+@pytest.mark.anyio
+async def test_what_exists_at_boot_is_frozen_out_of_the_collector_while_the_kernel_runs(make_settings):
+    """The kernel freezes the objects alive at boot (gc.freeze) so that full collections
+    under load walk only what it made since, and unfreezes at shutdown: a host that
+    embeds it gets its collector back as it was."""
+    import gc
+    assert gc.get_freeze_count() == 0
+    async with Kernel(make_settings()) as k:
+        assert gc.get_freeze_count() > 10_000   # the libraries' objects, at least
+        assert (await k.call(llm("still collected"))) is not None
+    assert gc.get_freeze_count() == 0

@@ -16,6 +16,7 @@ terminal with its waiter woken, on every path (done, failure, cancel, kill, dead
 shutdown); a call's slot is released on every path."""
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import math
@@ -129,6 +130,12 @@ class Kernel(RunLoop):
             await self._tg.__aexit__(None, None, None)
             self.db.close()
             raise
+        # What exists now (the libraries' ~100k objects, the settings, the recovered state)
+        # lives as long as the kernel: frozen out of the cyclic collector's way (gc.freeze),
+        # a full collection walks only what the kernel made since, not all of it on each
+        # pass (measured: half the collector's time under load). Shutdown unfreezes. (No
+        # gc.collect first: it costs ~45 ms of boot, to free the little garbage of startup.)
+        gc.freeze()
         self.is_accepting = True
         self.publish(EventKind.KERNEL, data={"state": "booted"})
         return self
@@ -138,6 +145,7 @@ class Kernel(RunLoop):
             with anyio.CancelScope(shield=True):
                 await self.shutdown(drain=self.settings.shutdown == "drain" and exc[0] is None)
         finally:
+            gc.unfreeze()
             assert self._tg is not None
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(*exc)
