@@ -297,6 +297,15 @@ async def context_switch(home: Path, tick: Callable[[int], None]) -> dict[str, A
         return {"context_switch_us": round(k.context.switch_us, 2), "num_switches": k.context.num_snapshots}
 
 
+def python_loop_ms() -> float:
+    """The time of a fixed pure-Python loop: how fast the interpreter runs here, now."""
+    t = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return round(1e3 * (time.perf_counter() - t), 1)
+
+
 def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True) -> dict[str, Any]:
     rng = random.Random(seed)
     num_calls = 2_000 if quick else 20_000
@@ -316,8 +325,13 @@ def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True) -> di
             return lambda n: progress.advance(task, n)
 
         async def main() -> None:
+            before = python_loop_ms()
             result["overhead"] = await overhead(root / "overhead", num_calls, 64,
                                                 stage("overhead (64 agents)", num_calls + 64 * 50 + min(500, num_calls // 10)))
+            result["machine"] = {"python_loop_ms_before": before, "python_loop_ms_after": python_loop_ms(),
+                                 "measure": "a fixed pure-Python loop (5M additions), timed before and after the "
+                                            "overhead rounds: the speed of this machine's CPU when they ran, by "
+                                            "which the overhead scales"}
             k = await through_kernel(root / "sched", work, stage("64 agents via kernel", 640))
             u = await unscheduled(work, random.Random(seed), stage("64 agents, no scheduler", 640))
             result["unscheduled"] = {"kernel_makespan_s": round(k["makespan_s"], 2),
