@@ -1,12 +1,20 @@
 """The `aios` command. Decodes arguments, calls the kernel or a benchmark, prints; holds
-no policy. Errors print their message and hint and exit non-zero."""
+no policy.
+
+Errors print one `error:` line and one `hint:` line and exit non-zero: 2 for an
+AiosError (the input, the state, a resource), 1 for anything else (a bug: the hint says
+how to see its traceback), 130 for Ctrl-C. A traceback is shown only with `--debug` or
+AIOS_DEBUG=1."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import json
 import logging
+import os
 import sys
+import traceback
 from typing import Annotated
 
 import typer
@@ -23,7 +31,8 @@ from aios.cli import trace as trace_cli
 from aios.errors import AiosError, ConfigError
 
 app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})   # subcommands inherit it
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object on stdout.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(kernel_cli.app, name="kernel")
@@ -35,6 +44,26 @@ app.add_typer(fs_cli.app, name="fs")
 app.add_typer(memory_cli.app, name="memory")
 procs.install(app)
 access_cli.install(app)
+
+DEBUG = "AIOS_DEBUG"   # set to 1: errors print their traceback too
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aios {importlib.metadata.version('aios')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="on an error, print the traceback too (or AIOS_DEBUG=1)")]
+    = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """aios: an operating system for LLM agents."""
+    if debug:
+        os.environ[DEBUG] = "1"   # also for the agents and daemons this command starts
 
 
 @app.command()
@@ -95,11 +124,36 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
-    except AiosError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        if e.hint:
-            typer.echo(f"hint: {e.hint}", err=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:   # noqa: BLE001 (the command's last word: one line, not a traceback)
+        sys.exit(report(e))
+
+
+def report(e: BaseException) -> int:
+    """Prints what went wrong as `error:` and `hint:` (and the traceback under --debug or
+    AIOS_DEBUG=1); returns the exit code."""
+    if os.environ.get(DEBUG, "") not in ("", "0"):
+        traceback.print_exception(e, file=sys.stderr)
+    error = the_error(e)
+    if isinstance(error, AiosError):
+        typer.echo(f"error: {error.message}", err=True)
+        if error.hint:
+            typer.echo(f"hint: {error.hint}", err=True)
+        return 2
+    typer.echo(f"error: {type(error).__name__}: {error}", err=True)
+    typer.echo("hint: this is a bug in aios; run the command again with --debug (or AIOS_DEBUG=1) for the "
+               "traceback, and report it", err=True)
+    return 1
+
+
+def the_error(e: BaseException) -> BaseException:
+    """The error that says what went wrong: an AiosError inside a group of errors (anyio's
+    task groups raise ExceptionGroup), else the first leaf of the group, else `e`."""
+    if isinstance(e, BaseExceptionGroup):
+        leaves = [the_error(x) for x in e.exceptions]
+        return next((x for x in leaves if isinstance(x, AiosError)), leaves[0] if leaves else e)
+    return e
 
 
 if __name__ == "__main__":   # `python -m aios.cli.main`: how the detached daemon is started
