@@ -15,12 +15,12 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
 
-from aios.errors import InvalidSyscall, InvalidTransition
+from aios.errors import Conflict, InvalidSyscall, InvalidTransition
 from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
 
 
@@ -98,6 +98,41 @@ def new_id() -> str:
 
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)   # a forked child must not repeat the parent's ids
+
+MIN_ID_PREFIX = 4   # the shortest abbreviation of an id that is taken, as git takes commit ids
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_id_prefix(text: str) -> bool:
+    """Whether `text` can abbreviate an id (a call's, a token's): 4 or more hex digits."""
+    return len(text) >= MIN_ID_PREFIX and _HEX.issuperset(text)
+
+
+def one_by_prefix(prefix: str, ids: Iterable[str], what: str, field: str = "id") -> str | None:
+    """The one id of `ids` that starts with `prefix`; None if none does; Conflict naming
+    them if several do (give more of the id)."""
+    found = sorted({i for i in ids if i.startswith(prefix)})
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise Conflict(f"{prefix!r} is the start of {len(found)} {what} ids: {shown}", field=field,
+                       hint="give more of the id")
+    return found[0] if found else None
+
+
+def shortest_prefixes(ids: Iterable[str], at_least: int = 8) -> dict[str, str]:
+    """Each id's shortest prefix (of at least `at_least` characters) that no other of
+    `ids` starts with: what a table shows, and what a command takes back."""
+    ordered = sorted(set(ids))
+    out = {}
+    for i, this in enumerate(ordered):
+        common = 0
+        for other in ordered[max(i - 1, 0):i] + ordered[i + 1:i + 2]:   # neighbours share the longest prefix
+            n = 0
+            while n < min(len(this), len(other)) and this[n] == other[n]:
+                n += 1
+            common = max(common, n)
+        out[this] = this[:max(at_least, common + 1)]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

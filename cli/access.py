@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -115,12 +116,13 @@ def token_list(user: Annotated[str | None, typer.Option("--user", "-u", help="on
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: Annotated[str, typer.Argument(help="the token's id (aios token list)")]) -> None:
+def token_revoke(token_id: Annotated[str, typer.Argument(help="the token's id, or a unique prefix of it "
+                                                                "(aios token list)")]) -> None:
     """Revokes a token: it stops working at once."""
     from aios import access
     with engine() as e:
-        access.revoke_token(e, token_id, time.time())
-    print(f"revoked {token_id}")
+        revoked = access.revoke_token(e, token_id, time.time())
+    print(f"revoked {revoked.id}")
 
 
 def audit(
@@ -170,26 +172,31 @@ def confirmations(as_json: JsonFlag = False) -> None:
     if as_json:
         print(json.dumps(held))
         return
+    from aios.syscall import shortest_prefixes
+    short = shortest_prefixes(c["id"] for c in held)   # what `aios approve` takes back, and fits a terminal
     table = Table("id", "pid", "principal", "kind", "what", "since (UTC)")
     for c in held:
         p = c.get("payload") or {}
         what = p.get("tool") or f"{p.get('op', '')} {p.get('path', '')}".strip()
         args = p.get("arguments")
-        table.add_row(c["id"], str(c["pid"]), c["principal"], c["kind"],
+        table.add_row(short[c["id"]], str(c["pid"]), c["principal"], c["kind"],
                       what + (f" {json.dumps(args)}" if args else ""), _when(c.get("created")))
     console.print(table if held else "nothing is waiting for a confirmation")
 
 
-def approve(call_id: Annotated[str, typer.Argument(help="the held call's id (aios confirmations)")]) -> None:
+HELD_ID = "the held call's id, or a unique prefix of it (aios confirmations)"
+
+
+def approve(call_id: Annotated[str, typer.Argument(help=HELD_ID)]) -> None:
     """Approves a held irreversible action: it runs."""
-    _kernel("POST", f"/v1/confirmations/{call_id}", {"approve": True})
-    print(f"approved {call_id}")
+    call = _kernel("POST", f"/v1/confirmations/{quote(call_id, safe='')}", {"approve": True})
+    print(f"approved {call['id']}")
 
 
-def deny(call_id: Annotated[str, typer.Argument(help="the held call's id (aios confirmations)")]) -> None:
+def deny(call_id: Annotated[str, typer.Argument(help=HELD_ID)]) -> None:
     """Denies a held irreversible action: it fails as denied."""
-    _kernel("POST", f"/v1/confirmations/{call_id}", {"approve": False})
-    print(f"denied {call_id}")
+    call = _kernel("POST", f"/v1/confirmations/{quote(call_id, safe='')}", {"approve": False})
+    print(f"denied {call['id']}")
 
 
 def install(app: typer.Typer) -> None:

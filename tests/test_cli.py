@@ -408,3 +408,31 @@ def test_memory_adds_searches_by_meaning_and_reports_stats(daemon):
     assert missing.returncode != 0 and "no memory entry 'alice'" in missing.stderr
     dup = aios(daemon.home, "memory", "add", "again", "--key", "boiler")
     assert dup.returncode == 2 and "already exists" in dup.stderr
+
+
+# ---- ids as git takes them
+
+def test_confirmations_show_short_ids_that_approve_and_deny_take(daemon):
+    """The table shows each held call's shortest unique prefix (it fits 80 columns), which
+    `aios approve` and `aios deny` take back; a prefix of both held calls is refused,
+    naming both, and decides nothing."""
+    with Client(daemon.url) as owner:
+        agent = owner.processes.spawn("deleter")
+    with Client(daemon.url, pid=agent.pid) as client:
+        held = [client.syscall({"kind": "storage", "op": "delete", "path": f"held-{i}"}, wait=False).id
+                for i in range(2)]
+    table = plain(cli(daemon, "confirmations"))
+    shown = re.findall(rf"\b({held[0][:4]}[0-9a-f]*)\b", table)
+    assert len(shown) == 2 and all(8 <= len(s) < 32 for s in shown), table
+    assert sorted(held) == sorted(next(h for h in held if h.startswith(s)) for s in shown)
+    n = 0
+    while held[0][n] == held[1][n]:
+        n += 1
+    both = cli(daemon, "approve", held[0][:n])
+    assert both.exit_code != 0 and "is the start of 2 held syscall ids" in both.exception.message
+    assert held[0] in both.exception.message and held[1] in both.exception.message
+    first = next(s for s in shown if held[0].startswith(s))
+    assert cli(daemon, "approve", first).stdout.strip() == f"approved {held[0]}"
+    second = next(s for s in shown if held[1].startswith(s))
+    assert cli(daemon, "deny", second).stdout.strip() == f"denied {held[1]}"
+    assert "nothing is waiting" in plain(cli(daemon, "confirmations"))

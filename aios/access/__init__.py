@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aios.errors import ConfigError, Conflict, NotFound, Unauthorized
 from aios.storage.models import AuditRow, PrincipalRow, TokenRow
+from aios.syscall import is_id_prefix, one_by_prefix
 
 Kind = Literal["user", "service"]
 Decision = Literal["allow", "deny", "info"]
@@ -186,8 +187,13 @@ def list_tokens(engine: Engine, principal: str | None = None) -> list[TokenInfo]
 
 
 def revoke_token(engine: Engine, token_id: str, now: float, *, by: str = LOCAL) -> TokenInfo:
+    """Revokes the token `token_id` (its id, or any unique prefix of 4 or more digits)."""
     with engine.begin() as conn:
         row = conn.execute(select(TokenRow).where(TokenRow.id == token_id)).first()
+        if row is None and is_id_prefix(token_id):
+            ids = conn.execute(select(TokenRow.id).where(TokenRow.id.like(f"{token_id}%"))).scalars()
+            token_id = one_by_prefix(token_id, ids, "token") or token_id
+            row = conn.execute(select(TokenRow).where(TokenRow.id == token_id)).first()
         if row is None:
             raise NotFound(f"no token {token_id!r}", field="id", hint="aios token list shows their ids")
         if row.revoked is None:

@@ -20,7 +20,7 @@ from aios import access
 from aios.access.guard import Guard
 from aios.errors import AiosError, NotFound, PermissionDenied
 from aios.scheduler import Ticket
-from aios.syscall import Syscall
+from aios.syscall import Syscall, is_id_prefix, one_by_prefix
 
 
 class Confirmations:
@@ -47,9 +47,13 @@ class Confirmations:
 
     async def confirm(self, call_id: str, *, approve: bool, by: str, is_admin: bool = False) -> Syscall:
         """Approves (the call is queued) or denies (it fails with PermissionDenied) a held
-        call. The call's own principal or an admin may; anyone else gets NotFound."""
-        ticket = self.awaiting.get(call_id)
-        if ticket is None or (ticket.call.principal != by and not is_admin):
+        call, named by its id or any unique prefix of it. The call's own principal or an
+        admin may; anyone else gets NotFound."""
+        mine = {i: t for i, t in self.awaiting.items() if t.call.principal == by or is_admin}
+        if call_id not in mine and is_id_prefix(call_id):   # any unique prefix, as git takes ids
+            call_id = one_by_prefix(call_id, mine, "held syscall") or call_id
+        ticket = mine.get(call_id)
+        if ticket is None:
             raise NotFound(f"no syscall {call_id!r} waiting for confirmation", field="id",
                            hint="aios confirmations lists them")
         del self.awaiting[call_id]

@@ -49,7 +49,8 @@ from aios.scheduler.ticket import TimeLimits
 from aios.storage import Database, FileStore, Journal
 from aios.storage.lease import Holder
 from aios.tools.registry import ToolRegistry, ToolSpec
-from aios.syscall import CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall, new_call
+from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall, is_id_prefix,
+                          new_call, one_by_prefix)
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,8 @@ class Kernel(RunLoop):
         return await ticket.result()
 
     async def cancel(self, call_id: str) -> Syscall:
+        """Cancels a call in flight (`call_id`: its whole id); a call already over is
+        answered as it ended."""
         ticket = self.tickets.get(call_id)
         if ticket is None:
             call = await self.lookup(call_id)
@@ -292,12 +295,20 @@ class Kernel(RunLoop):
         self._abort(ticket, Cancelled("cancelled by its caller"))
         return await ticket.wait()
 
-    async def lookup(self, call_id: str) -> Syscall:
+    async def lookup(self, call_id: str, *, principal: str | None = None, viewer: int = 0) -> Syscall:
+        """The call, in flight or journaled. For a caller (`principal`, and `viewer`, the
+        process it speaks as, 0 for its own account): only a call it may see
+        (ProcessTable.sees_call; NotFound for any other), by its id or by any unique
+        prefix of it of 4 or more digits, as git takes commit ids."""
         ticket = self.tickets.get(call_id)
-        if ticket is not None:
-            return ticket.call
-        call = await self.journal.load(call_id)
-        if call is None:
+        call = ticket.call if ticket is not None else await self.journal.load(call_id)
+        if call is None and principal is not None and is_id_prefix(call_id):
+            seen = {t.id: t.call for t in self.tickets.values() if t.id.startswith(call_id)}
+            seen.update((c.id, c) for c in await self.journal.with_prefix(call_id, principal) if c.id not in seen)
+            mine = {i: c for i, c in seen.items() if self.processes.sees_call(principal, viewer, c)}
+            found = one_by_prefix(call_id, mine, "syscall")
+            call = mine[found] if found is not None else None
+        if call is None or (principal is not None and not self.processes.sees_call(principal, viewer, call)):
             raise NotFound(f"no syscall {call_id!r}", field="id")
         return call
 

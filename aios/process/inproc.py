@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio.from_thread
 
-from aios.errors import NotFound
 from aios.process import Process, process_json
 from aios.sdk import AsyncClient, Client
 from aios.sdk._core import (INPROC_URL, Cancel, Event, GetProcess, ListModels, ListProcesses, ListTools, Request,
@@ -44,8 +43,7 @@ class KernelTransport:
                 ticket = await k.submit(copy.deepcopy(body), pid=self.pid, principal=self.principal)
                 return syscall_json(await ticket.wait() if wait else ticket.call)
             case Cancel(call_id):
-                await self._owned_call(call_id)
-                return syscall_json(await k.cancel(call_id))
+                return syscall_json(await k.cancel((await self._owned_call(call_id)).id))
             case Spawn(name, priority, parent_pid, program, task, runner, manifest):
                 return process_json(await k.spawn(name, principal=self.principal, parent_pid=parent_pid,
                                                   priority=priority, program=program, task=task, runner=runner,
@@ -67,7 +65,7 @@ class KernelTransport:
     async def events(self, call_id: str) -> AsyncIterator[Event]:
         """What the SSE endpoint sends: the tokens, then the final state. A failed call's
         error is raised by Kernel.stream at the end, as the stream's reader would raise it."""
-        await self._owned_call(call_id)
+        call_id = (await self._owned_call(call_id)).id   # a prefix, resolved
         ticket = self.kernel.tickets.get(call_id)
         if ticket is None:   # already over
             yield "state", syscall_json(await self.kernel.lookup(call_id))
@@ -80,10 +78,8 @@ class KernelTransport:
     async def aclose(self) -> None:
         pass   # nothing held: the kernel is its owner's to stop
 
-    async def _owned_call(self, call_id: str) -> None:
-        call = await self.kernel.lookup(call_id)
-        if not self.kernel.processes.sees_call(self.principal, self.pid, call):
-            raise NotFound(f"no syscall {call_id!r}", field="id")
+    async def _owned_call(self, call_id: str) -> Any:
+        return await self.kernel.lookup(call_id, principal=self.principal, viewer=self.pid)
 
     def _owned_process(self, pid: int) -> Process:
         return self.kernel.processes.find(self.principal, self.pid, pid)

@@ -31,12 +31,8 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
     """A call of the principal that the caller may see (an agent: its own and its
-    descendants'); any other does not exist for it."""
-    k = kernel_of(request)
-    call = await k.lookup(call_id)
-    if not k.processes.sees_call(principal, caller_pid(request, principal), call):
-        raise NotFound(f"no syscall {call_id!r}", field="id")
-    return call
+    descendants'), by its id or a unique prefix of it; any other does not exist for it."""
+    return await kernel_of(request).lookup(call_id, principal=principal, viewer=caller_pid(request, principal))
 
 
 # ---- syscalls
@@ -65,8 +61,8 @@ async def get_syscall(request: Request, call_id: str):
                responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, ok=schemas.SyscallOut))
 async def cancel_syscall(request: Request, call_id: str):
     """Cancels a call that is not over; a finished call is returned as it is."""
-    await owned_call(request, call_id, await principal_of(request))
-    return syscall_json(await kernel_of(request).cancel(call_id))
+    call = await owned_call(request, call_id, await principal_of(request))
+    return syscall_json(await kernel_of(request).cancel(call.id))
 
 
 @router.get("/v1/syscalls/{call_id}/events", tags=["syscalls"], response_class=StreamingResponse,
@@ -75,7 +71,7 @@ async def cancel_syscall(request: Request, call_id: str):
 async def syscall_events(request: Request, call_id: str):
     """Server-sent events: `state` (each state change, the last one terminal), `token`
     (each piece of generated text), `lagged` (this client read too slowly and missed some)."""
-    await owned_call(request, call_id, await principal_of(request))
+    call_id = (await owned_call(request, call_id, await principal_of(request))).id   # a prefix, resolved
     k = kernel_of(request)
 
     async def events() -> AsyncIterator[str]:

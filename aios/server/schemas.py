@@ -397,7 +397,8 @@ CALLER = (errors.Unauthorized, errors.PermissionDenied, errors.MalformedRequest,
           errors.JournalUnavailable)
 PARAMS = (errors.InvalidSyscall,)   # a path or query parameter that is not of its type
 BODY = (errors.MalformedRequest, errors.PayloadTooLarge, errors.InvalidSyscall)   # read_json, read_model
-LOOKUP = (errors.NotFound, errors.JournalUnavailable)   # a call by id: in flight, or from the journal
+# a call by id, or by a prefix of it (Conflict: the prefix of several): in flight, or from the journal
+LOOKUP = (errors.NotFound, errors.Conflict, errors.JournalUnavailable)
 SUBMIT = (errors.InvalidSyscall, errors.PermissionDenied, errors.NotFound, errors.Conflict, errors.QuotaExceeded,
           errors.BackendUnavailable, errors.JournalUnavailable)   # Kernel.submit (Conflict: an exited pid)
 SPAWN = (errors.InvalidSyscall, errors.PermissionDenied, errors.NotFound, errors.Conflict, errors.ProgramError,

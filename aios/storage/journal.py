@@ -35,7 +35,7 @@ from aios.errors import AiosError, JournalUnavailable, PermissionDenied
 from aios.storage.db import Database
 from aios.storage.models import BootRow, SyscallRow, TransitionRow
 from aios.syscall import (SYSCALL_TYPES, TERMINAL, CallState, Kind, MemoryOp, ProcessOp, StorageOp, Syscall, Usage,
-                          advance, json_text)
+                          advance, is_id_prefix, json_text)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,16 @@ class Journal:
                 return conn.execute(select(SyscallRow.__table__).where(SyscallRow.id == call_id)).first()
         row = await self.db.run(read)
         return None if row is None else from_row(row._mapping)
+
+    async def with_prefix(self, prefix: str, principal: str, limit: int = 50) -> list[Syscall]:
+        """The principal's journaled calls whose id starts with `prefix` (hex digits)."""
+        assert is_id_prefix(prefix)   # no LIKE wildcard in it
+
+        def read(engine: Engine) -> Any:
+            with engine.connect() as conn:
+                return conn.execute(select(SyscallRow.__table__).where(
+                    SyscallRow.id.like(f"{prefix}%"), SyscallRow.principal == principal).limit(limit)).all()
+        return [from_row(row._mapping) for row in await self.db.run(read)]
 
     async def transitions(self, call_id: str) -> list[tuple[str, float, Any]]:
         def read(engine: Engine) -> list[tuple[str, float, Any]]:
