@@ -5,6 +5,7 @@ database made before versions becoming their first version."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,29 @@ async def test_bad_versions_and_rollbacks_are_refused(make_settings: Callable[..
         b = (await k.spawn("b")).pid
         with pytest.raises(NotFound):   # another agent's history is not its own
             await fs(k, b, "versions", path="f")
+
+
+@pytest.mark.anyio
+async def test_papercuts_of_diff_rollback_and_a_missing_process(make_settings: Callable[..., Settings]):
+    """A diff of files with no final newline keeps its lines apart, as GNU diff does; a
+    rollback to before the first version says when, in UTC, and what to run; an unknown
+    pid points to `aios ps --all`."""
+    async with Kernel(make_settings()) as k:
+        a = (await k.spawn("a")).pid
+        await fs(k, a, "write", path="n", data="one\ntwo")
+        await fs(k, a, "write", path="n", data="one\n2")
+        diff = (await fs(k, a, "diff", path="n"))["diff"]
+        assert diff.endswith("-two\n\\ No newline at end of file\n+2\n\\ No newline at end of file\n"), diff
+        first = (await fs(k, a, "versions", path="n"))["versions"][0]["created"]
+        with pytest.raises(NotFound) as err:
+            await fs(k, a, "rollback", path="n", at=first - 60)
+        utc = datetime.fromtimestamp(first - 60, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        assert err.value.message.startswith(f"'n' had no version yet at {utc} UTC: its first version is of ")
+        assert "UTC" in err.value.message and "aios fs versions n" in (err.value.hint or "")
+        assert " op" not in err.value.message + (err.value.hint or "")
+        with pytest.raises(NotFound) as err:
+            await k.kill(9999)
+        assert err.value.hint == "aios ps --all lists your processes, those that have exited too"
 
 
 @pytest.mark.anyio

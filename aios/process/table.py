@@ -16,6 +16,9 @@ from aios.storage.models import ProcessRow
 from aios.syscall import Usage, evolve
 
 
+PS_HINT = "aios ps --all lists your processes, those that have exited too"
+
+
 class ProcessTable:
     def __init__(self, db: Database):
         self.db = db
@@ -49,7 +52,7 @@ class ProcessTable:
         try:
             return self.procs[pid]
         except KeyError:
-            raise NotFound(f"no process {pid}", field="pid") from None
+            raise NotFound(f"no process {pid}", field="pid", hint=PS_HINT) from None
 
     # ---- the one visibility rule (the server, the in-process transport and the handlers use it)
 
@@ -60,7 +63,7 @@ class ProcessTable:
         descendant."""
         proc = self.procs.get(pid) if pid is not None else None
         if proc is None or proc.principal != principal or not self.sees(viewer, proc.pid):
-            raise NotFound(f"no process {pid}", field=field)
+            raise NotFound(f"no process {pid}", field=field, hint=PS_HINT)
         return proc
 
     def visible(self, principal: str, viewer: int, include_exited: bool = False) -> list[Process]:

@@ -17,6 +17,7 @@ from aios.errors import Unauthorized
 from aios.kernel import Kernel
 from aios.process import Process
 from aios.process.runners import SubprocessRunner
+from aios.process.table import PS_HINT
 from aios.server.errors import HttpError
 
 
@@ -211,7 +212,7 @@ def caller_pid(request: Request, principal: str) -> int:
 def owned_process(request: Request, pid: int, principal: str) -> Process:
     proc = kernel_of(request).processes.procs.get(pid)
     if proc is None or proc.principal != principal:
-        raise HttpError("not_found", f"no process {pid}", field="pid")
+        raise HttpError("not_found", f"no process {pid}", field="pid", hint=PS_HINT)
     return proc
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
@@ -163,8 +164,17 @@ def _version_at(engine: Engine, pid: int, path: str, at: float) -> Any:
                                                         FileVersionRow.created <= at)
                            .order_by(FileVersionRow.version.desc()).limit(1)).first()
     if row is None:
-        raise NotFound(f"{path!r} had no version at time {at}", field="at", hint="the versions op lists their times")
+        with engine.connect() as conn:
+            first = conn.execute(select(func.min(FileVersionRow.created))
+                                 .where(FileVersionRow.pid == pid, FileVersionRow.path == path)).scalar()
+        since = f"its first version is of {_utc(first)} UTC" if first is not None else "it has no version at all"
+        raise NotFound(f"{path!r} had no version yet at {_utc(at)} UTC: {since}", field="at",
+                       hint=f"`aios fs versions {path}` (the storage versions syscall) lists them and their times")
     return row
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _blob(engine: Engine, digest: str) -> str:
@@ -190,4 +200,6 @@ def _diff(engine: Engine, pid: int, path: str, version: int | None, other: int |
         texts.append(_blob(engine, row.digest) if row.digest is not None else "")
     lines = difflib.unified_diff(texts[0].splitlines(keepends=True), texts[1].splitlines(keepends=True),
                                  fromfile=f"{path}@{a}", tofile=f"{path}@{b}")
-    return {"path": path, "from": a, "to": b, "diff": "".join(lines)}
+    # a last line with no newline ends as GNU diff ends it, not run into the next line
+    text = "".join(line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n" for line in lines)
+    return {"path": path, "from": a, "to": b, "diff": text}
