@@ -3,9 +3,13 @@ docker-like face of the kernel. Each decodes its flags, asks the kernel through 
 (or, for streams, its REST endpoint) and prints; `--json` on every listing."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import select
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -205,10 +209,9 @@ def top(
     if once:
         console.print(_frame(last, 0.0))
         return
-    with Live(_frame(last, 0.0), console=console, refresh_per_second=4, screen=False) as live:
+    with _keys() as pressed, Live(_frame(last, 0.0), console=console, refresh_per_second=4, screen=False) as live:
         try:
-            while True:
-                time.sleep(interval_s)
+            while "q" not in pressed(interval_s):   # q (or Ctrl-C) leaves, as in top
                 now, now_t = snapshot(), time.monotonic()
                 rate = (now["tokens_out"] - last["tokens_out"]) / max(1e-9, now_t - last_t)
                 live.update(_frame(now, rate))
@@ -217,10 +220,34 @@ def top(
             pass
 
 
+@contextlib.contextmanager
+def _keys() -> Iterator[Callable[[float], str]]:
+    """A function that waits up to its timeout for keys pressed and returns them (lower
+    case): the terminal in cbreak mode (keys come without Enter, Ctrl-C still works), put
+    back as it was on the way out. Where stdin is no terminal it only waits."""
+    if not sys.stdin.isatty():
+        yield lambda timeout: time.sleep(timeout) or ""
+        return
+    import termios
+    import tty
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def pressed(timeout: float) -> str:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return os.read(fd, 64).decode(errors="replace").lower() if ready else ""
+    try:
+        yield pressed
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def _frame(stats: dict[str, Any], tokens_per_s: float) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_row(f"[bold]aios[/]  policy {stats['policy']}  in flight {stats['num_in_flight']}  "
-                 f"tokens {stats['tokens_in']} in / {stats['tokens_out']} out  {tokens_per_s:.1f} tok/s")
+                 f"tokens {stats['tokens_in']} in / {stats['tokens_out']} out  {tokens_per_s:.1f} tok/s  "
+                 "[dim](q quits)[/]")
     res = Table("RESOURCE", "POLICY", "SLOTS BUSY", "QUEUED", "HELD", box=None, header_style="bold")
     for r in stats["resources"]:
         res.add_row(r["name"], r["policy"], f"{r['num_running']}/{r['num_slots']}", str(r["num_queued"]),

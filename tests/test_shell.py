@@ -165,3 +165,25 @@ def test_the_shell_announces_and_asks_about_an_irreversible_action(shell: Termin
     assert "nothing is waiting" in term.expect("aios> ")
     term.send("exit\n")
     assert term.close() == 0
+
+
+def test_q_leaves_aios_top(daemon):
+    """`aios top` on a terminal refreshes until q is pressed, then exits 0 and leaves the
+    terminal as it found it (cbreak mode only while it runs)."""
+    term = Terminal([sys.executable, "-m", "aios.cli.main", "top", "--interval", "0.2"], {**daemon, "TERM": "xterm"})
+    try:
+        term.expect("q quits", timeout_s=60.0)
+        term.expect("RESOURCE")   # a second frame: it is refreshing, not waiting for a line
+        term.send("q")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(term.pid, os.WNOHANG)
+            if pid:
+                term.closed = True
+                os.close(term.fd)
+                assert os.waitstatus_to_exitcode(status) == 0
+                return
+            time.sleep(0.1)
+        raise AssertionError("aios top did not leave on q")
+    finally:
+        term.kill()
