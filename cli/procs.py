@@ -30,6 +30,14 @@ console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
+def process_name(program: str) -> str:
+    """The name a process gets from its program: a file's stem (notes.py: notes), a
+    module's last part (aios.agents.examples.chat: chat), a registered name as it is."""
+    if program.endswith(".py") or "/" in program:
+        return Path(program).stem or program
+    return program.rsplit(".", 1)[-1] or program
+
+
 def program_path(program: str) -> str:
     """A file the user names is resolved here, where they named it; the daemon's own
     working directory may be elsewhere."""
@@ -61,7 +69,7 @@ def run(
 ) -> None:
     """Runs an agent as a kernel process, streams its output, and exits with its exit code."""
     with client() as os:
-        proc = os.processes.spawn(name or Path(program).stem or program, priority=priority,
+        proc = os.processes.spawn(name or process_name(program), priority=priority,
                                   program=program_path(program), task=task, runner=runner)
         if detach:
             typer.echo(proc.pid)

@@ -47,7 +47,7 @@ class Shell(cmd.Cmd):
     # ---- running agents
 
     def _spawn(self, program: str, task: str, runner: str) -> int:
-        proc = self.os.processes.spawn(Path(program).stem or program, program=procs.program_path(program),
+        proc = self.os.processes.spawn(procs.process_name(program), program=procs.program_path(program),
                                        task=task, runner=runner)
         return proc.pid
 
@@ -203,6 +203,10 @@ class Shell(cmd.Cmd):
     def do_EOF(self, arg: str) -> bool:   # noqa: N802 (cmd's name for Ctrl-D)
         print()
         return True
+
+    def get_names(self) -> list[str]:
+        """The commands `help` lists: all but EOF, which is Ctrl-D, not a command to type."""
+        return [n for n in super().get_names() if n != "do_EOF"]
 
     # ---- everything else is a task for the default agent
 

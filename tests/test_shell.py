@@ -187,3 +187,23 @@ def test_q_leaves_aios_top(daemon):
         raise AssertionError("aios top did not leave on q")
     finally:
         term.kill()
+
+
+def test_help_lists_commands_only_and_tasks_are_named_for_their_agent(capsys) -> None:
+    """`help` lists the commands one types (Ctrl-D is not one: no 'Undocumented commands:
+    EOF'); a process is named for its program's last part, not 'aios.agents.examples'."""
+    import cmd
+
+    from aios.cli.procs import process_name
+    from aios.cli.shell import DEFAULT_AGENT, Shell
+
+    class Offline(Shell):   # the shell's commands, without a kernel to talk to
+        def __init__(self) -> None:
+            cmd.Cmd.__init__(self)
+
+    Offline().onecmd("help")
+    shown = capsys.readouterr().out
+    assert "Undocumented" not in shown and "EOF" not in shown and "run" in shown and "approve" in shown
+    assert process_name(DEFAULT_AGENT) == "chat"
+    assert (process_name("aios.agents.examples.notes"), process_name("./agents/x.py"), process_name("compiler")) == (
+        "notes", "x", "compiler")
