@@ -91,7 +91,7 @@ def _row(p: ProcessInfo) -> list[str]:
     exit_ = "" if p.exit_code is None else str(p.exit_code)
     return [str(p.pid), "" if p.parent_pid is None else str(p.parent_pid), p.name, p.state.value,
             str(p.priority), p.runner or "-", f"{p.usage.tokens_in}/{p.usage.tokens_out}", exit_,
-            p.program or ""]
+            (p.program or "").replace(str(Path.home()), "~", 1)]
 
 
 def ps(
@@ -108,13 +108,24 @@ def ps(
     if tree:
         console.print(_tree(procs))
         return
+    headers = ("PID", "PPID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS in/out", "EXIT", "PROGRAM")
+    rows = [_row(p) for p in procs]
+    # in a narrow terminal only the program is cut short, and at its start: a path's useful
+    # end is the file (…/agents/notes.py), as ps cuts a command line
+    fixed = sum(max([len(h)] + [len(r[i]) for r in rows]) + 2 for i, h in enumerate(headers[:-1]))
+    room = max(console.width - fixed - 2, 4)
     table = Table(box=None, header_style="bold")
-    for header in ("PID", "PPID", "NAME", "STATE", "PRI", "RUNNER", "TOKENS in/out", "EXIT"):
+    for header in headers[:-1]:
         table.add_column(header, no_wrap=True)
-    table.add_column("PROGRAM")   # in a narrow terminal only this one is cut short
-    for p in procs:
-        table.add_row(*_row(p))
+    table.add_column(headers[-1], no_wrap=True, max_width=room)
+    for row in rows:
+        table.add_row(*row[:-1], _tail(row[-1], room))
     console.print(table)
+
+
+def _tail(text: str, width: int) -> str:
+    """`text` in `width` characters, cut at its start (…) if it is longer."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
 def _json(p: ProcessInfo) -> dict[str, Any]:

@@ -203,6 +203,10 @@ def test_ps_table_tree_and_json(daemon, tmp_path):
         assert rows[str(child.pid)][1:4] == [str(parent.pid), "tree-child", "running"]
         assert rows[str(parent.pid)][1:3] == ["tree-parent", "running"]   # no PPID
         assert rows[str(long.pid)][1:4] == ["a-long-path", "running", "0"]
+        # the program's useful end stays: cut at its start, as ps cuts a command line
+        shown = rows[str(long.pid)][-1]
+        assert shown.startswith("…") and len(shown) > 4 and str(agent).endswith(shown[1:]), shown
+        assert all(len(line) <= 80 for line in plain(table).splitlines())
 
         tree = plain(cli(daemon, "ps", "--tree")).splitlines()
         p_line = next(i for i, line in enumerate(tree) if f"{parent.pid} tree-parent running" in line)
