@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from aios.config import load_settings
+from aios.config import Settings, load_settings
 from aios.server import daemon
 
 app = typer.Typer(help="Start, inspect and stop the kernel daemon.", no_args_is_help=True)
@@ -30,22 +30,55 @@ def start(
     port: Annotated[int | None, typer.Option(help="port to listen on [default: 8642]")] = None,
     db: Annotated[str | None, typer.Option(help="database URL [default: sqlite:///$AIOS_HOME/aios.db]")] = None,
     config: Annotated[Path | None, typer.Option(help="a TOML settings file [default: $AIOS_HOME/config.toml]")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="also serve this real model, by its litellm name (openai/gpt-4o-mini, ollama/llama3, "
+                        "...); the key comes from the provider's usual variable; repeat for more")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
 ) -> None:
     """Starts the kernel and its REST endpoint. With no configuration it serves the
-    simulated hardware-model backend, so everything works with no API key."""
+    simulated hardware-model backend, so everything works with no API key; --model (or
+    [[backends]] in the config file) adds real models."""
     settings = settings_from(config, {"server.host": host, "server.port": port, "database_url": db})
+    if model:
+        settings = with_models(settings, model)
+    warn_of_credentials(settings)
     host, port = settings.server.host, settings.server.port
     if detach:
         daemon.check_free(settings)   # said here, not in the log of a child that exits at once
         argv = ["kernel", "start", "--host", host, "--port", str(port)]
         argv += ["--db", db] if db else []
         argv += ["--config", str(config)] if config else []
+        for name in model or ():
+            argv += ["--model", name]
         os.environ.setdefault("AIOS_HOME", str(settings.home))
         info = daemon.start_detached(argv, settings.home)
         typer.echo(f"aios kernel started: {info.url} (pid {info.pid}); logs in {settings.home / 'logs'}")
         return
     daemon.serve(settings, host, port)
+
+
+def with_models(settings: Settings, models: list[str]) -> Settings:
+    """The settings with a litellm backend for `models` first (ConfigError for a name
+    litellm routes nowhere); the configured backends stay, the simulated models too."""
+    from aios.config import LiteLLMBackendSettings, validate
+    from aios.llm.provider import check_model
+    for name in models:
+        check_model(name)
+    backend = LiteLLMBackendSettings(name="cli-models", models=list(dict.fromkeys(models)))
+    return validate({**settings.model_dump(), "backends": [backend.model_dump(),
+                                                           *(b.model_dump() for b in settings.backends)]})
+
+
+def warn_of_credentials(settings: Settings) -> None:
+    """Says at start what a real backend lacks (a key not set), without refusing it."""
+    from aios.config import LiteLLMBackendSettings
+    backends = [b for b in settings.backends if isinstance(b, LiteLLMBackendSettings)]
+    if not backends:
+        return   # litellm is not even imported: the simulated default starts at once
+    from aios.llm.provider import missing_credentials
+    for b in backends:
+        for warning in missing_credentials(b):
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

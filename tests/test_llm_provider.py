@@ -283,3 +283,51 @@ def test_map_error(exc: Exception, kind: type[AiosError], is_transient: bool) ->
 def test_map_error_names_an_unknown_exception_type() -> None:
     err, _ = map_error(KeyError("boom"), "litellm")
     assert "KeyError" in err.message
+
+
+def test_provider_errors_say_which_variable_or_address_to_check() -> None:
+    """A wrong key names the provider's variable; a provider that does not answer names
+    the address (before: `Connection error.` with no hint)."""
+    err, _ = map_error(provider_error(litellm.AuthenticationError, "bad key"), "openai/gpt-4o-mini")
+    assert err.message.startswith("openai/gpt-4o-mini: ") and "OPENAI_API_KEY" in (err.hint or "")
+    refused = litellm.APIConnectionError(message="Connection error.", llm_provider="openai", model="m")
+    err, _ = map_error(refused, "ollama/llama3", api_base="http://127.0.0.1:11434")
+    assert "http://127.0.0.1:11434 did not answer" in (err.hint or "")
+    err, _ = map_error(refused, "openai/gpt-4o-mini")
+    assert "the provider of openai/gpt-4o-mini did not answer" in (err.hint or "")
+
+
+def test_a_model_litellm_cannot_route_is_refused_and_missing_keys_are_named(monkeypatch) -> None:
+    from aios.config import LiteLLMBackendSettings
+    from aios.errors import ConfigError
+    from aios.llm.provider import check_model, missing_credentials
+    assert check_model("openai/gpt-4o-mini") == "openai"
+    with pytest.raises(ConfigError) as err:
+        check_model("nonsense-model-xyz")
+    assert err.value.field == "model" and "provider/model" in (err.value.hint or "")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    warned = missing_credentials(LiteLLMBackendSettings(models=["openai/gpt-4o-mini"]))
+    assert len(warned) == 1 and "OPENAI_API_KEY is not set" in warned[0]
+    assert missing_credentials(LiteLLMBackendSettings(models=["openai/gpt-4o-mini"], api_base="http://x")) == []
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert missing_credentials(LiteLLMBackendSettings(models=["openai/gpt-4o-mini"])) == []
+
+
+def test_kernel_start_with_a_model_in_one_line(tmp_path, monkeypatch) -> None:
+    """`aios kernel start --model NAME` serves the real model beside the simulated ones,
+    warns of a missing key without refusing it, and refuses a name litellm cannot route."""
+    import subprocess
+    import sys
+
+    from aios.cli.kernel import with_models
+    from aios.config import HardwareBackendSettings, LiteLLMBackendSettings, load_settings
+    settings = with_models(load_settings(env={}, overrides={"home": str(tmp_path)}), ["openai/gpt-4o-mini"])
+    assert isinstance(settings.backends[0], LiteLLMBackendSettings) and settings.backends[0].models == [
+        "openai/gpt-4o-mini"]
+    assert any(isinstance(b, HardwareBackendSettings) for b in settings.backends[1:])
+    env = {"PATH": "/usr/bin:/bin", "AIOS_HOME": str(tmp_path)}
+    bad = subprocess.run([sys.executable, "-m", "aios.cli.main", "kernel", "start", "--model", "nonsense-xyz"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.splitlines()[0] == (
+        "error: litellm knows no provider for the model 'nonsense-xyz'")
+    assert not (tmp_path / "daemon.json").exists()   # nothing started

@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 
 from aios.config import LiteLLMBackendSettings
-from aios.errors import AiosError, BackendError, BackendUnavailable, InvalidSyscall, NotFound, PermissionDenied
+from aios.errors import (AiosError, BackendError, BackendUnavailable, ConfigError, InvalidSyscall, NotFound,
+                         PermissionDenied)
 from aios.llm import Chunk, Request, Response, Resume, collect, count_tokens
 from aios.syscall import Usage
 
@@ -52,19 +53,62 @@ def import_litellm() -> Any:
     return litellm
 
 
-def map_error(e: Exception, model: str) -> tuple[AiosError, bool]:
-    """The AiosError for a provider exception, and whether a retry may help."""
+def check_model(model: str) -> str:
+    """The provider litellm routes `model` to; ConfigError naming the fix if it routes it
+    nowhere (a name with no provider, as "gpt4-mini" or "mistral/" is)."""
+    litellm = import_litellm()
+    try:
+        _, provider, _, _ = litellm.get_llm_provider(model)
+    except Exception:   # noqa: BLE001 (litellm says "not provided" with several exception types)
+        raise ConfigError(f"litellm knows no provider for the model {model!r}", field="model",
+                          hint="name it as litellm does, provider/model: openai/gpt-4o-mini, "
+                               "anthropic/claude-3-5-haiku-latest, ollama/llama3 (docs.litellm.ai/docs/providers)") \
+            from None
+    return provider
+
+
+def missing_credentials(settings: LiteLLMBackendSettings) -> list[str]:
+    """What each model of the backend lacks to be called, as warnings to print at start
+    (the environment variables its provider reads); nothing is refused: the other
+    backends and models still serve."""
+    litellm = import_litellm()
+    warnings = []
+    for model in settings.models:
+        if settings.api_base:   # a server of one's own (a vLLM, an Ollama): its address is given
+            continue
+        missing = litellm.validate_environment(model).get("missing_keys") or []
+        if missing:
+            warnings.append(f"{model}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
+                            f"its calls will fail until the daemon is started with "
+                            f"{'it' if len(missing) == 1 else 'them'} in its environment")
+    return warnings
+
+
+def map_error(e: Exception, model: str, *, api_base: str | None = None) -> tuple[AiosError, bool]:
+    """The AiosError for a provider exception (with a hint naming the variable or the
+    address to check), and whether a retry may help."""
     message = getattr(e, "message", None) or str(e)
     if _MISSING_KEY.search(message):
         # litellm reports a key that is not set as a server error; no retry will fix it
-        return PermissionDenied(f"{model}: {message}",
-                                hint="set the provider's API key in the environment, e.g. OPENAI_API_KEY"), False
+        return PermissionDenied(f"{model}: {message}", hint=_key_hint(model)), False
     for cls in type(e).__mro__:
         if cls.__name__ in _ERRORS:
             kind, is_transient = _ERRORS[cls.__name__]
-            message = getattr(e, "message", None) or str(e)
-            return kind(f"{model}: {message}", field="model" if kind is NotFound else None), is_transient
+            hint = None
+            if cls.__name__ in ("AuthenticationError", "PermissionDeniedError"):
+                hint = _key_hint(model)
+            elif cls.__name__ in ("APIConnectionError", "Timeout"):
+                hint = (f"{api_base or 'the provider of ' + model} did not answer: check the network, and the "
+                        "backend's api_base if it has one")
+            return kind(f"{model}: {message}", field="model" if kind is NotFound else None, hint=hint), is_transient
     return BackendError(f"{model}: {type(e).__name__}: {e}"), False
+
+
+def _key_hint(model: str) -> str:
+    """Which variable holds the key of the model's provider (provider/model names it)."""
+    provider = model.split("/", 1)[0] if "/" in model else None
+    where = f"{provider.upper()}_API_KEY" if provider else "the provider's key variable (OPENAI_API_KEY, ...)"
+    return f"set or check {where} in the environment the daemon was started with"
 
 
 class LiteLLMBackend:
@@ -87,7 +131,7 @@ class LiteLLMBackend:
             kw["api_base"] = self.settings.api_base
         return kw
 
-    async def _retrying(self, attempt_fn: Any) -> Any:
+    async def _retrying(self, attempt_fn: Any, model: str) -> Any:
         """Calls `attempt_fn` until it succeeds, a non-transient error, or max_retries."""
         attempt = 0
         while True:
@@ -96,7 +140,7 @@ class LiteLLMBackend:
             except AiosError:
                 raise
             except Exception as e:
-                err, is_transient = map_error(e, self.name)
+                err, is_transient = map_error(e, model, api_base=self.settings.api_base)
                 if not is_transient or attempt >= self.settings.max_retries:
                     raise err from None
                 cap = min(self.settings.retry_cap_s, self.settings.retry_base_s * 2 ** attempt)
@@ -111,7 +155,7 @@ class LiteLLMBackend:
             messages.append({"role": "assistant", "content": resume.text})
         kwargs = self._kwargs(request, messages)
         stream = await self._retrying(lambda: litellm.acompletion(
-            **kwargs, stream=True, stream_options={"include_usage": True}))
+            **kwargs, stream=True, stream_options={"include_usage": True}), request.model)
         num_out = resume.num_tokens if resume else 0
         usage: Usage | None = None
         tool_calls: dict[int, dict[str, Any]] = {}
@@ -138,7 +182,7 @@ class LiteLLMBackend:
                 if choice.finish_reason:
                     finish = choice.finish_reason
         except Exception as e:
-            raise map_error(e, self.name)[0] from None
+            raise map_error(e, request.model, api_base=self.settings.api_base)[0] from None
         if usage is None:
             usage = Usage(count_tokens(messages), num_out)
         cost = self._cost(request.model, usage)
