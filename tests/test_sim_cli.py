@@ -158,7 +158,8 @@ def test_the_command_exits_2_with_a_one_line_message(tmp_path, monkeypatch, caps
 
 def test_a_tiny_run_as_json(tmp_path):
     out = sim_json("--config", str(write(tmp_path, TINY + SLO)))
-    assert set(out) == {"setup", "config", "summary", "sweep", "capacity", "timing", "plots"}
+    assert set(out) == {"simulated", "note", "setup", "config", "summary", "sweep", "capacity", "timing", "plots"}
+    assert out["simulated"] is True and out["note"].startswith("simulated figures")   # the JSON says so too
     s = out["summary"]
     assert SUMMARY_KEYS | {"slo_attainment", "slo_target", "goodput_requests_per_s"} <= set(s)
     assert s["requests"] == 30 and s["finished"] + s["unserved"] == 30

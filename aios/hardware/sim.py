@@ -536,6 +536,9 @@ class SimReport:
         """Plain JSON values; NaN (no data) becomes None."""
         cap = self.capacity
         return _json_safe({
+            "simulated": True,   # every figure below comes from the simulator, not from hardware
+            "note": "simulated figures: a model of LLM serving on the devices described, calibrated from "
+                    "single-operator measurements; no accelerator ran",
             "setup": describe(self.config),
             "config": self.config.model_dump(mode="json", by_alias=True),
             "summary": self.summary(),
