@@ -65,12 +65,14 @@ def run(
     priority: Annotated[int, typer.Option(help="0 (lowest) to 99")] = 0,
     runner: Annotated[str, typer.Option(help="inproc (a task in the kernel) or subprocess")] = "subprocess",
     name: Annotated[str | None, typer.Option(help="process name [default: the program's]")] = None,
+    model: Annotated[str | None, typer.Option(help="the model its LLM calls use (one the kernel serves: aios "
+                                                   "models) [default: the first the kernel serves]")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="print the pid and return")] = False,
 ) -> None:
     """Runs an agent as a kernel process, streams its output, and exits with its exit code."""
     with client() as os:
         proc = os.processes.spawn(name or process_name(program), priority=priority,
-                                  program=program_path(program), task=task, runner=runner)
+                                  program=program_path(program), task=task, runner=runner, model=model)
         if detach:
             typer.echo(proc.pid)
             return

@@ -134,6 +134,19 @@ def test_run_inproc(daemon, program, task, expected):
         assert expected in result.stdout
 
 
+@pytest.mark.parametrize("runner", ["subprocess", "inproc"])
+def test_run_on_a_named_model(daemon, tmp_path, runner):
+    """aios run --model NAME: the agent's calls that name no model use NAME (a subprocess
+    agent gets it as AIOS_MODEL); a model the kernel does not serve is refused up front."""
+    agent = tmp_path / "which_model.py"
+    agent.write_text("def main(task, os):\n    return os.llm.chat(task, max_tokens=2).model\n")
+    result = cli(daemon, "run", str(agent), "hi", "--runner", runner, "--model", "sim-mistral-7b")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "sim-mistral-7b"
+    refused = cli(daemon, "run", str(agent), "hi", "--runner", runner, "--model", "gpt-9")
+    assert refused.exit_code != 0 and "gpt-9" in refused.exception.message
+
+
 def test_run_detach_prints_a_pid_that_ps_lists(daemon):
     result = cli(daemon, "run", str(CHAT), "hello", "--detach", "--name", "detached-chat")
     assert result.exit_code == 0, result.output

@@ -391,6 +391,43 @@ async def test_an_agent_program_runs_on_its_client(client: AsyncClient, kernel: 
     assert output.startswith(program.split("_")[0] + ":") and len(output.split(":", 1)[1].split()) == 3
 
 
+MODEL_AGENTS = {
+    "async": """
+from aios.sdk import AsyncClient
+
+async def main(task: str, os: AsyncClient) -> str:
+    return (await os.llm.chat(task, max_tokens=2)).model
+""",
+    "sync": """
+from aios.sdk import Client
+
+def main(task: str, os: Client) -> str:
+    return os.llm.chat(task, max_tokens=2).model
+""",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", sorted(MODEL_AGENTS))
+async def test_an_agent_runs_on_the_model_it_was_spawned_with(client: AsyncClient, kernel: Kernel, tmp_path: Path,
+                                                              kind: str):
+    """spawn(model=...) (aios run --model): the agent's LLM calls that name no model use
+    it, not the first the kernel serves; a model the kernel does not serve is refused at
+    spawn, naming those it does."""
+    path = tmp_path / f"{kind}_model_agent.py"
+    path.write_text(MODEL_AGENTS[kind])
+    served = await client.models()
+    assert len(served) >= 2 and served[0] != served[1]
+    for model, expected in ((served[1], served[1]), (None, served[0])):
+        proc = await client.processes.spawn("model-agent", program=str(path), task="hi", model=model)
+        with anyio.fail_after(10):
+            await kernel.supervisor.wait(proc.pid)
+        assert kernel.supervisor.log_path(proc.pid).read_text().strip() == expected
+    with pytest.raises(NotFound) as err:
+        await client.processes.spawn("model-agent", program=str(path), task="hi", model="no-such-model")
+    assert served[0] in err.value.message + (err.value.hint or "")
+
+
 # ---- errors
 
 @pytest.mark.anyio

@@ -358,11 +358,13 @@ class Kernel(RunLoop):
 
     async def spawn(self, name: str, *, principal: str = "local", parent_pid: int | None = None,
                     priority: int = 0, program: str | None = None, task: str = "",
-                    runner: str = "inproc", manifest: Manifest | dict[str, Any] | None = None) -> Process:
+                    runner: str = "inproc", manifest: Manifest | dict[str, Any] | None = None,
+                    model: str | None = None) -> Process:
         """Creates a process; with a program (a .py file, a module or a registered agent
         name) it also starts running `main(task, os)` under the runner (Lifecycle.spawn)."""
         return await self.lifecycle.spawn(name, principal=principal, parent_pid=parent_pid, priority=priority,
-                                          program=program, task=task, runner=runner, manifest=manifest)
+                                          program=program, task=task, runner=runner, manifest=manifest,
+                                          model=model)
 
     def register_agent(self, name: str, program: str, manifest: Manifest | dict[str, Any] | None = None) -> None:
         """Makes `aios run NAME` and spawn(program=NAME) run `program` (a file or module),

@@ -44,10 +44,10 @@ class KernelTransport:
                 return syscall_json(await ticket.wait() if wait else ticket.call)
             case Cancel(call_id):
                 return syscall_json(await k.cancel((await self._owned_call(call_id)).id))
-            case Spawn(name, priority, parent_pid, program, task, runner, manifest):
+            case Spawn(name, priority, parent_pid, program, task, runner, manifest, model):
                 return process_json(await k.spawn(name, principal=self.principal, parent_pid=parent_pid,
                                                   priority=priority, program=program, task=task, runner=runner,
-                                                  manifest=manifest))
+                                                  manifest=manifest, model=model))
             case ListProcesses(include_exited):
                 return [process_json(p) for p in k.processes.visible(self.principal, self.pid, include_exited)]
             case GetProcess(pid):
@@ -114,8 +114,10 @@ class ThreadKernelTransport:
         pass
 
 
-def inproc_clients(kernel: Any, pid: int, principal: str) -> tuple[AsyncClient, Callable[[], Client]]:
+def inproc_clients(kernel: Any, pid: int, principal: str, model: str | None = None) -> tuple[
+        AsyncClient, Callable[[], Client]]:
     """The clients an in-process agent gets: an AsyncClient on the kernel, and a maker of
-    blocking Clients for a sync main running in a worker thread."""
-    return (AsyncClient(transport=KernelTransport(kernel, pid=pid, principal=principal)),
-            lambda: Client(transport=ThreadKernelTransport(kernel, pid=pid, principal=principal)))
+    blocking Clients for a sync main running in a worker thread (`model`: what their LLM
+    calls use when they name none)."""
+    return (AsyncClient(transport=KernelTransport(kernel, pid=pid, principal=principal), model=model),
+            lambda: Client(transport=ThreadKernelTransport(kernel, pid=pid, principal=principal), model=model))

@@ -36,14 +36,19 @@ class Lifecycle:
 
     async def spawn(self, name: str, *, principal: str = "local", parent_pid: int | None = None,
                     priority: int = 0, program: str | None = None, task: str = "",
-                    runner: str = "inproc", manifest: Manifest | dict[str, Any] | None = None) -> Process:
+                    runner: str = "inproc", manifest: Manifest | dict[str, Any] | None = None,
+                    model: str | None = None) -> Process:
         """Creates a process; with a program (a .py file, a module or a registered agent
         name) it also starts running `main(task, os)` under the runner. A program that
         cannot be found or imported is refused here, before anything is recorded. Its
         permission manifest (aios.access.manifest) is `manifest`, else the one registered
         with the agent, else the TOML file beside its program; a manifest asking for more
-        than the principal (or the parent process) may grant is refused."""
+        than the principal (or the parent process) may grant is refused. `model`: what its
+        program's LLM calls use when they name none (NotFound if the kernel serves no such
+        model)."""
         check_priority(priority)
+        if model is not None:
+            self.k.router.route(model)   # a model no backend serves is refused here, naming those served
         if not 0 < len(name) <= 200:
             raise InvalidSyscall("a process name needs 1 to 200 characters", field="name")
         if runner not in RUNNERS:
@@ -72,18 +77,19 @@ class Lifecycle:
         self.k.publish(EventKind.PROCESS, pid=proc.pid, data={"state": proc.state.value, "name": name})
         if prog is not None:
             assert self.tg is not None, "the kernel gives its task group when it boots"
-            self.supervisor.start(self.tg, proc.pid, self._runner(proc, prog, main), task)
+            self.supervisor.start(self.tg, proc.pid, self._runner(proc, prog, main, model), task)
         return proc
 
-    def _runner(self, proc: Process, prog: Program, main: Callable[..., Any] | None) -> Runner:
+    def _runner(self, proc: Process, prog: Program, main: Callable[..., Any] | None, model: str | None) -> Runner:
         """A subprocess agent always gets a token of its own in AIOS_TOKEN, whatever tokens
         exist: a new process token (aios.access) that the server honours only while the
         supervisor runs this process (the runner's environment is its one copy), and only as
         this pid. Never a principal's token: the agent cannot act as its principal's account
         or its other processes, and nothing outlives it."""
         if main is not None:
-            return InprocRunner(main, *inproc_clients(self.k, proc.pid, proc.principal))
-        env = {"AIOS_URL": self.k.endpoint or "", "AIOS_PID": str(proc.pid), "AIOS_TOKEN": access.process_token(proc.pid)}
+            return InprocRunner(main, *inproc_clients(self.k, proc.pid, proc.principal, model))
+        env = {"AIOS_URL": self.k.endpoint or "", "AIOS_PID": str(proc.pid), "AIOS_TOKEN": access.process_token(proc.pid),
+               **({"AIOS_MODEL": model} if model is not None else {})}
         manifest = self.k.guard.manifests.get(proc.pid)
         return SubprocessRunner(prog, env, sandboxed=bool(manifest and manifest.sandbox), private=self.k.settings.home)
 

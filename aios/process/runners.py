@@ -155,7 +155,7 @@ class SubprocessRunner:
         """The agent under bubblewrap (aios.sandbox): the interpreter, the installed packages,
         aios's own and its program's folder read-only, its own work directory, no
         capabilities, its own user id and rlimits, and of the environment only AIOS_URL,
-        AIOS_PID and AIOS_TOKEN. No folder is bound that holds the kernel's state folder,
+        AIOS_PID, AIOS_TOKEN and AIOS_MODEL. No folder is bound that holds the kernel's state folder,
         its home or its current directory (in sys.path when it was started as `python -m`).
         It shares the host's network: it must reach the kernel."""
         from aios.sandbox import Limits, prepare
@@ -173,7 +173,7 @@ class SubprocessRunner:
             if self.private is None or not self.private.resolve().is_relative_to(folder):
                 read_only.add(str(folder))
         env = {"AIOS_URL": self.env.get("AIOS_URL", ""), "AIOS_PID": self.env.get("AIOS_PID", ""),
-               **({"AIOS_TOKEN": self.env["AIOS_TOKEN"]} if "AIOS_TOKEN" in self.env else {})}
+               **{k: self.env[k] for k in ("AIOS_TOKEN", "AIOS_MODEL") if k in self.env}}
         limits = Limits(timeout_s=1e9, memory_mb=2048, processes=64, open_files=1024, file_size_mb=256, disk_mb=1024)
         return prepare(cmd, limits=limits, network="host", env=env,
                        read_only=sorted(p for p in read_only if not p.startswith("/usr")))

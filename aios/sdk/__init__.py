@@ -32,6 +32,7 @@ a worker thread); under "subprocess" it comes from `connect()` / `connect_async(
     AIOS_URL     the kernel's endpoint (default http://127.0.0.1:8642)
     AIOS_TOKEN   the bearer token: the kernel gives each agent one of its own process
     AIOS_PID     the agent's pid, sent as X-Aios-Pid on every request
+    AIOS_MODEL   the model its LLM calls use when they name none (spawn's `model`)
 
 Invariant: a verb's request building and answer parsing live once, in the sans-I/O core
 (aios.sdk._core); transports only carry requests. This package imports nothing of the
@@ -45,7 +46,7 @@ from aios.errors import (AiosError, BackendBusy, BackendError, BackendUnavailabl
                          MalformedRequest, NotFound, PayloadTooLarge, PermissionDenied, ProgramError,
                          QuotaExceeded, SandboxUnavailable, ToolError, Unauthorized)
 from aios.syscall import ProcState
-from aios.sdk._core import DEFAULT_URL, from_env
+from aios.sdk._core import DEFAULT_URL, default_model_from_env, from_env
 from aios.sdk._http import AsyncHTTPTransport, HTTPTransport
 from aios.sdk.client import AsyncClient, AsyncTransport, Client, Transport
 from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolCall, ToolInfo
@@ -64,10 +65,10 @@ __all__ = [
 
 
 def connect() -> Client:
-    """A blocking client configured from AIOS_URL, AIOS_TOKEN and AIOS_PID."""
-    return Client(**from_env(os.environ))
+    """A blocking client configured from AIOS_URL, AIOS_TOKEN, AIOS_PID and AIOS_MODEL."""
+    return Client(**from_env(os.environ), model=default_model_from_env(os.environ))
 
 
 def connect_async() -> AsyncClient:
-    """An async client configured from AIOS_URL, AIOS_TOKEN and AIOS_PID."""
-    return AsyncClient(**from_env(os.environ))
+    """An async client configured from AIOS_URL, AIOS_TOKEN, AIOS_PID and AIOS_MODEL."""
+    return AsyncClient(**from_env(os.environ), model=default_model_from_env(os.environ))

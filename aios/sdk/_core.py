@@ -48,6 +48,7 @@ class Spawn:
     task: str
     runner: str
     manifest: dict[str, Any] | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +141,19 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             "pid": int(raw_pid) if raw_pid else None}
 
 
+def default_model_from_env(environ: Mapping[str, str]) -> str | None:
+    """AIOS_MODEL: the model a spawned agent's LLM calls use when they name none."""
+    return environ.get("AIOS_MODEL") or None
+
+
 class BaseClient:
     """The state and verbs shared by Client and AsyncClient. Subclasses supply `_run`,
     which drives a verb over their transport (returning the value, or an awaitable of it)."""
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, model: str | None = None):
         self.target = target
-        self._default_model: str | None = None   # the first model the kernel serves, once asked
+        # what LLM calls use when they name no model: the one given, else the first the kernel serves
+        self._default_model: str | None = model
         self.llm = LLM(self)
         self.tools = Tools(self)
         self.memory = Memory(self)
@@ -339,13 +346,14 @@ class Processes(_Namespace):
     """The principal's processes. A process a client spawns is a child of the client's pid."""
 
     def spawn(self, name: str, priority: int = 0, program: str | None = None, task: str = "",
-              runner: str = "inproc", manifest: dict[str, Any] | None = None):
+              runner: str = "inproc", manifest: dict[str, Any] | None = None, model: str | None = None):
         """-> ProcessInfo of the new process. With a `program` (a .py file, a module or a
         registered agent name, as the kernel sees it) the process runs its `main(task, os)`
         under the runner ("inproc" or "subprocess"); without one it is an account to charge
         calls to. `manifest`: its permission manifest (aios.access.manifest), within this
-        principal's rights and this client's process's own manifest."""
-        return self._run(ask(Spawn(name, priority, self._client.pid, program, task, runner, manifest),
+        principal's rights and this client's process's own manifest. `model`: the model its
+        LLM calls use when they name none (one the kernel serves), instead of the first."""
+        return self._run(ask(Spawn(name, priority, self._client.pid, program, task, runner, manifest, model),
                              ProcessInfo.from_json))
 
     def list(self, include_exited: bool = False):

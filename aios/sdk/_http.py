@@ -26,10 +26,11 @@ def http_request(request: Request) -> tuple[str, str, dict[str, str] | None, Any
             return "POST", "/v1/syscalls", {"wait": "true"} if wait else None, body
         case Cancel(call_id):
             return "DELETE", f"/v1/syscalls/{quote(call_id, safe='')}", None, None
-        case Spawn(name, priority, parent_pid, program, task, runner, manifest):
+        case Spawn(name, priority, parent_pid, program, task, runner, manifest, model):
             return "POST", "/v1/processes", None, {"name": name, "priority": priority, "parent_pid": parent_pid,
                                                    "program": program, "task": task, "runner": runner,
-                                                   **({"manifest": manifest} if manifest is not None else {})}
+                                                   **({"manifest": manifest} if manifest is not None else {}),
+                                                   **({"model": model} if model is not None else {})}
         case ListProcesses(include_exited):
             return "GET", "/v1/processes", {"all": "true"} if include_exited else None, None
         case GetProcess(pid):

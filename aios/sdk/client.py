@@ -58,8 +58,8 @@ class Client(BaseClient):
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None, pid: int | None = None,
-                 transport: Transport | None = None):
-        super().__init__(_given(url, token, pid, transport))
+                 transport: Transport | None = None, model: str | None = None):
+        super().__init__(_given(url, token, pid, transport), model)
         self._transport: Transport = transport if transport is not None else HTTPTransport(self.target)
 
     def _run(self, verb: Verb[Any]) -> Any:
@@ -107,8 +107,8 @@ class AsyncClient(BaseClient):
     """
 
     def __init__(self, url: str | None = None, *, token: str | None = None, pid: int | None = None,
-                 transport: AsyncTransport | None = None):
-        super().__init__(_given(url, token, pid, transport))
+                 transport: AsyncTransport | None = None, model: str | None = None):
+        super().__init__(_given(url, token, pid, transport), model)
         self._transport: AsyncTransport = transport if transport is not None else AsyncHTTPTransport(self.target)
 
     async def _run(self, verb: Verb[Any]) -> Any:

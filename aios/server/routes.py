@@ -128,7 +128,7 @@ async def spawn(request: Request):
         visible_process(request, parent_pid, principal)
     proc = await kernel_of(request).spawn(body.name, principal=principal, parent_pid=parent_pid,
                                           priority=body.priority, program=body.program, task=body.task,
-                                          runner=body.runner, manifest=body.manifest)
+                                          runner=body.runner, manifest=body.manifest, model=body.model)
     return JSONResponse(process_json(proc), status_code=201)
 
 

@@ -191,6 +191,8 @@ class ProcessIn(BaseModel):
                                 "none makes a bare process (an account to charge calls to)")
     task: str = Field("", description="passed to the program's main(task, os)")
     runner: Literal[RUNNERS] = "inproc"   # type: ignore[valid-type]
+    model: str | None = Field(None, min_length=1, description="the model its program's LLM calls use when they "
+                              "name none (one the kernel serves); default: the first the kernel serves")
     manifest: dict[str, Any] | None = Field(None, description="its permission manifest (models, tools, "
                                             "storage_read, storage_write, spawn, max_concurrent_syscalls, "
                                             "priority_ceiling, budget.run)")
