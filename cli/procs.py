@@ -282,6 +282,57 @@ def _frame(stats: dict[str, Any], tokens_per_s: float) -> Table:
     return grid
 
 
+def history(
+    pid: Annotated[int | None, typer.Option(help="of this process (0: your own account's calls)")] = None,
+    state: Annotated[str | None, typer.Option(help="in this state: queued, running, done, failed, cancelled, ...")]
+    = None,
+    since: Annotated[str | None, typer.Option(help="made in the last 10m, 2h, 1d, ...")] = None,
+    limit: Annotated[int, typer.Option(help="calls per page")] = 50,
+    before: Annotated[str | None, typer.Option(help="the page older than this call (what the last page ends "
+                                                    "with)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The syscalls you made, newest first, those of exited processes and of earlier runs of
+    the daemon too (the journal keeps them)."""
+    from aios.access import parse_duration
+    from aios.syscall import shortest_prefixes
+    params: dict[str, Any] = {"limit": limit}
+    for key, value in (("pid", pid), ("state", state), ("before", before)):
+        if value is not None:
+            params[key] = value
+    if since is not None:
+        params["since"] = time.time() - parse_duration(since)
+    url = kernel_url()
+    try:
+        r = httpx.get(f"{url}/v1/syscalls", params=params, headers=auth_headers(), timeout=TIMEOUT)
+    except httpx.TransportError as e:
+        raise unreachable(url, e) from None
+    page = read_response(url, r.status_code, r.content)
+    if as_json:
+        typer.echo(json.dumps(page))
+        return
+    short = shortest_prefixes(c["id"] for c in page["data"])
+    table = Table("ID", "PID", "KIND", "STATE", "MADE (UTC)", "TOOK", "WHAT", box=None, header_style="bold")
+    for c in page["data"]:
+        took = f"{c['finished'] - c['created']:.2f}s" if c.get("finished") is not None else ""
+        table.add_row(short[c["id"]], str(c["pid"]), c["kind"], c["state"],
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["created"])), took, _what(c))
+    console.print(table if page["data"] else "no syscalls")
+    if page["next"]:
+        console.print(f"older: aios history --before {page['next']}" + "".join(
+            f" --{k} {v}" for k, v in (("pid", pid), ("state", state), ("limit", limit if limit != 50 else None))
+            if v is not None))
+
+
+def _what(call: dict[str, Any]) -> str:
+    """A call's payload in a few words: the model, the tool, the op and its path or key."""
+    p = call.get("payload") or {}
+    words = [p.get("model") or p.get("tool") or p.get("op") or "", p.get("path") or p.get("key") or ""]
+    if p.get("target_pid") is not None:
+        words.append(str(p["target_pid"]))
+    return " ".join(w for w in words if w)
+
+
 def install(app: typer.Typer) -> None:
-    for command in (run, ps, top, kill, suspend, resume, logs, models, tools):
+    for command in (run, ps, top, kill, suspend, resume, logs, models, tools, history):
         app.command()(command)

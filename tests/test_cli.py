@@ -453,3 +453,24 @@ def test_confirmations_show_short_ids_that_approve_and_deny_take(daemon):
     second = next(s for s in shown if held[1].startswith(s))
     assert cli(daemon, "deny", second).stdout.strip() == f"denied {held[1]}"
     assert "nothing is waiting" in plain(cli(daemon, "confirmations"))
+
+
+# ---- history
+
+def test_history_lists_calls_of_exited_processes_newest_first_with_pages(daemon, tmp_path):
+    agent = tmp_path / "three_calls.py"
+    agent.write_text("def main(task, os):\n    for w in task.split():\n        os.llm.chat(w, max_tokens=2)\n"
+                     "    return 'ok'\n")
+    ran = cli(daemon, "run", str(agent), "one two three", "--runner", "inproc")
+    assert ran.exit_code == 0, ran.output
+    pid = max(processes(daemon))   # the agent just run, exited by now
+    listed = json.loads(cli(daemon, "history", "--pid", str(pid), "--json").stdout)
+    assert len(listed["data"]) == 3 and all(c["pid"] == pid and c["state"] == "done" for c in listed["data"])
+    assert [c["payload"]["messages"][0]["content"] for c in listed["data"]] == ["three", "two", "one"]
+    table = plain(cli(daemon, "history", "--pid", str(pid), "--limit", "2"))
+    assert table.count("done") == 2 and "older: aios history --before " in table and f"--pid {pid}" in table
+    older = table.split("older: aios history ", 1)[1].split()
+    rest = cli(daemon, "history", *older)
+    assert plain(rest).count("done") == 1
+    bad = cli(daemon, "history", "--state", "finished")
+    assert bad.exit_code != 0 and "state" in bad.exception.message

@@ -66,7 +66,8 @@ async def served(settings: Settings, *, token: str | None = None, kernel: Kernel
         k.register_tool("hang", hang, max_concurrency=1)
         url = await stack.enter_async_context(serve(create_app(settings, kernel=k), sndbuf_bytes=sndbuf_bytes))
         client = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=url, headers=bearer(token), timeout=10))
+            # a waited memory call loads the embedding model first: seconds, more on a busy machine
+            httpx.AsyncClient(base_url=url, headers=bearer(token), timeout=60))
         yield Served(k, url, client, entered)
 
 
@@ -342,6 +343,37 @@ async def test_one_visibility_rule_for_the_server_the_inproc_transport_and_the_p
         with pytest.raises(NotFound) as err:
             await k.call({"kind": "process", "op": "status", "target_pid": sibling["pid"]}, pid=parent["pid"])
         assert err.value.field == "target_pid"
+
+
+@pytest.mark.anyio
+async def test_list_syscalls_with_filters_and_pages(wall) -> None:
+    """GET /v1/syscalls (it answered 405): the caller's calls newest first, by process,
+    state and time, a page at a time; an agent sees its own and its descendants' only; a
+    bad filter is a 422 naming it, a process it may not see a 404."""
+    async with served(wall()) as s:
+        c = s.client
+        a, b = await spawn(c, "a"), await spawn(c, "b")
+        made = [await submit(c, llm(f"n{i}"), wait=True, pid=pid) for i, pid in enumerate([a["pid"]] * 3 + [b["pid"]])]
+        failed = await submit(c, {"kind": "storage", "op": "read", "path": "nothing-here"}, wait=True, pid=b["pid"])
+        newest_first = [failed["id"], *(m["id"] for m in reversed(made))]
+
+        first = (await c.get("/v1/syscalls", params={"limit": 2})).json()
+        assert [x["id"] for x in first["data"]] == newest_first[:2] and first["next"] == newest_first[1]
+        rest = (await c.get("/v1/syscalls", params={"limit": 10, "before": first["next"]})).json()
+        assert [x["id"] for x in rest["data"]] == newest_first[2:] and rest["next"] is None
+        of_a = (await c.get("/v1/syscalls", params={"pid": a["pid"]})).json()["data"]
+        assert [x["id"] for x in of_a] == [m["id"] for m in reversed(made[:3])]
+        assert [x["id"] for x in (await c.get("/v1/syscalls", params={"state": "failed"})).json()["data"]] == [
+            failed["id"]]
+        assert (await c.get("/v1/syscalls", params={"since": made[-1]["created"]})).json()["data"][-1]["id"] == made[-1]["id"]
+
+        as_a = {"X-Aios-Pid": str(a["pid"])}
+        assert {x["pid"] for x in (await c.get("/v1/syscalls", headers=as_a)).json()["data"]} == {a["pid"]}
+        check_error(await c.get("/v1/syscalls", params={"pid": b["pid"]}, headers=as_a), 404, "not_found", "pid")
+        r = await c.get("/v1/syscalls", params={"state": "finished"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_syscall"
+        r = await c.get("/v1/syscalls", params={"limit": 0})
+        assert r.status_code == 422
 
 
 @pytest.mark.anyio

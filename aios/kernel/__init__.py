@@ -312,6 +312,26 @@ class Kernel(RunLoop):
             raise NotFound(f"no syscall {call_id!r}", field="id")
         return call
 
+    async def history(self, principal: str, viewer: int = 0, *, pid: int | None = None,
+                      state: CallState | None = None, since: float | None = None, before: str | None = None,
+                      limit: int = 50) -> list[Syscall]:
+        """The calls the caller may see (of its principal; an agent's: its own and its
+        descendants'), newest first, as the journal has them and the kernel knows them now:
+        of the process `pid` (NotFound if the caller may not see it; 0 for the account's
+        own), in `state`, made since `since`, the page older than the call `before`."""
+        if pid is not None:
+            if pid:
+                self.processes.find(principal, viewer, pid)
+            elif viewer:
+                raise NotFound("no process 0", field="pid", hint="an agent sees its own calls and its descendants'")
+            pids: list[int] | None = [pid]
+        else:
+            pids = None if not viewer else [p.pid for p in self.processes.visible(principal, viewer, True)]
+        calls = await self.journal.history(principal, pids=pids, state=state, since=since, before=before,
+                                           limit=limit)
+        live = [self.tickets[c.id].call if c.id in self.tickets else c for c in calls]   # newer than its record
+        return [c for c in live if state is None or c.state is state]
+
     async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
         """The reply's chunks as they are generated: what came before, piece by piece as it
         came (a call may start, even end, before its caller has its ticket), then the rest;

@@ -19,7 +19,7 @@ import aios.server.schemas as schemas
 from aios.server.errors import HttpError
 from aios import access
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json, read_model, visible_process
-from aios.syscall import Syscall, syscall_json
+from aios.syscall import CallState, Syscall, syscall_json
 
 router = APIRouter()
 
@@ -49,6 +49,22 @@ async def submit(request: Request, wait: bool = Query(False, description="answer
     ticket = await kernel_of(request).submit(body, pid=pid, principal=principal)
     call = await ticket.wait() if wait else ticket.call
     return JSONResponse(syscall_json(call), status_code=201)
+
+
+@router.get("/v1/syscalls", tags=["syscalls"],
+            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, ok=schemas.SyscallPage))
+async def list_syscalls(request: Request,
+                        pid: int | None = Query(None, ge=0, description="of this process (0: your own account)"),
+                        state: CallState | None = Query(None, description="in this state"),
+                        since: float | None = Query(None, description="made at or after this time (Unix seconds)"),
+                        before: str | None = Query(None, max_length=32, description="the page older than this call "
+                                                   "(the `next` of the page before)"),
+                        limit: int = Query(50, ge=1, le=500, description="calls per page")):
+    """The calls you may see, newest first, a page at a time."""
+    principal = await principal_of(request)
+    calls = await kernel_of(request).history(principal, caller_pid(request, principal), pid=pid, state=state,
+                                             since=since, before=before, limit=limit)
+    return {"data": [syscall_json(c) for c in calls], "next": calls[-1].id if len(calls) == limit else None}
 
 
 @router.get("/v1/syscalls/{call_id}", tags=["syscalls"],

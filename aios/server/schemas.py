@@ -387,6 +387,10 @@ CALL_EVENTS = {"oneOf": [_event("state", SyscallOut, StateChangeOut), _event("to
                          _event("lagged", LaggedOut)]}
 CHAT_EVENTS = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
     {"const": "[DONE]"}, _json_data(ChatChunkOut, ErrorBody)]}}}
+SyscallPage = create_model("SyscallPage", __config__=_EXACT, data=(list[SyscallOut], ...),
+                           next=(str | None, Field(..., description="`before` for the next, older page; null "
+                                                   "at the last")))
+
 _BY_REFERENCE = (*SYSCALL_MODELS, MessageIn, ErrorBody, StateChangeOut, TokenOut, LaggedOut, ChatChunkOut)
 
 

@@ -164,6 +164,27 @@ class Journal:
                     SyscallRow.id.like(f"{prefix}%"), SyscallRow.principal == principal).limit(limit)).all()
         return [from_row(row._mapping) for row in await self.db.run(read)]
 
+    async def history(self, principal: str, *, pids: list[int] | None = None, state: CallState | None = None,
+                      since: float | None = None, before: str | None = None, limit: int = 50) -> list[Syscall]:
+        """The principal's journaled calls, newest first (ids sort by creation): of the
+        processes `pids` if given (0: the principal's own account), in `state`, made at or
+        after `since`, older than the call `before` (the page before it)."""
+        query = select(SyscallRow.__table__).where(SyscallRow.principal == principal)
+        if pids is not None:
+            query = query.where(SyscallRow.pid.in_(pids))
+        if state is not None:
+            query = query.where(SyscallRow.state == state.value)
+        if since is not None:
+            query = query.where(SyscallRow.created >= since)
+        if before is not None:
+            query = query.where(SyscallRow.id < before)
+        query = query.order_by(SyscallRow.id.desc()).limit(limit)
+
+        def read(engine: Engine) -> Any:
+            with engine.connect() as conn:
+                return conn.execute(query).all()
+        return [from_row(row._mapping) for row in await self.db.run(read)]
+
     async def transitions(self, call_id: str) -> list[tuple[str, float, Any]]:
         def read(engine: Engine) -> list[tuple[str, float, Any]]:
             with engine.connect() as conn:
