@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 import time
 from datetime import datetime, timezone
 from typing import Annotated
@@ -40,6 +41,20 @@ def cat(path: str, version: Annotated[int | None, typer.Option(help="an older ve
     """Prints a file (or one of its versions)."""
     with _client(pid) as c:
         sys.stdout.write(c.storage.read(path) if version is None else c.storage.read_version(path, version))
+
+
+@app.command("cp")
+def cp(path: str, dest: Annotated[Path, typer.Argument(help="a local file to write (- for standard output)")],
+       version: Annotated[int | None, typer.Option(help="an older version")] = None, pid: Pid = None) -> None:
+    """Copies a file out of the space (an agent's with --pid, also once it has exited) to a
+    local file."""
+    with _client(pid) as c:
+        data = c.storage.read(path) if version is None else c.storage.read_version(path, version)
+    if str(dest) == "-":
+        sys.stdout.write(data)
+        return
+    dest.write_text(data)
+    print(f"{path} -> {dest} ({len(data.encode())} bytes)")
 
 
 @app.command("write")

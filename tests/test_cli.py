@@ -474,3 +474,21 @@ def test_history_lists_calls_of_exited_processes_newest_first_with_pages(daemon,
     assert plain(rest).count("done") == 1
     bad = cli(daemon, "history", "--state", "finished")
     assert bad.exit_code != 0 and "state" in bad.exception.message
+
+
+def test_what_an_exited_agent_wrote_stays_readable(daemon, tmp_path):
+    """fs ls, cat and cp with --pid of an exited agent (they answered 'process N has
+    exited'); writing there is still refused, the process being over."""
+    ran = cli(daemon, "run", str(NOTES), "plan a trip to Lisbon", "--runner", "inproc")
+    assert ran.exit_code == 0 and "wrote notes/plan-a-trip-to.md" in ran.stdout, ran.output
+    pid = max(processes(daemon))
+    assert processes(daemon)[pid]["state"] == "exited"
+    listed = cli(daemon, "fs", "ls", "notes/", "--pid", str(pid))
+    assert listed.exit_code == 0 and "notes/plan-a-trip-to.md" in listed.stdout, listed.output
+    shown = cli(daemon, "fs", "cat", "notes/plan-a-trip-to.md", "--pid", str(pid))
+    assert shown.exit_code == 0 and shown.stdout.strip()
+    copied = cli(daemon, "fs", "cp", "notes/plan-a-trip-to.md", str(tmp_path / "plan.md"), "--pid", str(pid))
+    assert copied.exit_code == 0, copied.output
+    assert (tmp_path / "plan.md").read_text() == shown.stdout
+    refused = cli(daemon, "fs", "write", "notes/late.md", "--data", "x", "--pid", str(pid))
+    assert refused.exit_code != 0 and "has exited" in refused.exception.message

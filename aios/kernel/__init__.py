@@ -195,7 +195,7 @@ class Kernel(RunLoop):
         now = self.clock.now()
         call = new_call(call, pid=pid or (call.pid if isinstance(call, Syscall) else 0), principal=principal,
                         created=now)
-        proc = self.processes.check_live(call.pid) if call.pid else None
+        proc = self._caller(call)
         tool = self.tools.get(call.tool) if isinstance(call, ToolSyscall) else None
         call = await self.guard.admit(call, proc, self.processes.procs, (t.call for t in self.tickets.values()),
                                       tool, detail={"id": call.id})
@@ -214,6 +214,16 @@ class Kernel(RunLoop):
             flush.on_durable(lambda error: self._unrecorded(ticket, error) if error else self._accept(ticket))
         await flush.wait()
         return ticket
+
+    def _caller(self, call: Syscall) -> Process | None:
+        """The process a call is made as: a live one; or an exited one for a read of what it
+        left (its files and memory stay its principal's to read); Conflict otherwise."""
+        if not call.pid:
+            return None
+        proc = self.processes.get(call.pid)
+        if call.kind in (Kind.STORAGE, Kind.MEMORY) and call.is_effect_free:
+            return proc
+        return self.processes.check_live(call.pid)
 
     def _admit(self, ticket: Ticket) -> None:
         """Finds what the call runs on, once: the resource it queues for, and a tool call's
