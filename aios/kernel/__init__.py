@@ -339,8 +339,9 @@ class Kernel(RunLoop):
             pids = None if not viewer else [p.pid for p in self.processes.visible(principal, viewer, True)]
         calls = await self.journal.history(principal, pids=pids, state=state, since=since, before=before,
                                            limit=limit)
-        live = [self.tickets[c.id].call if c.id in self.tickets else c for c in calls]   # newer than its record
-        return [c for c in live if state is None or c.state is state]
+        # a call in flight as the kernel knows it now (its record may lag a move); one that
+        # left `state` since stays on its page, so pages stay whole
+        return [self.tickets[c.id].call if c.id in self.tickets else c for c in calls]
 
     async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
         """The reply's chunks as they are generated: what came before, piece by piece as it
