@@ -157,3 +157,8 @@ async def within(clock: Clock, seconds: float | None, fn: Callable[[], Awaitable
     if not done:
         raise TimeoutError
     return done[0]
+
+
+def utc_text(t: float) -> str:
+    """A wall-clock time (Unix seconds) as people read it: 2026-12-07 21:04:05, in UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))

@@ -125,12 +125,8 @@ def shortest_prefixes(ids: Iterable[str], at_least: int = 8) -> dict[str, str]:
     ordered = sorted(set(ids))
     out = {}
     for i, this in enumerate(ordered):
-        common = 0
-        for other in ordered[max(i - 1, 0):i] + ordered[i + 1:i + 2]:   # neighbours share the longest prefix
-            n = 0
-            while n < min(len(this), len(other)) and this[n] == other[n]:
-                n += 1
-            common = max(common, n)
+        neighbours = ordered[max(i - 1, 0):i] + ordered[i + 1:i + 2]   # they share its longest prefixes
+        common = max((len(os.path.commonprefix([this, other])) for other in neighbours), default=0)
         out[this] = this[:max(at_least, common + 1)]
     return out
 
@@ -141,6 +137,11 @@ class Usage:
     tokens_out: int = 0
     cost_usd: float = 0.0
     service_s: float = 0.0   # time the call held a slot, summed over its runs
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        """Usage again from its JSON ({tokens_in, tokens_out, cost_usd, service_s})."""
+        return cls(data["tokens_in"], data["tokens_out"], data["cost_usd"], data["service_s"])
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.tokens_in + other.tokens_in, self.tokens_out + other.tokens_out,
@@ -176,10 +177,9 @@ class Process:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Process:
         """The record again from `process_json`'s JSON (what the SDK reads)."""
-        u = data["usage"]
         return cls(data["pid"], data["name"], data["principal"], data["parent_pid"], data["priority"],
                    ProcState(data["state"]), data["created"], data["exited"], data["exit_reason"],
-                   Usage(u["tokens_in"], u["tokens_out"], u["cost_usd"], u["service_s"]), data["program"],
+                   Usage.from_json(data["usage"]), data["program"],
                    data["runner"], data["exit_code"], data["cpu_s"], data["max_rss_kib"])
 
 

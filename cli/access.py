@@ -7,13 +7,16 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from aios.cli.connect import kernel_request
+from aios.cli.procs import describe_call
+from aios.clock import utc_text
 
 user_app = typer.Typer(help="Principals: users and service accounts, their groups, admins.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke.", no_args_is_help=True)
@@ -35,7 +38,7 @@ def engine() -> Iterator[Any]:
 
 
 def _when(t: float | None) -> str:
-    return "" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if t is None else utc_text(t)
 
 
 @user_app.command("add")
@@ -153,22 +156,9 @@ def audit(
 
 # ---- confirmation of irreversible actions, through the running kernel
 
-def _kernel(method: str, path: str, body: Any = None) -> Any:
-    import httpx
-
-    from aios.cli.connect import auth_headers, kernel_url
-    from aios.sdk._http import TIMEOUT, read_response, unreachable
-    url = kernel_url()
-    try:
-        r = httpx.request(method, f"{url}{path}", json=body, headers=auth_headers(), timeout=TIMEOUT)
-    except httpx.TransportError as e:
-        raise unreachable(url, e) from None
-    return read_response(url, r.status_code, r.content)
-
-
 def confirmations(as_json: JsonFlag = False) -> None:
     """Irreversible actions of agents waiting for your yes or no."""
-    held = _kernel("GET", "/v1/confirmations")
+    held = kernel_request("GET", "/v1/confirmations")
     if as_json:
         print(json.dumps(held))
         return
@@ -177,10 +167,9 @@ def confirmations(as_json: JsonFlag = False) -> None:
     table = Table("id", "pid", "principal", "kind", "what", "since (UTC)")
     for c in held:
         p = c.get("payload") or {}
-        what = p.get("tool") or f"{p.get('op', '')} {p.get('path', '')}".strip()
         args = p.get("arguments")
         table.add_row(short[c["id"]], str(c["pid"]), c["principal"], c["kind"],
-                      what + (f" {json.dumps(args)}" if args else ""), _when(c.get("created")))
+                      describe_call(c) + (f" {json.dumps(args)}" if args else ""), _when(c.get("created")))
     console.print(table if held else "nothing is waiting for a confirmation")
 
 
@@ -189,13 +178,13 @@ HELD_ID = "the held call's id, or a unique prefix of it (aios confirmations)"
 
 def approve(call_id: Annotated[str, typer.Argument(help=HELD_ID)]) -> None:
     """Approves a held irreversible action: it runs."""
-    call = _kernel("POST", f"/v1/confirmations/{quote(call_id, safe='')}", {"approve": True})
+    call = kernel_request("POST", f"/v1/confirmations/{quote(call_id, safe='')}", {"approve": True})
     print(f"approved {call['id']}")
 
 
 def deny(call_id: Annotated[str, typer.Argument(help=HELD_ID)]) -> None:
     """Denies a held irreversible action: it fails as denied."""
-    call = _kernel("POST", f"/v1/confirmations/{quote(call_id, safe='')}", {"approve": False})
+    call = kernel_request("POST", f"/v1/confirmations/{quote(call_id, safe='')}", {"approve": False})
     print(f"denied {call['id']}")
 
 

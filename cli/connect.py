@@ -5,6 +5,7 @@ loopback)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from aios import owner
 from aios.config import load_settings
@@ -36,3 +37,20 @@ def client(pid: int | None = None) -> Client:
     """A client of the kernel, as the principal, or acting on one of its agents (`pid`)."""
     url = kernel_url()
     return Client(url, token=token(url), pid=pid)
+
+
+def kernel_request(method: str, path: str, body: Any = None, *, params: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
+    """One REST call to the running kernel, as the principal: the answer's JSON, or the
+    AiosError its error body names (BackendUnavailable if no kernel answers). For the
+    routes the SDK has no verb for (stats, confirmations, history)."""
+    import httpx
+
+    from aios.sdk._http import TIMEOUT, read_response, unreachable
+    url = kernel_url()
+    try:
+        r = httpx.request(method, f"{url}{path}", json=body, params=params, headers=auth_headers(),
+                          timeout=TIMEOUT if timeout is None else timeout)
+    except httpx.TransportError as e:
+        raise unreachable(url, e) from None
+    return read_response(url, r.status_code, r.content)

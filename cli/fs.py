@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 import time
-from datetime import datetime, timezone
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from aios.clock import utc_text
 
 app = typer.Typer(help="Files: versioned, with diff and rollback (your own space, or an agent's with --pid).",
                   no_args_is_help=True)
@@ -93,7 +94,7 @@ def versions(path: str, pid: Pid = None, as_json: JsonFlag = False) -> None:
         return
     table = Table("version", "bytes", "sha256", "when (UTC)", "")
     for v in found:
-        when = datetime.fromtimestamp(v["created"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        when = utc_text(v["created"])
         table.add_row(str(v["version"]), str(v["bytes"]), (v["sha256"] or "")[:12], when,
                       "deleted" if v["deleted"] else "")
     console.print(table)

@@ -21,7 +21,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.tree import Tree
 
-from aios.cli.connect import auth_headers, client, kernel_url
+from aios.cli.connect import auth_headers, client, kernel_request, kernel_url
+from aios.clock import utc_text
 from aios.sdk import ProcessInfo
 from aios.sdk._http import TIMEOUT, read_response, unreachable
 from aios.tools.registry import describe_arguments
@@ -213,14 +214,8 @@ def top(
     as_json: JsonFlag = False,
 ) -> None:
     """A live view of the kernel: processes, queues, slots, tokens per second."""
-    url, headers = kernel_url(), auth_headers()
-
     def snapshot() -> dict[str, Any]:
-        try:
-            r = httpx.get(f"{url}/v1/kernel/stats", headers=headers, timeout=5.0)
-        except httpx.TransportError as e:
-            raise unreachable(url, e) from None
-        return read_response(url, r.status_code, r.content)
+        return kernel_request("GET", "/v1/kernel/stats", timeout=5.0)
 
     if as_json:
         typer.echo(json.dumps(snapshot()))
@@ -302,12 +297,7 @@ def history(
             params[key] = value
     if since is not None:
         params["since"] = time.time() - parse_duration(since)
-    url = kernel_url()
-    try:
-        r = httpx.get(f"{url}/v1/syscalls", params=params, headers=auth_headers(), timeout=TIMEOUT)
-    except httpx.TransportError as e:
-        raise unreachable(url, e) from None
-    page = read_response(url, r.status_code, r.content)
+    page = kernel_request("GET", "/v1/syscalls", params=params)
     if as_json:
         typer.echo(json.dumps(page))
         return
@@ -316,7 +306,7 @@ def history(
     for c in page["data"]:
         took = f"{c['finished'] - c['created']:.2f}s" if c.get("finished") is not None else ""
         table.add_row(short[c["id"]], str(c["pid"]), c["kind"], c["state"],
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["created"])), took, _what(c))
+                      utc_text(c["created"]), took, describe_call(c))
     console.print(table if page["data"] else "no syscalls")
     if page["next"]:
         console.print(f"older: aios history --before {page['next']}" + "".join(
@@ -324,7 +314,7 @@ def history(
             if v is not None))
 
 
-def _what(call: dict[str, Any]) -> str:
+def describe_call(call: dict[str, Any]) -> str:
     """A call's payload in a few words: the model, the tool, the op and its path or key."""
     p = call.get("payload") or {}
     words = [p.get("model") or p.get("tool") or p.get("op") or "", p.get("path") or p.get("key") or ""]

@@ -20,7 +20,7 @@ import readline
 
 from aios.cli import access as access_cli
 from aios.cli import procs
-from aios.cli.connect import client
+from aios.cli.connect import client, kernel_request
 from aios.config import load_settings
 from aios.errors import AiosError
 
@@ -74,7 +74,7 @@ class Shell(cmd.Cmd):
 
     def _held(self) -> list[dict]:
         try:
-            return access_cli._kernel("GET", "/v1/confirmations")
+            return kernel_request("GET", "/v1/confirmations")
         except AiosError:
             return []
 
@@ -96,7 +96,7 @@ class Shell(cmd.Cmd):
                 answer = ""
             approve = answer.strip().lower() in ("y", "yes")
             try:
-                access_cli._kernel("POST", f"/v1/confirmations/{call['id']}", {"approve": approve})
+                kernel_request("POST", f"/v1/confirmations/{call['id']}", {"approve": approve})
                 print("approved" if approve else "denied")
             except AiosError as e:
                 print(f"error: {e.message}")

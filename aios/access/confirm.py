@@ -10,8 +10,7 @@ Invariant: a held ticket leaves `awaiting` exactly once, by whichever comes firs
 decision, the timeout and `release` (a cancel, a kill, shutdown)."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import anyio.abc
@@ -79,5 +78,6 @@ class Confirmations:
         self._refuse(ticket, PermissionDenied(f"not confirmed within {self.timeout_s:g} s", field="id",
                                               hint="aios approve ID confirms it in time; access.confirm_timeout_s"))
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Ticket]:
+        """The held calls, as they are now: a caller may release them while it goes through."""
         return iter(list(self.awaiting.values()))

@@ -57,7 +57,7 @@ class Guard:
 
     async def admit(self, call: Syscall, proc: Any, procs: Mapping[int, Any], in_flight: Iterable[Syscall],
                     tool: Any | None, *, detail: dict[str, Any], in_tool: ToolSyscall | None = None) -> Syscall:
-        """The one permission check of a call (of the live process `proc`, if any): its
+        """The one permission check of a call (made as the process `proc`, if any): its
         manifest (check_call: what it may use, its budget, its syscalls in flight), another
         agent's memory only where shared, and an irreversible action held for a confirmation
         (`in_tool`, the tool call making it on its caller's behalf, cannot wait for one: it

@@ -200,7 +200,7 @@ class Kernel(RunLoop):
         call = await self.guard.admit(call, proc, self.processes.procs, (t.call for t in self.tickets.values()),
                                       tool, detail={"id": call.id})
         ticket = Ticket(call, next(self._seq))
-        self._admit(ticket)
+        self._admit(ticket, tool)
         self.tickets[call.id] = ticket
         flush = self.journal.append_nowait(call, now, is_new=True)
         if call.is_effect_free and call.state is CallState.QUEUED:
@@ -225,15 +225,16 @@ class Kernel(RunLoop):
             return proc
         return self.processes.check_live(call.pid)
 
-    def _admit(self, ticket: Ticket) -> None:
+    def _admit(self, ticket: Ticket, tool: ToolSpec | None = None) -> None:
         """Finds what the call runs on, once: the resource it queues for, and a tool call's
-        tool with its arguments bound. Refuses a call the kernel cannot run (an unknown
-        model or tool, arguments the tool does not take)."""
+        tool (`tool`, if its caller looked it up already) with its arguments bound. Refuses
+        a call the kernel cannot run (an unknown model or tool, arguments the tool does not
+        take)."""
         match call := ticket.call:
             case LLMSyscall():
                 slots = self.router.route(call.model).num_slots
             case ToolSyscall():
-                tool = self.tools.get(call.tool)
+                tool = tool or self.tools.get(call.tool)
                 if tool is None:
                     raise NotFound(f"unknown tool {call.tool!r}", field="tool",
                                    hint=f"tools: {', '.join(sorted(self.tools)) or 'none registered'}")
@@ -314,7 +315,8 @@ class Kernel(RunLoop):
         call = ticket.call if ticket is not None else await self.journal.load(call_id)
         if call is None and principal is not None and is_id_prefix(call_id):
             seen = {t.id: t.call for t in self.tickets.values() if t.id.startswith(call_id)}
-            seen.update((c.id, c) for c in await self.journal.with_prefix(call_id, principal) if c.id not in seen)
+            journaled = await self.journal.history(principal, prefix=call_id)
+            seen.update((c.id, c) for c in journaled if c.id not in seen)
             mine = {i: c for i, c in seen.items() if self.processes.sees_call(principal, viewer, c)}
             found = one_by_prefix(call_id, mine, "syscall")
             call = mine[found] if found is not None else None

@@ -12,11 +12,6 @@ from aios.errors import AiosError, BackendError
 from aios.syscall import CallState, Kind, Process, Usage
 
 
-def usage_of(data: dict[str, Any]) -> Usage:
-    """A syscall's or process's usage ({tokens_in, tokens_out, cost_usd, service_s})."""
-    return Usage(data["tokens_in"], data["tokens_out"], data["cost_usd"], data["service_s"])
-
-
 @dataclass(frozen=True, slots=True)
 class SyscallInfo:
     """One syscall as the kernel records it. A failed or cancelled call has `error` set;
@@ -42,7 +37,7 @@ class SyscallInfo:
         error = data.get("error")
         return cls(data["id"], Kind(data["kind"]), data["pid"], data["principal"], CallState(data["state"]),
                    data["priority"], data["deadline"], data["created"], data["started"], data["finished"],
-                   data["num_preemptions"], usage_of(data["usage"]), data["payload"], data.get("result"),
+                   data["num_preemptions"], Usage.from_json(data["usage"]), data["payload"], data.get("result"),
                    AiosError.from_dict(error) if error is not None else None)
 
     @property

@@ -17,7 +17,6 @@ from aios.errors import Unauthorized
 from aios.kernel import Kernel
 from aios.process import Process
 from aios.process.runners import SubprocessRunner
-from aios.process.table import PS_HINT
 from aios.server.errors import HttpError
 
 
@@ -205,15 +204,8 @@ def caller_pid(request: Request, principal: str) -> int:
     if not (raw.strip().isascii() and raw.strip().isdigit()):   # '²' is a digit to isdigit()
         raise HttpError("malformed_request", f"X-Aios-Pid must be a process id, got {raw!r}", field="X-Aios-Pid")
     pid = int(raw)
-    owned_process(request, pid, principal)
+    kernel_of(request).processes.find(principal, 0, pid)   # the principal's own account sees all of its own
     return pid
-
-
-def owned_process(request: Request, pid: int, principal: str) -> Process:
-    proc = kernel_of(request).processes.procs.get(pid)
-    if proc is None or proc.principal != principal:
-        raise HttpError("not_found", f"no process {pid}", field="pid", hint=PS_HINT)
-    return proc
 
 
 def visible_process(request: Request, pid: int, principal: str) -> Process:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, LargeBinary, cast, delete, func, insert, select
 
+from aios.clock import utc_text
 from aios.errors import Conflict, InvalidSyscall, NotFound, QuotaExceeded
 from aios.storage.db import Database
 from aios.storage.journal import Seal
@@ -167,14 +167,10 @@ def _version_at(engine: Engine, pid: int, path: str, at: float) -> Any:
         with engine.connect() as conn:
             first = conn.execute(select(func.min(FileVersionRow.created))
                                  .where(FileVersionRow.pid == pid, FileVersionRow.path == path)).scalar()
-        since = f"its first version is of {_utc(first)} UTC" if first is not None else "it has no version at all"
-        raise NotFound(f"{path!r} had no version yet at {_utc(at)} UTC: {since}", field="at",
+        since = f"its first version is of {utc_text(first)} UTC" if first is not None else "it has no version at all"
+        raise NotFound(f"{path!r} had no version yet at {utc_text(at)} UTC: {since}", field="at",
                        hint=f"`aios fs versions {path}` (the storage versions syscall) lists them and their times")
     return row
-
-
-def _utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _blob(engine: Engine, digest: str) -> str:

@@ -154,22 +154,17 @@ class Journal:
         row = await self.db.run(read)
         return None if row is None else from_row(row._mapping)
 
-    async def with_prefix(self, prefix: str, principal: str, limit: int = 50) -> list[Syscall]:
-        """The principal's journaled calls whose id starts with `prefix` (hex digits)."""
-        assert is_id_prefix(prefix)   # no LIKE wildcard in it
-
-        def read(engine: Engine) -> Any:
-            with engine.connect() as conn:
-                return conn.execute(select(SyscallRow.__table__).where(
-                    SyscallRow.id.like(f"{prefix}%"), SyscallRow.principal == principal).limit(limit)).all()
-        return [from_row(row._mapping) for row in await self.db.run(read)]
-
     async def history(self, principal: str, *, pids: list[int] | None = None, state: CallState | None = None,
-                      since: float | None = None, before: str | None = None, limit: int = 50) -> list[Syscall]:
+                      since: float | None = None, before: str | None = None, prefix: str | None = None,
+                      limit: int = 50) -> list[Syscall]:
         """The principal's journaled calls, newest first (ids sort by creation): of the
         processes `pids` if given (0: the principal's own account), in `state`, made at or
-        after `since`, older than the call `before` (the page before it)."""
+        after `since`, older than the call `before` (the page before it), whose id starts
+        with `prefix` (hex digits)."""
         query = select(SyscallRow.__table__).where(SyscallRow.principal == principal)
+        if prefix is not None:
+            assert is_id_prefix(prefix)   # no LIKE wildcard in it
+            query = query.where(SyscallRow.id.like(f"{prefix}%"))
         if pids is not None:
             query = query.where(SyscallRow.pid.in_(pids))
         if state is not None:
