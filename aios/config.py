@@ -136,6 +136,9 @@ class Settings(_Frozen):
     backends: list[BackendSettings] = Field(default_factory=lambda: [HardwareBackendSettings()])
     shutdown: Literal["drain", "cancel"] = "drain"
     drain_timeout_s: float = Field(30.0, gt=0)
+    retention_days: float = Field(30.0, ge=0, description="how long the history of ended calls and exited "
+                                  "processes (their logs too) is kept; their files and memory stay. Applied at "
+                                  "boot, hourly and by aios gc; 0 keeps everything")
     tools: ToolsSettings = ToolsSettings()
     access: AccessSettings = AccessSettings()
     tool_slots: int = Field(16, gt=0, le=MAX_SLOTS, description="concurrent calls per tool")

@@ -138,7 +138,7 @@ def audit(
 ) -> None:
     """The audit log: permission decisions, confirmations, token uses, admin actions."""
     from aios import access
-    start = time.time() - access.parse_duration(since) if since is not None else None
+    start = time.time() - access.parse_duration(since, "since") if since is not None else None
     with engine() as e:
         entries = access.query_audit(e, principal=principal, action=action, decision=decision, since=start,
                                      limit=limit)

@@ -117,7 +117,7 @@ def rollback(path: str, version: Annotated[int | None, typer.Option(help="the ve
     from aios.errors import ConfigError
     if (version is None) == (at is None):
         raise ConfigError("give exactly one of --version and --at", field="version")
-    when = time.time() - parse_duration(at) if at is not None else None
+    when = time.time() - parse_duration(at, "at") if at is not None else None
     with _client(pid) as c:
         new = c.storage.rollback(path, version=version, at=when)
     print(f"{path}: version {new} restores " + (f"version {version}" if version else f"the state of {at} ago"))

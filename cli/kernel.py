@@ -102,3 +102,50 @@ def stop(
     info = daemon.stop(settings.home, drain=not cancel, token=os.environ.get("AIOS_TOKEN"))
     typer.echo(f"aios kernel (pid {info.pid}) stopped{' (calls cancelled)' if cancel else ''}")
     sys.stdout.flush()
+
+
+def gc(
+    older_than: Annotated[str | None, typer.Option(
+        "--older-than", help="remove history that ended this long ago: 7d, 12h, 0 (all that has ended) "
+                             "[default: retention_days of the settings]")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would go, remove nothing")] = False,
+    config: Annotated[Path | None, typer.Option(help="a TOML settings file [default: $AIOS_HOME/config.toml]")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Applies retention now: the history of ended calls and exited processes (their logs
+    too) older than the cutoff goes; the files and memory agents left stay. Through the
+    running kernel, or on the database itself when none runs."""
+    from aios.access import parse_duration
+    from aios.cli.connect import kernel_request
+    older_than_s = parse_duration(older_than, "older_than", allow_zero=True) if older_than is not None else None
+    settings = settings_from(config, {})
+    if daemon.read_info(settings.home) is not None or os.environ.get("AIOS_URL"):
+        done = kernel_request("POST", "/v1/kernel/gc", {"older_than_s": older_than_s, "dry_run": dry_run})
+    else:
+        done = _collect_offline(settings, older_than_s, dry_run)
+    if as_json:
+        typer.echo(json.dumps(done))
+        return
+    from aios.clock import utc_text
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} the history that ended before {utc_text(done['cutoff'])}: {done['num_syscalls']} calls, "
+               f"{done['num_processes']} processes, {done['num_logs']} logs ({done['log_bytes']} bytes); "
+               f"{done['remaining']['syscalls']} calls and {done['remaining']['processes']} processes remain"
+               f"{' (before this removal)' if dry_run else ''}")
+
+
+def _collect_offline(settings: Settings, older_than_s: float | None, dry_run: bool) -> dict[str, object]:
+    """`aios gc` with no kernel running: retention applied to the database directly."""
+    import time
+
+    from aios.clock import WallClock
+    from aios.storage import Database, retention
+    before = retention.cutoff(time.time(), settings.retention_days, older_than_s)
+    db = Database(settings.db_url, WallClock())
+    db.open()
+    try:
+        assert db.engine is not None
+        done = retention.collect(db.engine, settings.home / "logs", before, dry_run=dry_run)
+        return {**done.to_dict(), "remaining": retention.count(db.engine)}
+    finally:
+        db.close()

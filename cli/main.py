@@ -43,6 +43,7 @@ app.add_typer(sandbox_cli.app, name="sandbox")
 app.add_typer(fs_cli.app, name="fs")
 app.add_typer(memory_cli.app, name="memory")
 procs.install(app)
+app.command("gc")(kernel_cli.gc)
 access_cli.install(app)
 
 DEBUG = "AIOS_DEBUG"   # set to 1: errors print their traceback too

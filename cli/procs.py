@@ -46,18 +46,22 @@ def program_path(program: str) -> str:
     return str(path.resolve()) if path.is_file() else program
 
 
-def follow_logs(pid: int, follow: bool) -> None:
+def follow_logs(pid: int, follow: bool) -> int:
+    """Prints the process's log as it comes; returns how many bytes it had."""
     url = kernel_url()
+    size = 0
     try:
         with httpx.stream("GET", f"{url}/v1/processes/{pid}/logs", params={"follow": follow},
                           headers=auth_headers(), timeout=TIMEOUT) as r:
             if r.status_code >= 400:
                 read_response(url, r.status_code, r.read())
             for chunk in r.iter_bytes():
+                size += len(chunk)
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
     except httpx.TransportError as e:
         raise unreachable(url, e) from None
+    return size
 
 
 def run(
@@ -171,7 +175,9 @@ def resume(pid: Annotated[int, typer.Argument()]) -> None:
 def logs(pid: Annotated[int, typer.Argument()],
          follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until it exits")] = False) -> None:
     """Prints a process's output."""
-    follow_logs(pid, follow)
+    if not follow_logs(pid, follow):
+        typer.echo(f"process {pid} has no log: it printed nothing, or its log was older than the retention "
+                   "(retention_days; aios gc) and was removed", err=True)
 
 
 def models(as_json: JsonFlag = False) -> None:
@@ -296,7 +302,7 @@ def history(
         if value is not None:
             params[key] = value
     if since is not None:
-        params["since"] = time.time() - parse_duration(since)
+        params["since"] = time.time() - parse_duration(since, "since")
     page = kernel_request("GET", "/v1/syscalls", params=params)
     if as_json:
         typer.echo(json.dumps(page))

@@ -321,6 +321,34 @@ async def test_processes(client: AsyncClient):
 
 
 @pytest.mark.anyio
+async def test_history_pages_through_the_calls_a_client_may_see(make_client: Callable[..., AsyncClient]):
+    """The SDK's history verb: what GET /v1/syscalls answers, over HTTP and in-process alike."""
+    admin = make_client()
+    a, b = await admin.processes.spawn("a"), await admin.processes.spawn("b")
+    as_a = make_client(pid=a.pid)
+    for i in range(3):
+        await as_a.storage.write(f"n{i}", "x")
+    await make_client(pid=b.pid).storage.write("other", "y")
+    await admin.processes.kill(a.pid)   # an exited process's calls stay listed
+    first = await admin.history(pid=a.pid, limit=2)
+    assert [c.pid for c in first] == [a.pid, a.pid] and first[0].id > first[1].id   # newest first
+    rest = await admin.history(pid=a.pid, before=first[-1].id, limit=2)
+    assert len(rest) == 1 and rest[0].id < first[-1].id
+    assert {c.pid for c in await admin.history(state="done")} >= {a.pid, b.pid}
+    assert await admin.history(state=CallState.FAILED) == []
+    # an agent sees its own calls only
+    assert {c.pid for c in await make_client(pid=b.pid).history()} == {b.pid}
+    with pytest.raises(NotFound):
+        await make_client(pid=b.pid).history(pid=a.pid)
+    with pytest.raises(InvalidSyscall) as bad:
+        await admin.history(state="finished")
+    assert bad.value.field == "state" and "done" in (bad.value.hint or "")
+    with pytest.raises(InvalidSyscall) as bad:
+        await admin.history(limit=0)
+    assert bad.value.field == "limit"
+
+
+@pytest.mark.anyio
 async def test_signalling_an_exited_process_fails_alike(client: AsyncClient, endpoint: Callable[..., Any],
                                                         request: pytest.FixtureRequest):
     proc = await client.processes.spawn("once")

@@ -301,13 +301,15 @@ event.listen(AuditRow.__table__, "after_create", DDL(
 ).execute_if(dialect="postgresql"))
 
 
-def parse_duration(text: str) -> float:
-    """Seconds of `30d`, `12h`, `15m`, `3600s` or `3600`; ConfigError otherwise."""
+def parse_duration(text: str, field: str = "expires", *, allow_zero: bool = False) -> float:
+    """Seconds of `30d`, `12h`, `15m`, `3600s` or `3600`; ConfigError (naming `field`)
+    otherwise. Zero only when `allow_zero` (`--older-than 0`: everything that has ended)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
     if not m:
-        raise ConfigError(f"not a duration: {text!r}", field="expires", hint="for example 30d, 12h, 15m or 3600s")
+        raise ConfigError(f"--{field.replace('_', '-')} is not a duration: {text!r}", field=field,
+                          hint="for example 30d, 12h, 15m or 3600s")
     scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
     seconds = float(m.group(1)) * scale
-    if seconds <= 0:
-        raise ConfigError("a duration must be positive", field="expires")
+    if seconds <= 0 and not allow_zero:
+        raise ConfigError(f"--{field.replace('_', '-')} must be a positive duration", field=field, hint="for example 30d, 12h, 15m or 3600s")
     return seconds

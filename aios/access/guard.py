@@ -5,6 +5,7 @@ checked on every syscall it submits; every denial is written to the audit log.
 and made the same way for a call a tool makes on its caller's behalf (the tool gate)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -15,10 +16,12 @@ from aios import access
 from aios.access.manifest import Manifest, check_call, excess, intersect, rights_of
 from aios.clock import Clock
 from aios.config import Settings
-from aios.errors import AiosError, NotFound, PermissionDenied
+from aios.errors import AiosError, ConfigError, NotFound, PermissionDenied
 from aios.storage import Database
 from aios.storage.models import ManifestRow, ProcessRow, SyscallRow
 from aios.syscall import CallState, MemoryOp, MemorySyscall, StorageOp, StorageSyscall, Syscall, ToolSyscall
+
+log = logging.getLogger(__name__)
 
 
 def check_shared(call: MemorySyscall, procs: Mapping[int, Any], manifests: Mapping[int, Manifest]) -> None:
@@ -123,6 +126,22 @@ class Guard:
         for m in layers[1:]:
             effective = intersect(effective, m)
         return None if effective == Manifest() and declared is None else effective
+
+    async def load(self) -> None:
+        """At boot: the manifests of earlier boots' processes (a read made as an exited
+        process, and what it shared, still obey them)."""
+        def read(engine: Engine) -> list[Any]:
+            with engine.connect() as conn:
+                return list(conn.execute(select(ManifestRow.pid, ManifestRow.effective)))
+        for pid, effective in await self.db.run(read):
+            try:
+                self.manifests[pid] = Manifest.parse(effective, f"the manifest of process {pid}")
+            except ConfigError as e:   # written by another version: that process's reads go unchecked
+                log.warning("%s", e.message)
+
+    def forget(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            self.manifests.pop(pid, None)
 
     async def attach(self, pid: int, declared: Manifest | None, effective: Manifest | None) -> None:
         if effective is None:

@@ -48,11 +48,13 @@ from aios.scheduler import Scheduler, Ticket
 from aios.scheduler.ticket import TimeLimits
 from aios.storage import Database, FileStore, Journal
 from aios.storage.lease import Holder
+from aios.storage.retention import Collected
 from aios.tools.registry import ToolRegistry, ToolSpec
 from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall, is_id_prefix,
                           new_call, one_by_prefix)
 
 log = logging.getLogger(__name__)
+MAX_PAGE = 500   # calls in one page of history
 
 
 def build_backends(settings: Settings, clock: Clock) -> list[Backend]:
@@ -110,9 +112,10 @@ class Kernel(RunLoop):
             self._tg.start_soon(self.journal.run)
             now = self.clock.now()
             await self.processes.load(now)
+            await self.guard.load()
             requeued, failed = await self.journal.recover(now)
             for call in requeued:
-                if call.pid and call.pid not in self.processes.procs:
+                if call.pid and not self.processes.is_live(call.pid):
                     call = replace(call, pid=0)   # its process died with the old kernel
                 ticket = Ticket(call, next(self._seq))
                 try:
@@ -123,6 +126,8 @@ class Kernel(RunLoop):
                     await ticket.done.wait()
                     continue
                 self._enqueue(ticket)
+            if self.settings.retention_days:
+                self._tg.start_soon(self.lifecycle.collect_hourly)
             if requeued or failed:
                 log.warning("recovered %d calls (re-queued), failed %d that were running",
                             len(requeued), len(failed))
@@ -331,6 +336,8 @@ class Kernel(RunLoop):
         descendants'), newest first, as the journal has them and the kernel knows them now:
         of the process `pid` (NotFound if the caller may not see it; 0 for the account's
         own), in `state`, made since `since`, the page older than the call `before`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidSyscall(f"limit must be 1 to {MAX_PAGE}, not {limit}", field="limit")
         if pid is not None:
             if pid:
                 self.processes.find(principal, viewer, pid)
@@ -418,6 +425,11 @@ class Kernel(RunLoop):
     async def wait(self, pid: int) -> Process:
         """Waits until the process's program ends (at once for a process without one)."""
         return await self.lifecycle.wait(pid)
+
+    async def collect(self, older_than_s: float | None = None, *, dry_run: bool = False) -> Collected:
+        """Removes the history of ended calls and exited processes older than `older_than_s`
+        (default: retention_days); their files and memory stay (aios.storage.retention)."""
+        return await self.lifecycle.collect(older_than_s, dry_run=dry_run)
 
     async def _end_calls(self, pid: int, reason: str) -> None:
         """Cancels the process's calls in flight, and waits until they have ended."""

@@ -19,9 +19,9 @@ import anyio.from_thread
 
 from aios.process import Process, process_json
 from aios.sdk import AsyncClient, Client
-from aios.sdk._core import (INPROC_URL, Cancel, Event, GetProcess, ListModels, ListProcesses, ListTools, Request,
-                            Signal, Spawn, Submit, Target, check_pid)
-from aios.syscall import syscall_json
+from aios.sdk._core import (INPROC_URL, Cancel, Event, GetProcess, ListModels, ListProcesses, ListSyscalls, ListTools,
+                            Request, Signal, Spawn, Submit, Target, check_pid)
+from aios.syscall import CallState, syscall_json
 
 
 class KernelTransport:
@@ -56,6 +56,10 @@ class KernelTransport:
                 self._owned_process(pid)
                 act = {"suspend": k.suspend, "resume": k.resume, "kill": k.kill}[signal]
                 return process_json(await act(pid))
+            case ListSyscalls(pid, state, since, before, limit):
+                calls = await k.history(self.principal, self.pid, pid=pid, since=since, before=before, limit=limit,
+                                        state=CallState(state) if state is not None else None)
+                return {"data": [syscall_json(c) for c in calls], "next": calls[-1].id if len(calls) == limit else None}
             case ListModels():
                 return {"data": [{"id": m} for m in k.router.models]}
             case ListTools():

@@ -8,21 +8,27 @@ imports this one, so it is not named here): its process table, guard, scheduler,
 bus, clock and settings, and its endpoint for a subprocess agent's client."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import anyio.abc
 
 from aios import access
 from aios.access.manifest import Manifest, beside
 from aios.agents import BUILTIN_AGENTS
-from aios.errors import BackendUnavailable, InvalidSyscall, PermissionDenied
+from aios.errors import AiosError, BackendUnavailable, InvalidSyscall, PermissionDenied
 from aios.events import EventKind
 from aios.process import Process, ProcState
 from aios.process.inproc import inproc_clients
 from aios.process.runners import RUNNERS, Exit, InprocRunner, Program, SubprocessRunner, load_main, resolve
 from aios.process.supervisor import Runner, Supervisor
+from aios.storage import retention
+from aios.storage.retention import Collected
 from aios.syscall import check_priority
+
+log = logging.getLogger(__name__)
 
 
 class Lifecycle:
@@ -135,6 +141,29 @@ class Lifecycle:
         self.k.processes.get(pid)
         await self.supervisor.wait(pid)
         return self.k.processes.get(pid)
+
+    async def collect(self, older_than_s: float | None = None, *, dry_run: bool = False) -> Collected:
+        """Applies retention (aios.storage.retention): history older than `older_than_s`
+        (default: the retention_days setting) goes, from the database and the kernel alike."""
+        before = retention.cutoff(self.k.clock.now(), self.k.settings.retention_days, older_than_s)
+        logs = self.supervisor.logs
+        done = await self.k.db.run(lambda engine: retention.collect(engine, logs, before, dry_run=dry_run))
+        self.k.processes.forget(done.pids)
+        self.k.guard.forget(done.pids)
+        return done
+
+    async def collect_hourly(self) -> None:
+        """The kernel's background retention (when retention_days is set): at boot, then
+        every hour; a failed pass is logged and tried again an hour later."""
+        while True:
+            try:
+                done = await self.collect()
+                if done.num_syscalls or done.num_processes or done.num_logs:
+                    log.info("retention removed %d calls, %d processes and %d logs older than %.0f days",
+                             done.num_syscalls, done.num_processes, done.num_logs, self.k.settings.retention_days)
+            except AiosError as e:
+                log.warning("retention could not run: %s", e.message)
+            await anyio.sleep(3600)
 
     async def _exited(self, pid: int, end: Exit) -> None:
         """The supervisor's report: the program ended; its calls end with it."""

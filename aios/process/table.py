@@ -4,6 +4,7 @@ Invariant: pids are never reused, across restarts too; a process that was alive 
 the kernel died is marked exited on the next boot."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -26,12 +27,24 @@ class ProcessTable:
         self._next_pid = 1
 
     async def load(self, now: float) -> None:
-        def read(engine: Engine) -> int:
+        """At boot: the processes of earlier boots, all exited now (their history stays
+        reachable: `aios ps --all`, logs, files; retention bounds how many there are)."""
+        def read(engine: Engine) -> tuple[int, list[Any]]:
             with engine.begin() as conn:
                 conn.execute(update(ProcessRow).where(ProcessRow.state != ProcState.EXITED.value)
                              .values(state=ProcState.EXITED.value, exited=now, exit_reason="kernel restarted"))
-                return conn.execute(select(func.max(ProcessRow.pid))).scalar() or 0
-        self._next_pid = await self.db.run(read) + 1
+                rows = list(conn.execute(select(ProcessRow.__table__).order_by(ProcessRow.pid)))
+                return conn.execute(select(func.max(ProcessRow.pid))).scalar() or 0, rows
+        last, rows = await self.db.run(read)
+        self.procs.update((row.pid, _from_row(row._mapping)) for row in rows)
+        self._next_pid = last + 1
+
+    def forget(self, pids: Iterable[int]) -> None:
+        """Drops exited processes whose records retention removed (aios.storage.retention)."""
+        for pid in pids:
+            proc = self.procs.get(pid)
+            if proc is not None and proc.state is ProcState.EXITED:
+                del self.procs[pid]
 
     async def spawn(self, name: str, principal: str, now: float, *, parent_pid: int | None = None,
                     priority: int = 0, program: str | None = None, runner: str | None = None) -> Process:
@@ -90,6 +103,10 @@ class ProcessTable:
             pid = proc.parent_pid if proc is not None and proc.parent_pid is not None else 0
         return False
 
+    def is_live(self, pid: int) -> bool:
+        proc = self.procs.get(pid)
+        return proc is not None and proc.state is not ProcState.EXITED
+
     def check_live(self, pid: int) -> Process:
         proc = self.get(pid)
         if proc.state is ProcState.EXITED:
@@ -118,3 +135,10 @@ class ProcessTable:
                     exit_code=proc.exit_code, cpu_s=proc.cpu_s, max_rss_kib=proc.max_rss_kib))
         await self.db.run(write)
         return proc
+
+
+def _from_row(row: Mapping[str, Any]) -> Process:
+    return Process(row["pid"], row["name"], row["principal"], row["parent_pid"], row["priority"],
+                   ProcState(row["state"]), row["created"], row["exited"], row["exit_reason"],
+                   Usage(row["tokens_in"], row["tokens_out"], row["cost_usd"], row["service_s"]),
+                   row["program"], row["runner"], row["exit_code"], row["cpu_s"] or 0.0, row["max_rss_kib"] or 0)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aios.errors import BackendUnavailable, ConfigError, NotFound
+from aios.errors import BackendUnavailable, ConfigError, InvalidSyscall, NotFound
 from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolInfo
 from aios.syscall import CallState
 
@@ -68,6 +68,15 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class ListSyscalls:
+    pid: int | None
+    state: str | None
+    since: float | None
+    before: str | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class ListModels:
     pass
 
@@ -77,7 +86,7 @@ class ListTools:
     pass
 
 
-Request = Submit | Cancel | Spawn | ListProcesses | GetProcess | Signal | ListModels | ListTools
+Request = Submit | Cancel | Spawn | ListProcesses | GetProcess | Signal | ListSyscalls | ListModels | ListTools
 Event = tuple[str, dict[str, Any]]   # a server-sent event of a call: ("token" | "state", its data)
 Verb = Generator[Request, Any, T]
 
@@ -101,6 +110,14 @@ def result(body: Mapping[str, Any]) -> Verb[Any]:
     """Submits, waits, and returns the result, or raises the call's error."""
     call = yield from syscall(body)
     return call.raise_for_error().result
+
+
+def _state(state: CallState | str | None) -> str | None:
+    try:
+        return CallState(state).value if state is not None else None
+    except ValueError:
+        raise InvalidSyscall(f"no call state {state!r}", field="state",
+                             hint=f"one of {', '.join(s.value for s in CallState)}") from None
 
 
 # ---- the client state both clients share
@@ -183,6 +200,14 @@ class BaseClient:
     def cancel(self, call_id: str):
         """Cancels a call that is not over; -> SyscallInfo (a finished call as it ended)."""
         return self._run(ask(Cancel(call_id), SyscallInfo.from_json))
+
+    def history(self, pid: int | None = None, state: CallState | str | None = None, since: float | None = None,
+                before: str | None = None, limit: int = 50):
+        """-> list[SyscallInfo]: the calls this client may see, newest first, one page of
+        `limit` (what `aios history` shows): of process `pid` (0: the account's own), in
+        `state`, made at or after `since` (Unix seconds). The next page: before=page[-1].id."""
+        return self._run(ask(ListSyscalls(pid, _state(state), since, before, limit),
+                             lambda data: [SyscallInfo.from_json(c) for c in data["data"]]))
 
     def models(self):
         """-> list[str], the models the kernel serves; the first is the default."""

@@ -13,8 +13,8 @@ import httpx
 
 from aios import owner
 from aios.errors import AiosError, BackendUnavailable
-from aios.sdk._core import (Cancel, Event, GetProcess, ListModels, ListProcesses, ListTools, Request, Signal,
-                            Spawn, Submit, Target)
+from aios.sdk._core import (Cancel, Event, GetProcess, ListModels, ListProcesses, ListSyscalls, ListTools, Request,
+                            Signal, Spawn, Submit, Target)
 
 TIMEOUT = httpx.Timeout(None, connect=5.0)   # a waited call takes as long as it takes; the kernel has deadlines
 
@@ -37,6 +37,9 @@ def http_request(request: Request) -> tuple[str, str, dict[str, str] | None, Any
             return "GET", f"/v1/processes/{pid}", None, None
         case Signal(pid, signal):
             return "POST", f"/v1/processes/{pid}/signal", None, {"signal": signal}
+        case ListSyscalls(pid, state, since, before, limit):
+            query = {"pid": pid, "state": state, "since": since, "before": before, "limit": limit}
+            return "GET", "/v1/syscalls", {k: str(v) for k, v in query.items() if v is not None}, None
         case ListModels():
             return "GET", "/v1/models", None, None
         case ListTools():

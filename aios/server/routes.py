@@ -18,6 +18,8 @@ from aios.process import ProcState, process_json
 import aios.server.schemas as schemas
 from aios.server.errors import HttpError
 from aios import access
+from aios.kernel import MAX_PAGE
+from aios.storage import retention
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json, read_model, visible_process
 from aios.syscall import CallState, Syscall, syscall_json
 
@@ -59,7 +61,7 @@ async def list_syscalls(request: Request,
                         since: float | None = Query(None, description="made at or after this time (Unix seconds)"),
                         before: str | None = Query(None, max_length=32, description="the page older than this call "
                                                    "(the `next` of the page before)"),
-                        limit: int = Query(50, ge=1, le=500, description="calls per page")):
+                        limit: int = Query(50, ge=1, le=MAX_PAGE, description="calls per page")):
     """The calls you may see, newest first, a page at a time."""
     principal = await principal_of(request)
     calls = await kernel_of(request).history(principal, caller_pid(request, principal), pid=pid, state=state,
@@ -244,11 +246,7 @@ async def stop_kernel(request: Request):
     """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked.
     Only the local principal or an admin may, and not from an agent process."""
     principal = await principal_of(request)
-    if caller_pid(request, principal):
-        raise HttpError("permission_denied", "an agent process may not stop the kernel", field="X-Aios-Pid")
-    if principal != access.LOCAL and not await _is_admin(request, principal):
-        raise HttpError("permission_denied", f"principal {principal!r} may not stop the kernel: missing permission "
-                        "admin", hint="aios user add NAME --admin makes an admin")
+    await _kernel_admin(request, principal, "stop the kernel")
     body = await read_model(request, schemas.StopIn)
     server = request.app.state.server
     if server is None:
@@ -256,6 +254,29 @@ async def stop_kernel(request: Request):
     request.app.state.drain = body.drain
     server.should_exit = True
     return {"stopping": True, "drain": body.drain}
+
+
+@router.post("/v1/kernel/gc", openapi_extra=_body(schemas.GcIn), tags=["kernel"],
+             responses=schemas.answers(schemas.CALLER, schemas.ADMIN, schemas.BODY, ok=schemas.GcOut))
+async def collect_history(request: Request):
+    """Applies retention now: the history of ended calls and exited processes older than
+    the cutoff goes (their files and memory stay). Only the local principal or an admin may,
+    and not from an agent process."""
+    principal = await principal_of(request)
+    await _kernel_admin(request, principal, "collect the kernel's history")
+    body = await read_model(request, schemas.GcIn)
+    k = kernel_of(request)
+    done = await k.collect(body.older_than_s, dry_run=body.dry_run)
+    return {**done.to_dict(), "remaining": await k.db.run(retention.count)}
+
+
+async def _kernel_admin(request: Request, principal: str, what: str) -> None:
+    """Refuses to `what` unless the caller is the local principal or an admin, not as an agent."""
+    if caller_pid(request, principal):
+        raise HttpError("permission_denied", f"an agent process may not {what}", field="X-Aios-Pid")
+    if principal != access.LOCAL and not await _is_admin(request, principal):
+        raise HttpError("permission_denied", f"principal {principal!r} may not {what}: missing permission "
+                        "admin", hint="aios user add NAME --admin makes an admin")
 
 
 @router.get("/v1/kernel/stats", tags=["kernel"], responses=schemas.answers(schemas.CALLER, ok=schemas.StatsOut))

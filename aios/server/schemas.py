@@ -210,12 +210,29 @@ class StopIn(BaseModel):
     drain: bool = Field(True, description="finish the calls in flight (else cancel them)")
 
 
+class GcIn(BaseModel):
+    older_than_s: float | None = Field(None, ge=0, description="remove history older than this many seconds "
+                                       "(default: the kernel's retention_days)")
+    dry_run: bool = Field(False, description="count what would go, remove nothing")
+
+
 # ---- the other answers (the routes build them; schemathesis checks them against these)
 
 class StopOut(BaseModel):
     model_config = _EXACT
     stopping: Literal[True]
     drain: bool
+
+
+class GcOut(BaseModel):
+    model_config = _EXACT
+    cutoff: float = Field(description="history that ended before this time (Unix seconds) went")
+    dry_run: bool
+    num_syscalls: int
+    num_processes: int = Field(description="exited processes whose records went (those with files or memory stay)")
+    num_logs: int
+    log_bytes: int
+    remaining: dict[str, int] = Field(description="the calls and processes still recorded")
 
 
 class HealthOut(BaseModel):
