@@ -1,9 +1,7 @@
-"""Agents that run as kernel processes. `BUILTIN_AGENTS` are the names `aios run NAME`
-knows without registration."""
-BUILTIN_AGENTS = {
-    "chat": "aios.agents.examples.chat",
-    "notes": "aios.agents.examples.notes",
-    "compiler": "aios.agents.compiler",
-    "react": "aios.agents.react",
-    "parallel-fc": "aios.agents.react.parallel",
-}
+"""Agents that run as kernel processes: the examples, LLMCompiler, ReAct and parallel
+function calling. The names `aios run NAME` knows without registration, and the modules
+they run, are the process layer's (aios.process.runners.BUILTIN_AGENTS): the kernel below
+names them without importing this package."""
+from aios.process.runners import BUILTIN_AGENTS
+
+__all__ = ["BUILTIN_AGENTS"]

@@ -4,16 +4,23 @@ authorizes each), LLM calls with a span in the trace, and the run's token budget
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from aios.agents.trace import AgentFailed, Outcome, Span, Trace
 from aios.errors import AiosError, NotFound, QuotaExceeded
 from aios.llm import count_tokens
 from aios.sdk import AsyncClient, ToolInfo
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +41,56 @@ class AgentConfig:
 
 class Agent:
     """The skeleton of the LLMCompiler, ReAct and parallel function calling agents: a
-    client bound to a process, a config, a trace in the given clock."""
+    client bound to a process, a config, a trace in the given clock, and the steps it
+    says it takes (`say`), which a run as a kernel process reports as they happen."""
     config_type: type[AgentConfig] = AgentConfig
 
     def __init__(self, os: AsyncClient, config: AgentConfig | None = None,
                  now: Callable[[], float] = time.monotonic):
         self.os = os
         self.config: Any = config or self.config_type()
-        self.trace = Trace(now)
+        self.trace = Trace(now, on_note=lambda text: self.say("note", text))
+        self.steps: list[tuple[str, str]] = []   # (kind, text) of each step said, in order
+        self._steps_out: MemoryObjectSendStream[tuple[str, str, dict[str, Any]]] | None = None
+
+    def say(self, kind: str, text: str, **data: Any) -> None:
+        """A step of the run (plan, thought, action, observation, decision, answer, note):
+        kept, and, while `reporting`, sent to the kernel in order without waiting for it."""
+        self.steps.append((kind, text))
+        if self._steps_out is not None:
+            self._steps_out.send_nowait((kind, text, data))
+
+    @asynccontextmanager
+    async def reporting(self) -> AsyncIterator[None]:
+        """While inside, the steps said are reported (Client.step) by a task of their own,
+        in order; on the way out the rest are sent before it returns. A client with no
+        process (not a kernel process) reports nothing; a report that fails stops the
+        reports, never the run."""
+        if self.os.pid is None:
+            yield
+            return
+        send, receive = anyio.create_memory_object_stream[tuple[str, str, dict[str, Any]]](math.inf)
+
+        async def post() -> None:
+            failed = False
+            async with receive:
+                async for kind, text, data in receive:
+                    if failed:
+                        continue
+                    try:
+                        await self.os.step(kind, text, **data)
+                    except AiosError as e:
+                        failed = True
+                        log.warning("the kernel took no more steps of this run: %s", e)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post)
+            self._steps_out = send
+            try:
+                yield
+            finally:
+                self._steps_out = None
+                send.close()
 
     async def run(self, question: str) -> Outcome:
         raise NotImplementedError
@@ -52,13 +101,20 @@ class Agent:
                                   task_timeout_s=cfg.task_timeout_s)
 
     def fail(self, error: str, num_rounds: int, **extra: Any) -> Outcome:
-        self.trace.note(error)
+        self.trace.notes.append(error)   # said once, as the run's error, not as a note too
         return Outcome(None, error, self.trace, num_rounds, extra)
 
     @classmethod
     async def main(cls, task: str, os: AsyncClient) -> str:
-        """The agent program's `main`: the answer, or AgentFailed (exit code 1) saying why."""
-        outcome = await cls(os).run(task)
+        """The agent program's `main`: its steps reported as it goes, then the answer, or
+        AgentFailed (exit code 1) saying why. An empty answer is no answer."""
+        agent = cls(os)
+        async with agent.reporting():
+            outcome = await agent.run(task)
+            if outcome.ok and not (outcome.answer or "").strip():
+                outcome = agent.fail("the model's answer was empty", outcome.num_rounds)
+            if outcome.ok:
+                agent.say("answer", outcome.answer or "")
         if not outcome.ok:
             raise AgentFailed(outcome)
         assert outcome.answer is not None

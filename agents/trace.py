@@ -33,6 +33,7 @@ class Trace:
     now: Callable[[], float] = time.monotonic
     spans: list[Span] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)    # errors and decisions, in order
+    on_note: Callable[[str], None] | None = None      # told of each note as it is made
 
     def open(self, kind: str, name: str, **fields: Any) -> Span:
         span = Span(kind, name, self.now(), **fields)
@@ -45,6 +46,8 @@ class Trace:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+        if self.on_note is not None:
+            self.on_note(text)
 
 
 @dataclass(slots=True)
@@ -62,9 +65,10 @@ class Outcome:
 
 
 class AgentFailed(Exception):
-    """An agent's run ended without an answer; the message says why, and `outcome` holds
-    the trace."""
+    """An agent's run ended without an answer; the message says why (also as `reason`,
+    the one line the runners report), and `outcome` holds the trace."""
 
     def __init__(self, outcome: Outcome):
         super().__init__(outcome.error)
         self.outcome = outcome
+        self.reason = outcome.error

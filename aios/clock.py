@@ -159,6 +159,8 @@ async def within(clock: Clock, seconds: float | None, fn: Callable[[], Awaitable
     return done[0]
 
 
-def utc_text(t: float) -> str:
-    """A wall-clock time (Unix seconds) as people read it: 2026-12-07 21:04:05, in UTC."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+def utc_text(t: float, *, ms: bool = False) -> str:
+    """A wall-clock time (Unix seconds) as people read it: 2026-12-07 21:04:05, in UTC
+    (with `ms`, 21:04:05.123)."""
+    text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+    return f"{text}.{int(t % 1 * 1000):03d}" if ms else text

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aios.errors import ConfigError
 from aios.param import MAX_PAYLOAD_BYTES, MAX_SLOTS
@@ -98,8 +99,22 @@ class ServerSettings(_Frozen):
     max_body_bytes: int = Field(MAX_PAYLOAD_BYTES, gt=0, le=MAX_PAYLOAD_BYTES)
 
 
+# a Python tool's entry (aios.tools.entries): a module's attribute or a file's
+# (a name ending in .py is a file)
+PYTHON_ENTRY = re.compile(r"^(?:(?P<file>[^:]+\.py)|(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*))"
+                          r":(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
+ENTRY_FORM = "package.module:function or path/to/file.py:function"
+
+
+def _python_entry(entry: str) -> str:
+    if not PYTHON_ENTRY.match(entry):
+        raise ValueError(f"{entry!r} is not {ENTRY_FORM}")
+    return entry
+
+
 class ToolsSettings(_Frozen):
-    """The built-in tools and the MCP servers whose tools are imported (aios.tools)."""
+    """The built-in tools, the MCP servers whose tools are imported, and Python tools
+    by their entries (aios.tools)."""
     corpus: Path | None = Field(None, description="folder of .md/.txt documents the `search` tool "
                                 "indexes (BM25); default: the documentation aios ships")
     http_allow: list[str] = Field(default_factory=list, description="hosts `http_fetch` may reach "
@@ -109,6 +124,20 @@ class ToolsSettings(_Frozen):
     mcp: dict[str, str] = Field(default_factory=dict, description="MCP servers to import tools from, "
                                 "one line each: name = \"command args\" (stdio) or name = \"http://host/mcp\" "
                                 "(streamable HTTP); their tools are registered as name.tool")
+    python: dict[str, Annotated[str, AfterValidator(_python_entry)]] = Field(
+        default_factory=dict, description="Python tools registered at boot, one line each: name = "
+        "\"package.module:function\" or name = \"path/to/file.py:function\" (relative to the config file's "
+        "folder); one that does not import is logged and left out, and the kernel starts without it")
+
+    @staticmethod
+    def resolve_files(data: dict[str, Any], folder: Path) -> None:
+        """Makes the relative file paths of `data`'s python entries (a settings file's
+        tables) relative to `folder`, the file's own."""
+        entries = data.get("tools", {}).get("python") if isinstance(data.get("tools"), dict) else None
+        for name, entry in (entries.items() if isinstance(entries, dict) else ()):
+            found = PYTHON_ENTRY.match(entry) if isinstance(entry, str) else None
+            if found and found["file"] and not Path(found["file"]).expanduser().is_absolute():
+                entries[name] = f"{(folder / found['file']).resolve()}:{found['attr']}"
 
 
 class AccessSettings(_Frozen):
@@ -174,6 +203,8 @@ def load_settings(path: str | Path | None = None, *, env: Mapping[str, str] | No
                   overrides: Mapping[str, Any] | None = None) -> Settings:
     """File, then environment, then flags (dotted keys: {"scheduler.policy": "rr"})."""
     data: dict[str, Any] = {} if path is None else read_toml(path, "config")
+    if path is not None:
+        ToolsSettings.resolve_files(data, Path(path).parent)
     env = os.environ if env is None else env
     for key, value in env.items():
         if key.startswith("AIOS_") and key not in ("AIOS_HOME", "AIOS_URL", "AIOS_TOKEN", "AIOS_PID"):
@@ -195,7 +226,9 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read {what} file {path}: {e.strerror}", field=what) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} file {path} is not valid TOML: {e}", field=what) from None
+        raise ConfigError(f"{what} file {path} is not valid TOML: {e}", field=what,
+                          hint='fix the file at that line and column (TOML quotes strings: host = "127.0.0.1")') \
+            from None
 
 
 def validate(data: Mapping[str, Any]) -> Settings:

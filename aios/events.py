@@ -21,6 +21,7 @@ class EventKind(StrEnum):
                                      # {"latency_s", "tokens_in", "tokens_out", "cost_usd", "service_s"}
     CALL_TOKEN = "syscall.token"     # data: {"text"}
     PROCESS = "process.state"        # data: {"state"}
+    STEP = "process.step"            # data: a step of an agent (aios.process.steps): {"seq", "at", "kind", "text", "data"}
     POLICY = "scheduler.policy"      # data: {"resource", "policy"}
     KERNEL = "kernel"                # data: {"state"}
 

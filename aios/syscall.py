@@ -194,6 +194,24 @@ def process_json(p: Process) -> dict[str, Any]:
                       "service_s": u.service_s}}
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What an agent process said it was doing, numbered in its process (aios.process.steps
+    keeps them; the SDK reads them back with from_json)."""
+    seq: int
+    at: float
+    kind: str                 # plan | thought | action | observation | decision | answer | error | note | ...
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "kind": self.kind, "text": self.text, "data": self.data}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Step:
+        return cls(d["seq"], d["at"], d["kind"], d["text"], d.get("data") or {})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Syscall:
     """Fields common to every kind; a subclass per kind adds its payload fields."""

@@ -26,7 +26,7 @@ import anyio
 import numpy as np
 from rich.console import Console
 
-from aios.memory.paging import agent_trace, oracle, simulate
+from aios.memory.paging import agent_trace, oracle, recent_reuse, simulate
 
 ERRORS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 
@@ -43,6 +43,7 @@ def paging(quick: bool, seed: int) -> dict[str, Any]:
         row: dict[str, Any] = {"belady": belady}
         for policy in ("lru", "lfu"):
             row[policy] = simulate(trace, sizes, budget, policy)
+        row["predict_online"] = simulate(trace, sizes, budget, "predict", recent_reuse())
         for err in ERRORS:
             row[f"predict@{err}"] = simulate(trace, sizes, budget, "predict", oracle(trace, sizes, budget, err, seed))
         runs.append(row)
@@ -55,8 +56,8 @@ def paging(quick: bool, seed: int) -> dict[str, Any]:
     return {
         "setup": f"{len(runs)} agent-like traces of {length} references over 400 pages of 50-400 tokens, "
                  "8000 tokens of working memory",
-        "policies": {"lru": summary("lru"), "lfu": summary("lfu"), "predict": summary("predict@0.0"),
-                     "belady": summary("belady")},
+        "policies": {"lru": summary("lru"), "lfu": summary("lfu"), "predict_online": summary("predict_online"),
+                     "predict": summary("predict@0.0"), "belady": summary("belady")},
         "predictor_error": [{"error": e, **summary(f"predict@{e}")} for e in ERRORS],
     }
 
@@ -173,7 +174,13 @@ def run(*, quick: bool = False, seed: int = 7, show_progress: bool = True, plot:
     if show_progress:
         console.print("storage writes ...")
     result["storage"] = storage_writes(quick)
-    result["hit_rate_vs_belady"] = result["paging"]["policies"]["predict"]["hit_rate_vs_belady"]
+    # the headline is what the kernel can run: the best policy that knows only the past;
+    # the perfect predictor (the paper's setting, predictions from the future) is the bound
+    policies = result["paging"]["policies"]
+    online = max(("lru", "lfu", "predict_online"), key=lambda n: policies[n]["hit_rate_vs_belady"])
+    result["hit_rate_vs_belady"] = policies[online]["hit_rate_vs_belady"]
+    result["hit_rate_vs_belady_policy"] = online
+    result["hit_rate_vs_belady_perfect_predictor"] = policies["predict"]["hit_rate_vs_belady"]
     result["recall_at_5"] = result["retrieval"]["recall_at_5"]
     result["bench_wall_s"] = round(time.perf_counter() - start, 2)
     if show_progress:
@@ -189,7 +196,8 @@ def _tables(result: dict[str, Any], console: Console) -> None:
     paging_ = result["paging"]
     table = Table("policy", "hit rate", "faults", "vs Belady", title="working-memory paging")
     for name, p in paging_["policies"].items():
-        table.add_row(name if name != "predict" else "predict (perfect predictor)", f"{p['hit_rate']:.3f}",
+        label = {"predict": "predict (perfect predictor)", "predict_online": "predict (online: recent reuse)"}
+        table.add_row(label.get(name, name), f"{p['hit_rate']:.3f}",
                       str(p["faults"]), f"{p['hit_rate_vs_belady']:.3f}")
     for e in paging_["predictor_error"][1:]:
         table.add_row(f"predict, {e['error']:.0%} wrong bits", f"{e['hit_rate']:.3f}", str(e["faults"]),

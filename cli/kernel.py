@@ -42,6 +42,7 @@ def start(
     if model:
         settings = with_models(settings, model)
     warn_of_credentials(settings)
+    warn_of_python_tools(settings)
     host, port = settings.server.host, settings.server.port
     if detach:
         daemon.check_free(settings)   # said here, not in the log of a child that exits at once
@@ -70,15 +71,26 @@ def with_models(settings: Settings, models: list[str]) -> Settings:
 
 
 def warn_of_credentials(settings: Settings) -> None:
-    """Says at start what a real backend lacks (a key not set), without refusing it."""
+    """Says at start what a real backend lacks, without refusing it: a key not set, an
+    endpoint that does not answer (all tried at once, a few seconds at most)."""
     from aios.config import LiteLLMBackendSettings
     backends = [b for b in settings.backends if isinstance(b, LiteLLMBackendSettings)]
     if not backends:
         return   # litellm is not even imported: the simulated default starts at once
-    from aios.llm.provider import missing_credentials
+    from aios.llm.provider import missing_credentials, unreachable
     for b in backends:
-        for warning in missing_credentials(b):
+        for warning in missing_credentials(b) + unreachable(b):
             typer.echo(f"warning: {warning}", err=True)
+
+
+def warn_of_python_tools(settings: Settings) -> None:
+    """Says at start, one line each, which [tools.python] entries the kernel will leave out
+    (they do not import, or no schema describes them); it starts without them."""
+    if not settings.tools.python:
+        return   # nothing to import: the default starts at once
+    from aios.tools.entries import problems
+    for problem in problems(settings.tools.python):
+        typer.echo(f"warning: {problem}", err=True)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from aios.cli import procs
 from aios.cli import sandbox as sandbox_cli
 from aios.cli import sim as sim_cli
 from aios.cli import trace as trace_cli
+from aios.cli import tools as tools_cli
 from aios.errors import AiosError, ConfigError
 
 app = typer.Typer(name="aios", help="aios: an operating system for LLM agents.", no_args_is_help=True,
@@ -42,6 +43,7 @@ app.add_typer(sim_cli.app, name="sim")
 app.add_typer(sandbox_cli.app, name="sandbox")
 app.add_typer(fs_cli.app, name="fs")
 app.add_typer(memory_cli.app, name="memory")
+app.add_typer(tools_cli.app, name="tools")
 procs.install(app)
 app.command("gc")(kernel_cli.gc)
 access_cli.install(app)

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -18,6 +19,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -73,25 +75,55 @@ def run(
     model: Annotated[str | None, typer.Option(help="the model its LLM calls use (one the kernel serves: aios "
                                                    "models) [default: the first the kernel serves]")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="print the pid and return")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print its output only, not the steps it "
+                                                            "reports")] = False,
 ) -> None:
-    """Runs an agent as a kernel process, streams its output, and exits with its exit code."""
+    """Runs an agent as a kernel process, streams its output (stdout) and the steps it
+    reports (stderr: plan lines, thoughts, actions, observations) as they happen, and exits
+    with its exit code. A failed run ends with one line saying why."""
     with client() as os:
         proc = os.processes.spawn(name or process_name(program), priority=priority,
                                   program=program_path(program), task=task, runner=runner, model=model)
         if detach:
             typer.echo(proc.pid)
             return
+        steps = None if quiet else threading.Thread(target=show_steps, args=(proc.pid,), daemon=True)
+        if steps is not None:
+            steps.start()
         try:
             follow_logs(proc.pid, follow=True)
         except KeyboardInterrupt:
             os.processes.kill(proc.pid)
             typer.echo(f"\naios: killed process {proc.pid}", err=True)
             raise typer.Exit(130) from None
+        if steps is not None:
+            steps.join(timeout=5)   # its stream ends as the process does
         ended = os.processes.get(proc.pid)
     code = ended.exit_code if ended.exit_code is not None else 0
     if code != 0:
-        typer.echo(f"aios: process {proc.pid} {ended.exit_reason}", err=True)
+        typer.echo(f"error: {why_it_failed(ended)}", err=True)
+        typer.echo(f"hint: aios logs {proc.pid} --trace shows what it did, and the traceback", err=True)
     raise typer.Exit(code if 0 <= code < 256 else 1)
+
+
+def why_it_failed(proc: ProcessInfo) -> str:
+    """The reason an agent gave for failing, as it gave it; else what happened to it."""
+    reason = proc.exit_reason or f"exited with code {proc.exit_code}"
+    return reason.removeprefix("failed: ") if reason.startswith("failed: ") else f"process {proc.pid} {reason}"
+
+
+def show_steps(pid: int) -> None:
+    """Prints a running process's steps on stderr, one line each, as they come (the
+    answer and the error are left to its output, which says them)."""
+    err = Console(stderr=True, highlight=False)
+    with contextlib.suppress(Exception), client() as os:   # the steps are a view: never the run's failure
+        for step in os.processes.steps(pid, follow=True):
+            if step.kind in ("answer", "error"):
+                continue
+            text = " ".join(step.text.split())
+            room = max(20, err.width - 14)
+            text = text if len(text) <= room else text[:room - 1] + "…"
+            err.print(f"[dim]{step.kind:>11}[/dim]  {escape(text)}", soft_wrap=True)
 
 
 def _row(p: ProcessInfo) -> list[str]:
@@ -173,11 +205,39 @@ def resume(pid: Annotated[int, typer.Argument()]) -> None:
 
 
 def logs(pid: Annotated[int, typer.Argument()],
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until it exits")] = False) -> None:
-    """Prints a process's output."""
-    if not follow_logs(pid, follow):
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until it exits")] = False,
+         trace: Annotated[bool, typer.Option("--trace", help="then the steps it reported, with their times, "
+                                                          "and the traceback it failed with")] = False,
+         ) -> None:
+    """Prints a process's output (and, with --trace, what it did)."""
+    printed = follow_logs(pid, follow)
+    if trace:
+        print_trace(pid)
+        return
+    with client() as os:
+        proc = os.processes.get(pid)
+    if proc.exit_code:
+        typer.echo(f"aios: {why_it_failed(proc)} (exit code {proc.exit_code}); aios logs {pid} --trace shows "
+                   "what it did", err=True)
+    elif not printed:
         typer.echo(f"process {pid} has no log: it printed nothing, or its log was older than the retention "
                    "(retention_days; aios gc) and was removed", err=True)
+
+
+def print_trace(pid: int) -> None:
+    """The steps a process reported, each with its time, in full; the traceback of an error."""
+    with client() as os:
+        steps = list(os.processes.steps(pid))
+        proc = os.processes.get(pid)
+    console.rule(f"trace of process {pid}: {len(steps)} steps", style="dim")
+    for step in steps:
+        console.print(f"[dim]{utc_text(step.at, ms=True)}[/dim] [bold]{step.kind}[/bold]  {escape(step.text)}",
+                      soft_wrap=True, highlight=False)
+        if step.data.get("traceback"):
+            console.print(escape(step.data["traceback"].rstrip()), highlight=False, soft_wrap=True)
+    if proc.exited is not None:
+        console.print(f"[dim]{utc_text(proc.exited, ms=True)}[/dim] [bold]exit[/bold]  {proc.exit_code}: "
+                      f"{escape(proc.exit_reason or '')}", highlight=False, soft_wrap=True)
 
 
 def models(as_json: JsonFlag = False) -> None:
@@ -330,5 +390,5 @@ def describe_call(call: dict[str, Any]) -> str:
 
 
 def install(app: typer.Typer) -> None:
-    for command in (run, ps, top, kill, suspend, resume, logs, models, tools, history):
+    for command in (run, ps, top, kill, suspend, resume, logs, models, history):   # tools: aios.cli.tools
         app.command()(command)

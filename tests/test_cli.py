@@ -41,6 +41,14 @@ RAISING_AGENT = '''
 def main(task, os):
     raise RuntimeError("boom: " + task)
 '''
+STEPPING_AGENT = '''
+def main(task, os):
+    os.step("plan", "1. look up " + task)
+    os.step("action", "search(query=%r)" % task)
+    os.step("observation", "x" * 400)
+    os.step("answer", "the answer about " + task)
+    return "the answer about " + task
+'''
 BROKEN_AT_IMPORT = '''
 raise ValueError("broken at import")
 
@@ -155,24 +163,44 @@ def test_run_detach_prints_a_pid_that_ps_lists(daemon):
     assert listed["name"] == "detached-chat" and listed["program"] == str(CHAT)
 
 
-def test_an_agent_that_raises_exits_non_zero_and_its_traceback_is_in_its_logs(daemon, tmp_path):
+@pytest.mark.parametrize("runner", ["subprocess", "inproc"])
+def test_an_agent_that_raises_fails_in_one_line_and_keeps_its_traceback_in_its_trace(daemon, tmp_path, runner):
+    """No traceback on the terminal (it printed 20-35 lines of frames): one `error:` line
+    saying why, one `hint:` line, exit 1; the traceback is in the process's trace (aios logs
+    N --trace), and why it failed is its exit reason."""
     agent = tmp_path / "boom.py"
     agent.write_text(RAISING_AGENT)
-    r = aios(daemon.home, "run", str(agent), "now")
+    r = aios(daemon.home, "run", str(agent), "now", "--runner", runner)
     assert r.returncode == 1
-    pid = int(re.search(r"aios: process (\d+) exited with code 1", r.stderr).group(1))
-    logs = aios(daemon.home, "logs", str(pid))
-    assert logs.returncode == 0
-    assert "Traceback (most recent call last)" in logs.stdout and "RuntimeError: boom: now" in logs.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert r.stderr.count("error: RuntimeError: boom: now") == 1, r.stderr
+    pid = int(re.search(r"hint: aios logs (\d+) --trace", r.stderr).group(1))
+    assert processes(daemon)[pid]["exit_reason"] == "failed: RuntimeError: boom: now"
+    logs = aios(daemon.home, "logs", str(pid))   # it printed nothing; why it ended goes to stderr
+    assert logs.returncode == 0 and logs.stdout == "" and "RuntimeError: boom: now (exit code 1)" in logs.stderr
+    traced = aios(daemon.home, "logs", str(pid), "--trace")
+    assert "Traceback (most recent call last)" in traced.stdout and "RuntimeError: boom: now" in traced.stdout
+    assert re.search(r"\d\d:\d\d:\d\d\.\d{3} error  RuntimeError: boom: now", traced.stdout), traced.stdout
+    assert "exit  1: failed: RuntimeError: boom: now" in traced.stdout
 
 
-def test_an_inproc_agent_that_raises(daemon, tmp_path):
-    agent = tmp_path / "boom.py"
-    agent.write_text(RAISING_AGENT)
-    result = cli(daemon, "run", str(agent), "now", "--runner", "inproc")
-    assert result.exit_code == 1
-    pid = int(re.search(r"aios: process (\d+) raised RuntimeError: boom: now", result.stderr).group(1))
-    assert "Traceback (most recent call last)" in cli(daemon, "logs", str(pid)).stdout
+def test_run_shows_the_steps_an_agent_reports_as_it_goes(daemon, tmp_path):
+    """Steps (os.step) go to stderr one line each, as they come; the answer to stdout; --quiet
+    shows only the answer; the trace keeps them with their times."""
+    agent = tmp_path / "stepper.py"
+    agent.write_text(STEPPING_AGENT)
+    r = aios(daemon.home, "run", str(agent), "Lisbon")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "the answer about Lisbon"
+    lines = [" ".join(line.split()) for line in r.stderr.splitlines()]
+    assert len(lines) == 3, r.stderr   # one line each; the answer is not said twice
+    assert lines[:2] == ["plan 1. look up Lisbon", "action search(query='Lisbon')"]
+    assert lines[2].startswith("observation xxxx") and lines[2].endswith("x…")   # cut to the terminal
+    quiet = aios(daemon.home, "run", str(agent), "Lisbon", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip() == "the answer about Lisbon"
+    pid = max(processes(daemon))
+    traced = aios(daemon.home, "logs", str(pid), "--trace")
+    assert "plan  1. look up Lisbon" in traced.stdout and "answer  the answer about Lisbon" in traced.stdout
 
 
 def test_an_agent_file_that_does_not_exist(daemon, tmp_path):

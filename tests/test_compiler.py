@@ -264,11 +264,20 @@ async def test_compiler_runs_as_a_kernel_process(make_settings):
             proc = await k.spawn("ask", program="compiler", task="When was ab born?")
             done = await k.wait(proc.pid)
             assert done.exit_code == 0 and k.supervisor.log_path(proc.pid).read_text() == "born 1902\n"
+            # what it did, as it said it: the plan, the action and what it saw, the decision, the answer
+            said = [(s.kind, s.text) for s in k.lifecycle.steps.since(proc.pid)]
+            assert said == [("plan", "1. search(query='ab')"), ("action", "1. search(query='ab')"),
+                            ("observation", "1. ab was born in 1902"), ("thought", "found"),
+                            ("decision", "Finish(born 1902)"), ("answer", "born 1902")]
             model.script["planner"].append("no plan here")
             model.script["planner"].append("no plan here")
             model.script["planner"].append("no plan here")
             failed = await k.wait((await k.spawn("ask", program="compiler", task="q")).pid)
-            assert failed.exit_code == 1 and "AgentFailed: the model returned no plan" in failed.exit_reason
+            # one line as its exit reason, nothing in its log; the traceback in its trace
+            assert failed.exit_code == 1 and failed.exit_reason.startswith("failed: the model returned no plan")
+            assert not k.supervisor.log_path(failed.pid).exists()
+            last = k.lifecycle.steps.since(failed.pid)[-1]
+            assert last.kind == "error" and "AgentFailed" in last.data["traceback"]
 
 
 @pytest.mark.anyio

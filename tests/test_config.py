@@ -2,6 +2,7 @@
 flags; every invalid value is a ConfigError that names the dotted field."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,23 @@ def test_bad_toml_file(tmp_path: Path) -> None:
         load_settings(path, env={})
     assert info.value.field == "config"
     assert "not valid TOML" in info.value.message and str(path) in info.value.message
+    assert "line 1, column 11" in info.value.message   # where it stops parsing, as the editor counts
+
+
+def test_a_config_file_that_does_not_parse_stops_the_daemon_before_it_starts(tmp_path: Path) -> None:
+    """aios kernel start --config FILE: one error line with the file, line and column; exit 2;
+    nothing started, nothing written to the home."""
+    import subprocess
+    import sys
+    path = write_toml(tmp_path, '[server]\nport = 8642\nhost = 127.0.0.1\n')
+    home = tmp_path / "home"
+    r = subprocess.run([sys.executable, "-m", "aios.cli.main", "kernel", "start", "--config", str(path)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "AIOS_HOME": str(home), "NO_COLOR": "1"})
+    assert r.returncode == 2 and r.stderr.startswith(f"error: config file {path} is not valid TOML")
+    assert "(at line 3, column 13)" in r.stderr and "\nhint: fix the file at that line" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not home.exists() or not any(home.iterdir())
 
 
 def test_invalid_value_in_toml_file_names_the_field(tmp_path: Path) -> None:

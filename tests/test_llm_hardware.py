@@ -175,7 +175,8 @@ async def test_time_to_first_token_and_decode_time() -> None:
     assert gaps == pytest.approx([0.25] * 5)
     end, last = chunks[-1]
     assert end == pytest.approx(backend.service_s(num_prompt, 6))
-    assert last.finish_reason == "stop" and last.usage is not None
+    # the scripted reply uses every token allowed: it ended for "length", as a server says
+    assert last.finish_reason == "length" and last.usage is not None
     assert (last.usage.tokens_in, last.usage.tokens_out) == (104, 6)
 
 
@@ -247,3 +248,19 @@ async def test_busy_beyond_num_slots() -> None:
         assert backend.num_running == 0
         response = await backend.complete(request("after"))   # the slots are free again
     assert response.usage.tokens_out == 8
+
+
+@pytest.mark.anyio
+async def test_a_reply_is_cut_at_max_tokens_and_says_why_it_ended() -> None:
+    """As a serving engine does: a reply never outruns max_tokens, and one that reached it
+    ends for "length"; a shorter one for "stop"; one with tool calls for "tool_calls"."""
+    from aios.llm.hardware import FunctionResponder
+    clock = VirtualClock()
+    backend = HardwareBackend(HardwareBackendSettings(**TIMING), clock,
+                              FunctionResponder(lambda r: "one two three four five"))
+    async with running(clock):
+        cut = [c for _, c in await timed(backend, clock, request("hi", max_tokens=3))]
+        whole = [c for _, c in await timed(backend, clock, request("hi", max_tokens=50))]
+    assert "".join(c.text for c in cut) == "one two three" and cut[-1].finish_reason == "length"
+    assert cut[-1].usage.tokens_out == 3
+    assert "".join(c.text for c in whole) == "one two three four five" and whole[-1].finish_reason == "stop"

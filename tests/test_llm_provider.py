@@ -331,3 +331,52 @@ def test_kernel_start_with_a_model_in_one_line(tmp_path, monkeypatch) -> None:
     assert bad.returncode == 2 and bad.stderr.splitlines()[0] == (
         "error: litellm knows no provider for the model 'nonsense-xyz'")
     assert not (tmp_path / "daemon.json").exists()   # nothing started
+
+
+def test_unreachable_endpoints_are_named_at_start_and_reachable_ones_are_not():
+    """aios kernel start warns of each real backend's endpoint that does not answer (its
+    api_base, or the provider's own address), without refusing it."""
+    import socket
+
+    from aios.llm.provider import unreachable
+    listening = socket.create_server(("127.0.0.1", 0))
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        up = LiteLLMBackendSettings(models=["openai/served"], api_base=f"http://127.0.0.1:{listening.getsockname()[1]}/v1")
+        assert unreachable(up) == []
+        down = LiteLLMBackendSettings(models=["openai/a", "openai/b"], api_base=f"http://127.0.0.1:{closed_port}/v1")
+        (warning,) = unreachable(down)   # one address, named once, with the models behind it
+        assert warning.startswith(f"openai/a, openai/b: http://127.0.0.1:{closed_port}/v1 does not answer (")
+        assert "api_base" in warning
+        assert unreachable(LiteLLMBackendSettings(models=["hosted_vllm/x"])) == []   # no address known: not checked
+    finally:
+        listening.close()
+
+
+def test_a_daemon_pointed_at_a_server_that_is_down_says_so_and_starts(tmp_path) -> None:
+    """aios kernel start --model ollama/llama3 with no Ollama listening: one warning naming
+    the address, and the daemon still starts, serving the model beside the simulated ones."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 11434)) == 0:
+            pytest.fail("something listens on Ollama's port 11434 here: the test needs it free")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {"PATH": "/usr/bin:/bin", "AIOS_HOME": str(tmp_path), "NO_COLOR": "1"}
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli.main", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+    started = aios("kernel", "start", "--detach", "--port", port, "--model", "ollama/llama3")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "warning: ollama/llama3: http://localhost:11434 does not answer (" in started.stderr
+        models = aios("models", "--json")
+        assert models.returncode == 0 and "ollama/llama3" in models.stdout and "sim-llama-3-8b" in models.stdout
+    finally:
+        aios("kernel", "stop", "--cancel")

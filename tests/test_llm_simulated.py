@@ -79,7 +79,7 @@ async def test_first_token_is_a_prefill_iteration_and_the_rest_decode_iterations
     assert gaps(times) == pytest.approx([cost.step_time([], [], 1, n + i) for i in range(1, 6)], rel=1e-12)
     assert "".join(c.text for _, c in chunks) == "".join(ScriptedResponder(64).reply(req).tokens)
     end, last = chunks[-1]
-    assert end == times[-1] and last.finish_reason == "stop"
+    assert end == times[-1] and last.finish_reason == "length"   # it used all 6 tokens it was allowed
     assert last.usage is not None and (last.usage.tokens_in, last.usage.tokens_out) == (n, 6)
     assert is_empty(backend)
 

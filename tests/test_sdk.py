@@ -20,7 +20,7 @@ from aios.events import EventKind
 from aios.kernel import Kernel, build_backends
 from aios.llm import Chunk, Request, Response, Resume, collect
 from aios.sdk import (AiosError, AsyncClient, BackendUnavailable, CallState, Cancelled, ChatResult, Client, Conflict,
-                      ConfigError, DeadlineExceeded, InvalidSyscall, MemoryEntry, NotFound, ProcState,
+                      ConfigError, DeadlineExceeded, InvalidSyscall, MemoryEntry, NotFound, ProcState, Step,
                       SyscallInfo, ToolError, Unauthorized, connect, connect_async)
 from aios.sdk._core import TextStream
 from aios.process.inproc import KernelTransport, ThreadKernelTransport
@@ -157,7 +157,7 @@ async def test_chat_defaults_to_the_first_model_and_returns_a_typed_result(clien
     assert models == kernel.router.models and models
     reply = await client.llm.chat("hello there", max_tokens=6)
     assert isinstance(reply, ChatResult)
-    assert reply.model == models[0] and reply.finish_reason == "stop" and reply.tool_calls == []
+    assert reply.model == models[0] and reply.finish_reason == "length" and reply.tool_calls == []
     assert reply.text.strip() and reply.usage.tokens_out == 6 and reply.usage.tokens_in > 0
     call = await kernel.lookup(reply.call_id)
     assert call.state is CallState.DONE and call.result["message"]["content"] == reply.text
@@ -346,6 +346,45 @@ async def test_history_pages_through_the_calls_a_client_may_see(make_client: Cal
     with pytest.raises(InvalidSyscall) as bad:
         await admin.history(limit=0)
     assert bad.value.field == "limit"
+
+
+@pytest.mark.anyio
+async def test_an_agent_reports_steps_that_followers_see_as_they_come(make_client: Callable[..., AsyncClient]):
+    """Client.step and processes.steps, over HTTP and in-process alike: numbered in order,
+    followed live until the process exits, kept after; only the process itself reports."""
+    admin = make_client()
+    proc = await admin.processes.spawn("stepper")
+    agent = make_client(pid=proc.pid)
+    first = await agent.step("plan", "1. search('x')", idx=1)
+    assert (first.seq, first.kind, first.text, first.data) == (0, "plan", "1. search('x')", {"idx": 1})
+    seen: list[Step] = []
+
+    async def follow() -> None:
+        async for step in admin.processes.steps(proc.pid, follow=True):
+            seen.append(step)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow)
+        with anyio.fail_after(10):
+            while not seen:   # what came before it opened, first
+                await anyio.sleep(0.01)
+            await agent.step("action", "search('x')")
+            while len(seen) < 2:   # then each as it comes
+                await anyio.sleep(0.01)
+            await admin.processes.kill(proc.pid)   # the stream ends with the process
+    assert [(s.seq, s.kind) for s in seen] == [(0, "plan"), (1, "action")]
+    assert [s.text async for s in admin.processes.steps(proc.pid)] == ["1. search('x')", "search('x')"]
+    with pytest.raises(Conflict):   # an exited process says no more
+        await agent.step("note", "late")
+    with pytest.raises(InvalidSyscall) as bad:   # the account is no process
+        await admin.step("note", "x")
+    assert bad.value.field == "pid"
+    other = await admin.processes.spawn("other")
+    with pytest.raises(InvalidSyscall) as bad:
+        await make_client(pid=other.pid).step("Not A Kind", "x")
+    assert bad.value.field == "kind"
+    long = await make_client(pid=other.pid).step("observation", "y" * 20000)
+    assert len(long.text) == 16384 and long.data == {"cut": 20000 - 16384}
 
 
 @pytest.mark.anyio

@@ -12,7 +12,7 @@ PUBLIC = {
     "Client", "AsyncClient", "connect", "connect_async", "DEFAULT_URL",
     "Transport", "AsyncTransport", "HTTPTransport", "AsyncHTTPTransport",
     # what the verbs return
-    "ChatResult", "ToolCall", "Usage", "SyscallInfo", "ProcessInfo", "MemoryEntry", "ToolInfo",
+    "ChatResult", "ToolCall", "Usage", "SyscallInfo", "ProcessInfo", "MemoryEntry", "ToolInfo", "Step",
     "CallState", "Kind", "ProcState",
     # what they raise
     "AiosError", "InvalidSyscall", "ConfigError", "PermissionDenied", "Unauthorized", "NotFound", "Conflict",
@@ -26,7 +26,7 @@ VERBS = {
     "tools": {"call", "list"},
     "memory": {"add", "get", "search", "list", "delete"},
     "storage": {"read", "write", "list", "delete", "versions", "read_version", "diff", "rollback", "move"},
-    "processes": {"spawn", "get", "list", "suspend", "resume", "kill"},
+    "processes": {"spawn", "get", "list", "suspend", "resume", "kill", "steps"},
 }
 
 
@@ -47,7 +47,8 @@ def test_every_error_class_a_kernel_can_raise_reaches_an_agent() -> None:
 
 def test_both_clients_have_the_same_verbs() -> None:
     for client in (aios.sdk.Client, aios.sdk.AsyncClient):
-        assert {"syscall", "cancel", "models", "llm", "tools", "memory", "storage", "processes"} <= (
+        assert {"syscall", "cancel", "models", "history", "step", "llm", "tools", "memory", "storage",
+                "processes"} <= (
             {n for n in dir(client) if not n.startswith("_")} | set(VERBS))
     sync, a = aios.sdk.Client("http://127.0.0.1:1"), aios.sdk.AsyncClient("http://127.0.0.1:1")
     try:

@@ -38,7 +38,6 @@ from aios.tools.registry import TOOL_NAME, ToolSpec
 
 if TYPE_CHECKING:
     from aios.clock import Clock
-    from aios.kernel import Kernel
     from aios.sdk import AsyncClient
     from aios.sdk.types import ToolInfo
 
@@ -87,7 +86,7 @@ class _Connection:
 
 
 @asynccontextmanager
-async def mcp_imports(kernel: Kernel, servers: Mapping[str, str]) -> AsyncIterator[None]:
+async def mcp_imports(kernel: Any, servers: Mapping[str, str]) -> AsyncIterator[None]:
     """Connects to each server (`name -> "command args"` or `name -> "http://host/mcp"`),
     registers its tools on the kernel as `name.tool`, holds the sessions open while the
     context lasts, then closes them and removes the tools. Enter it before the kernel,

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, ValidationError, create_model
 
 from aios.errors import Conflict, InvalidSyscall
 
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from aios.syscall import Syscall
 
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+SCHEMA_TYPES = ("annotate each parameter with a type JSON can carry: str, int, float, bool, None, lists and dicts "
+                "of them, Literal, a pydantic model or a dataclass")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +185,11 @@ def spec_of(target: Any, *, name: str | None = None, description: str | None = N
         raise InvalidSyscall(f"bad tool name {tool_name!r}: letters, digits, _ . - (64 at most), "
                              "starting with a letter or _", field="name")
     summary, param_docs = parse_docstring(inspect.getdoc(doc_owner) or inspect.getdoc(fn) or "")
-    model, context_param = _args_model(tool_name, fn, param_docs)
-    schema = model.model_json_schema()
+    try:
+        model, context_param = _args_model(tool_name, fn, param_docs)
+        schema = model.model_json_schema()
+    except (PydanticUserError, NameError, TypeError, ValueError) as e:   # a signature no schema describes
+        raise _unschemable(tool_name, fn, e) from None
     schema.pop("title", None)
     for prop in schema.get("properties", {}).values():
         prop.pop("title", None)
@@ -218,6 +223,36 @@ def _args_model(tool_name: str, fn: Callable[..., Any], docs: Mapping[str, str])
         fields[p.name] = (annotation, Field(default, description=docs.get(p.name)))
     model = create_model(f"{tool_name.replace('.', '_').replace('-', '_')}_args", __base__=_Args, **fields)
     return model, context_param
+
+
+def _unschemable(tool_name: str, fn: Callable[..., Any], error: Exception) -> InvalidSyscall:
+    """The refusal of a signature that no JSON schema describes, naming the parameter at
+    fault when one alone is (each is tried on its own)."""
+    why = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return InvalidSyscall(f"tool {tool_name!r} has no signature to read: {why}",
+                              hint="register a Python function or a class with a typed __call__")
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:   # as _args_model reads them
+        hints = {}
+    for p in params:
+        alone = _only(p.replace(annotation=hints.get(p.name, p.annotation)))
+        try:
+            _args_model(tool_name, alone, {})[0].model_json_schema()
+        except (PydanticUserError, NameError, TypeError, ValueError):
+            return InvalidSyscall(f"tool {tool_name!r}: parameter {p.name!r} has no JSON schema: {why}",
+                                  hint=SCHEMA_TYPES)
+    return InvalidSyscall(f"tool {tool_name!r}: its parameters have no JSON schema: {why}", hint=SCHEMA_TYPES)
+
+
+def _only(p: inspect.Parameter) -> Callable[..., Any]:
+    """A function whose one parameter is `p`."""
+    def one(**kwargs: Any) -> None: ...
+    one.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY)])   # type: ignore[attr-defined]
+    return one
 
 
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$")

@@ -93,7 +93,11 @@ class LLMCompiler(Agent):
                 user = planner_user(question, self._history(), "the joiner's reply could not be read",
                                     self._next_idx())
                 continue
-            self.trace.note(f"round {round + 1}: joiner: {decision.action}({decision.text}); {decision.thought}")
+            if decision.thought:
+                self.say("thought", decision.thought)
+            self.say("decision", f"{decision.action.capitalize()}({decision.text})", round=round + 1)
+            self.trace.notes.append(f"round {round + 1}: joiner: {decision.action}({decision.text}); "
+                                    f"{decision.thought}")
             if decision.action == "finish":
                 return Outcome(decision.text, None, self.trace, round + 1, self._extra())
             if not can_replan:
@@ -120,6 +124,10 @@ class LLMCompiler(Agent):
                         if task.error is None and len(self.actions) > self.config.max_tasks:
                             task.error = (f"line {task.line_no}: over the limit of "
                                           f"{self.config.max_tasks} actions per run")
+                    if task.thought:
+                        self.say("thought", task.thought, idx=task.idx)
+                    self.say("plan", action.line() if task.tool else task.line, idx=task.idx,
+                             deps=list(task.deps), round=round + 1)
                     tg.start_soon(self._execute, box, action, waiting)
             async with aclosing(box.stream("planner", messages, self.config.planner_max_tokens, round)) as pieces:
                 async for piece in pieces:
@@ -159,7 +167,11 @@ class LLMCompiler(Agent):
             args = {k: substitute(v, results) for k, v in task.args.items()}
             action.span = box.trace.open("tool", task.tool, round=action.round, idx=task.idx,
                                          released=released, deps=task.deps)
+            self.say("action", f"{task.idx}. {task.tool}({', '.join(f'{k}={show(v)}' for k, v in args.items())})",
+                     idx=task.idx)
             action.result, action.error = await box.call(task.tool, args, action.span)
+            if action.error is None:
+                self.say("observation", f"{task.idx}. {observation(action.result)}", idx=task.idx)
         finally:
             if action.error is not None:
                 self.trace.note(f"action {task.idx} ({task.tool}) failed: {action.error}")

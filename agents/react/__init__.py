@@ -47,6 +47,7 @@ def react_user(question: str, scratchpad: str) -> str:
 class ReactConfig(AgentConfig):
     max_steps: int = 12
     step_max_tokens: int = 512
+    max_unreadable: int = 3   # replies in a row with no `Action:` line: the model does not follow the format
 
 
 class ReAct(Agent):
@@ -57,6 +58,7 @@ class ReAct(Agent):
         box = await self.toolbox()
         system = react_system(box.tools)
         scratchpad = ""
+        unreadable = 0
         for step in range(cfg.max_steps):
             messages = [{"role": "system", "content": system},
                         {"role": "user", "content": react_user(question, scratchpad)}]
@@ -68,13 +70,21 @@ class ReAct(Agent):
             thought = _THOUGHT.search(reply)
             action = _ACTION.search(reply)
             scratchpad += f"Thought: {thought.group(1).strip() if thought else ''}\n"
+            if thought and thought.group(1).strip():
+                self.say("thought", thought.group(1).strip(), step=step + 1)
             if action is None:
+                unreadable += 1
                 obs = "error: no `Action:` line; write `Action: tool(arguments)` or `Action: Finish(answer)`"
                 self.trace.note(f"step {step + 1}: {obs}")
+                if unreadable >= cfg.max_unreadable:
+                    return self._fail(f"the model does not follow the ReAct format: {unreadable} replies in a row "
+                                      f"had no `Action:` line (the last began {reply[:60]!r})", step)
                 scratchpad += f"Action: (none)\nObservation: {obs}\n"
                 continue
+            unreadable = 0
             text = action.group(1).strip()
             scratchpad += f"Action: {text}\n"
+            self.say("action", text, step=step + 1)
             finish = _FINISH.match(text)
             if finish:
                 return Outcome(finish.group(1).strip(), None, self.trace, step + 1)
@@ -88,6 +98,8 @@ class ReAct(Agent):
                 obs = f"error: {error}" if error is not None else observation(result)
             if obs.startswith("error:"):
                 self.trace.note(f"step {step + 1}: {obs}")
+            else:
+                self.say("observation", obs, step=step + 1)
             scratchpad += f"Observation: {obs}\n"
         return self._fail(f"no answer within {cfg.max_steps} steps", cfg.max_steps - 1)
 

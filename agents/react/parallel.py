@@ -42,6 +42,10 @@ class ParallelFC(Agent):
             except AiosError as e:
                 return self._fail(f"turn {turn + 1}: the LLM call failed: {e.message}", turn)
             if not reply.tool_calls:
+                if reply.finish_reason == "length":   # cut mid-sentence: not an answer
+                    return self._fail(f"turn {turn + 1}: the model's reply was cut at the token limit "
+                                      f"({cfg.turn_max_tokens}) without a tool call or an answer "
+                                      f"(it began {reply.text.strip()[:60]!r})", turn)
                 return Outcome(reply.text.strip(), None, self.trace, turn + 1)
             messages.append({"role": "assistant", "content": None, "tool_calls": [
                 {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
@@ -63,9 +67,12 @@ class ParallelFC(Agent):
         except BackendError as e:
             answers[tc.id] = f"error: {e.message}"
             return
+        self.say("action", f"{tc.name}({', '.join(f'{k}={v!r}' for k, v in args.items())})", turn=turn + 1)
         span = self.trace.open("tool", tc.name, round=turn)
         result, error = await box.call(tc.name, args, span)
         answers[tc.id] = f"error: {error}" if error is not None else observation(result)
+        if error is None:
+            self.say("observation", f"{tc.name}: {answers[tc.id]}", turn=turn + 1)
 
     def _fail(self, error: str, turn: int) -> Outcome:
         return self.fail(error, turn + 1)

@@ -49,6 +49,7 @@ from aios.scheduler.ticket import TimeLimits
 from aios.storage import Database, FileStore, Journal
 from aios.storage.lease import Holder
 from aios.storage.retention import Collected
+from aios.tools.entries import register_at_boot
 from aios.tools.registry import ToolRegistry, ToolSpec
 from aios.syscall import (CallState, Kind, LLMSyscall, ProcessSyscall, Syscall, ToolSyscall, is_id_prefix,
                           new_call, one_by_prefix)
@@ -113,6 +114,7 @@ class Kernel(RunLoop):
             now = self.clock.now()
             await self.processes.load(now)
             await self.guard.load()
+            await register_at_boot(self)   # [tools.python], aios tools add: before recovery, which calls them
             requeued, failed = await self.journal.recover(now)
             for call in requeued:
                 if call.pid and not self.processes.is_live(call.pid):

@@ -16,7 +16,7 @@ import inspect
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,16 @@ _TOKEN = re.compile(r"\s*\S+|\s+")
 class Reply:
     tokens: tuple[str, ...]
     tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str = "stop"   # "length" when cut at max_tokens, "tool_calls" with tool calls
+
+    def within(self, max_tokens: int | None) -> Reply:
+        """The reply as a server sends it under `max_tokens`: cut there, and then said to
+        have ended for "length", as a reply that used every token it was allowed did."""
+        if self.tool_calls:
+            return replace(self, finish_reason="tool_calls")
+        if max_tokens is not None and len(self.tokens) >= max_tokens:
+            return replace(self, tokens=self.tokens[:max_tokens], finish_reason="length")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +70,7 @@ async def ask(responder: Responder, request: Request, clock: Clock) -> Reply:
     if inspect.isawaitable(reply):
         with clock.busy():
             reply = await reply
-    return reply
+    return reply.within(request.max_tokens)
 
 
 def make_responder(settings: HardwareBackendSettings) -> Responder:
@@ -129,9 +139,9 @@ class LiteLLMResponder:
             response = await import_litellm().acompletion(**kwargs)
         except Exception as e:
             raise map_error(e, self.model)[0] from None
-        message = response.choices[0].message
-        tool_calls = [tc.model_dump() for tc in message.tool_calls] if message.tool_calls else None
-        return Reply(tuple(_TOKEN.findall(message.content or "")), tool_calls)
+        choice = response.choices[0]
+        tool_calls = [tc.model_dump() for tc in choice.message.tool_calls] if choice.message.tool_calls else None
+        return Reply(tuple(_TOKEN.findall(choice.message.content or "")), tool_calls, choice.finish_reason or "stop")
 
 
 def _mix(x: int) -> int:
@@ -225,7 +235,7 @@ class HardwareBackend(HardwareBase):
                     due += self.settings.decode_s_per_token
                     await self.clock.sleep(due - self.clock.now())
                 yield Chunk(reply.tokens[i], 1)
-            yield Chunk(tool_calls=reply.tool_calls, finish_reason="tool_calls" if reply.tool_calls else "stop",
+            yield Chunk(tool_calls=reply.tool_calls, finish_reason=reply.finish_reason,
                         usage=Usage(num_prompt, len(reply.tokens)))
         finally:
             self.num_running -= 1

@@ -8,9 +8,12 @@ litellm is imported on first use: it takes seconds to import, and a kernel that 
 only the hardware model never pays for it."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import random
 import re
+import socket
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -82,6 +85,51 @@ def missing_credentials(settings: LiteLLMBackendSettings) -> list[str]:
                             f"its calls will fail until the daemon is started with "
                             f"{'it' if len(missing) == 1 else 'them'} in its environment")
     return warnings
+
+
+# where the providers whose address litellm leaves to their SDK answer
+_KNOWN_BASES = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com",
+                "gemini": "https://generativelanguage.googleapis.com", "cohere": "https://api.cohere.com"}
+
+
+def unreachable(settings: LiteLLMBackendSettings, timeout_s: float = 3.0) -> list[str]:
+    """Which of the backend's endpoints do not answer (a TCP connection within `timeout_s`,
+    all tried at once), as warnings to print at start: its api_base, else the address
+    litellm or the provider's SDK uses. Nothing is refused: an endpoint may come up later."""
+    litellm = import_litellm()
+    bases: dict[str, list[str]] = {}
+    for model in settings.models:
+        try:
+            _, provider, _, default = litellm.get_llm_provider(model)
+        except Exception:   # noqa: BLE001 (refused by check_model already, when named on the command line)
+            continue
+        base = settings.api_base or default or _KNOWN_BASES.get(provider)
+        if base:
+            bases.setdefault(base, []).append(model)
+    if not bases:
+        return []
+    pool = concurrent.futures.ThreadPoolExecutor(len(bases))   # not waited for: a name lookup may hang on
+    tries = {base: pool.submit(_connect, base, timeout_s) for base in bases}
+    done, _ = concurrent.futures.wait(tries.values(), timeout=timeout_s + 0.5)
+    pool.shutdown(wait=False, cancel_futures=True)
+    warnings = []
+    for base, attempt in tries.items():
+        error = attempt.result() if attempt in done else f"no answer within {timeout_s:g} s"
+        if error is not None:
+            warnings.append(f"{', '.join(bases[base])}: {base} does not answer ({error}); its calls will fail "
+                            "until it does (check the network, or the backend's api_base)")
+    return warnings
+
+
+def _connect(base: str, timeout_s: float) -> str | None:
+    """None if a TCP connection to the URL's host and port opens, else why not."""
+    url = urllib.parse.urlsplit(base)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
 
 
 def map_error(e: Exception, model: str, *, api_base: str | None = None) -> tuple[AiosError, bool]:

@@ -122,8 +122,7 @@ class SimulatedBackend(HardwareBase):
                 yield Chunk(tokens[i], 1)
             while not call.is_finished:
                 await self._wait(call)
-            yield Chunk(tool_calls=call.reply.tool_calls,
-                        finish_reason="tool_calls" if call.reply.tool_calls else "stop",
+            yield Chunk(tool_calls=call.reply.tool_calls, finish_reason=call.reply.finish_reason,
                         usage=Usage(request.num_prompt_tokens, len(tokens)))
         finally:
             self.num_running -= 1

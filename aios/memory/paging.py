@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +67,24 @@ def oracle(trace: Sequence[int], sizes: dict[int, int] | Sequence[int], budget: 
     def predict(page: int, t: int) -> bool:
         keep = not discarded[t] if trace[t] == page else True
         return bool(keep != flips[t])
+    return predict
+
+
+def recent_reuse(window: int = 1000, times: int = 2) -> Predictor:
+    """An online predictor, from the past alone: a page is needed again soon if it was
+    referenced at least `times` times in the last `window` references (the second-chance
+    idea behind LRU-K and ARC). On the agent-like traces it stays just under LRU
+    (benchmarks/bench_memory.py reports both), which is why `predict` without a predictor
+    plugged in is LRU."""
+    recent: deque[int] = deque()
+    count: Counter[int] = Counter()
+
+    def predict(page: int, t: int) -> bool:
+        recent.append(page)
+        count[page] += 1
+        if len(recent) > window:
+            count[recent.popleft()] -= 1
+        return count[page] >= times
     return predict
 
 

@@ -12,15 +12,17 @@ suspend, resume, kill, tool_listing) and its process table's visibility rule."""
 from __future__ import annotations
 
 import copy
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio.from_thread
 
+from aios.errors import PermissionDenied
 from aios.process import Process, process_json
 from aios.sdk import AsyncClient, Client
 from aios.sdk._core import (INPROC_URL, Cancel, Event, GetProcess, ListModels, ListProcesses, ListSyscalls, ListTools,
-                            Request, Signal, Spawn, Submit, Target, check_pid)
+                            ReportStep, Request, Signal, Spawn, Submit, Target, check_pid)
 from aios.syscall import CallState, syscall_json
 
 
@@ -56,6 +58,10 @@ class KernelTransport:
                 self._owned_process(pid)
                 act = {"suspend": k.suspend, "resume": k.resume, "kill": k.kill}[signal]
                 return process_json(await act(pid))
+            case ReportStep(pid, kind, text, data):
+                if pid != self.pid:   # as POST /v1/processes/{pid}/steps: only the process itself
+                    raise PermissionDenied(f"only process {pid} itself may report its steps", field="pid")
+                return k.lifecycle.step(pid, kind, text, data).to_json()
             case ListSyscalls(pid, state, since, before, limit):
                 calls = await k.history(self.principal, self.pid, pid=pid, since=since, before=before, limit=limit,
                                         state=CallState(state) if state is not None else None)
@@ -79,6 +85,12 @@ class KernelTransport:
                 yield "token", {"text": chunk.text}
         yield "state", syscall_json(ticket.call)
 
+    async def process_events(self, pid: int, calls: bool, follow: bool) -> AsyncIterator[Event]:
+        self._owned_process(pid)
+        async with aclosing(self.kernel.lifecycle.events(pid, calls=calls, follow=follow)) as events:
+            async for event in events:
+                yield event
+
     async def aclose(self) -> None:
         pass   # nothing held: the kernel is its owner's to stop
 
@@ -100,22 +112,28 @@ class ThreadKernelTransport:
         return anyio.from_thread.run(self._inner.handle, request)
 
     def events(self, call_id: str) -> Iterator[Event]:
-        events = self._inner.events(call_id)
+        return _blocking(self._inner.events(call_id))
 
-        async def next_event() -> Event | None:
-            try:
-                return await anext(events)
-            except StopAsyncIteration:
-                return None
-
-        try:
-            while (event := anyio.from_thread.run(next_event)) is not None:
-                yield event
-        finally:
-            anyio.from_thread.run(events.aclose)
+    def process_events(self, pid: int, calls: bool, follow: bool) -> Iterator[Event]:
+        return _blocking(self._inner.process_events(pid, calls, follow))
 
     def close(self) -> None:
         pass
+
+
+def _blocking(events: AsyncIterator[Event]) -> Iterator[Event]:
+    """An async iterator of the kernel's loop, read from a worker thread of it."""
+    async def next_event() -> Event | None:
+        try:
+            return await anext(events)
+        except StopAsyncIteration:
+            return None
+
+    try:
+        while (event := anyio.from_thread.run(next_event)) is not None:
+            yield event
+    finally:
+        anyio.from_thread.run(events.aclose)   # type: ignore[attr-defined]
 
 
 def inproc_clients(kernel: Any, pid: int, principal: str, model: str | None = None) -> tuple[

@@ -9,7 +9,7 @@ bus, clock and settings, and its endpoint for a subprocess agent's client."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -17,12 +17,12 @@ import anyio.abc
 
 from aios import access
 from aios.access.manifest import Manifest, beside
-from aios.agents import BUILTIN_AGENTS
 from aios.errors import AiosError, BackendUnavailable, InvalidSyscall, PermissionDenied
 from aios.events import EventKind
-from aios.process import Process, ProcState
+from aios.process import Process, ProcState, process_json
 from aios.process.inproc import inproc_clients
-from aios.process.runners import RUNNERS, Exit, InprocRunner, Program, SubprocessRunner, load_main, resolve
+from aios.process.runners import BUILTIN_AGENTS, RUNNERS, Exit, InprocRunner, Program, SubprocessRunner, load_main, resolve
+from aios.process.steps import Step, Steps, checked
 from aios.process.supervisor import Runner, Supervisor
 from aios.storage import retention
 from aios.storage.retention import Collected
@@ -36,6 +36,7 @@ class Lifecycle:
         self.k = kernel
         self.end_calls = end_calls   # the kernel's: cancels a process's calls in flight and waits for them
         self.supervisor = Supervisor(kernel.settings.home / "logs", self._exited)
+        self.steps = Steps(self.supervisor.logs)
         self.agents: dict[str, str] = dict(BUILTIN_AGENTS)   # registered agent name -> file or module
         self.agent_manifests: dict[str, Manifest] = {}       # registered agent name -> its manifest
         self.tg: anyio.abc.TaskGroup | None = None           # the kernel's, where programs run
@@ -165,11 +166,60 @@ class Lifecycle:
                 log.warning("retention could not run: %s", e.message)
             await anyio.sleep(3600)
 
+    def step(self, pid: int, kind: str, text: str, data: dict[str, Any] | None = None) -> Step:
+        """Records what a live process says it is doing (aios.process.steps) and publishes it."""
+        self.k.processes.check_live(pid)
+        step = self.steps.add(pid, self.k.clock.now(), *checked(kind, text, data))
+        self.k.publish(EventKind.STEP, pid=pid, data=step.to_json())
+        return step
+
+    async def events(self, pid: int, *, calls: bool = False, follow: bool = True,
+                     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """What a process reports, as (event, data): each `step`, those so far first; with
+        `calls`, each `state` change of its calls; `lagged` if this reader fell behind (its
+        steps are caught up from the store, its calls' states are not); last, `process`,
+        its record, once it has exited, or at once, unless `follow`."""
+        kinds = {EventKind.STEP, EventKind.PROCESS} | ({EventKind.CALL_STATE} if calls else set())
+        with self.k.bus.subscribe(kinds, max_buffer=1024) as sub:   # before the catch-up: nothing falls between
+            sent = 0
+
+            def new_steps() -> list[tuple[str, dict[str, Any]]]:
+                nonlocal sent
+                steps = self.steps.since(pid, sent)
+                sent += len(steps)
+                return [("step", s.to_json()) for s in steps]
+
+            for event in new_steps():
+                yield event
+            num_dropped = 0
+            while follow and self.k.processes.is_live(pid):
+                ev = None
+                with anyio.move_on_after(1.0):   # an exit among missed events is seen within a second
+                    ev = await sub.receive()
+                if sub.num_dropped > num_dropped:
+                    num_dropped = sub.num_dropped
+                    yield "lagged", {"num_dropped": num_dropped}
+                if ev is not None and ev.kind is EventKind.CALL_STATE and ev.pid == pid:
+                    yield "state", {"id": ev.call_id, "state": ev.data["state"], "at": ev.at}
+                for event in new_steps():
+                    yield event
+            for event in new_steps():   # its last ones (the error it failed with comes as it exits)
+                yield event
+            yield "process", process_json(self.k.processes.get(pid))
+
     async def _exited(self, pid: int, end: Exit) -> None:
-        """The supervisor's report: the program ended; its calls end with it."""
+        """The supervisor's report: the program ended; its calls end with it. A program
+        that failed and said why (an `error` step, or its traceback in-process) exits for
+        that reason."""
+        reason = end.reason
+        if end.traceback is not None:
+            self.step(pid, "error", reason.removeprefix("failed: "), {"traceback": end.traceback})
+        elif end.code != 0 and (said := self.steps.last(pid, "error")) is not None:
+            reason = f"failed: {said.text}"
         await self.end_calls(pid, f"ended: {end.reason}")
-        await self._set_process_state(pid, ProcState.EXITED, end.reason, exit_code=end.code,
+        await self._set_process_state(pid, ProcState.EXITED, reason, exit_code=end.code,
                                       cpu_s=end.cpu_s, max_rss_kib=end.max_rss_kib)
+        self.steps.close(pid)
 
     async def _set_process_state(self, pid: int, state: ProcState, reason: str | None = None,
                                  **ended: Any) -> Process:

@@ -28,12 +28,22 @@ from typing import Any
 
 import anyio
 
-from aios.errors import InvalidSyscall, NotFound, ProgramError
+from aios.errors import AiosError, InvalidSyscall, NotFound, ProgramError
 
 RUNNERS = ("inproc", "subprocess")
 # what a sandboxed agent may import of aios (pyproject maps all but the first outside aios/)
 _PACKAGES = ("aios", "aios.agents", "aios.tools", "aios.sandbox")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+# the agents `aios run NAME` knows without registration (aios.agents), by their modules
+BUILTIN_AGENTS = {
+    "chat": "aios.agents.examples.chat",
+    "notes": "aios.agents.examples.notes",
+    "compiler": "aios.agents.compiler",
+    "react": "aios.agents.react",
+    "parallel-fc": "aios.agents.react.parallel",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,20 @@ class Exit:
     reason: str
     cpu_s: float = 0.0
     max_rss_kib: int = 0
+    traceback: str | None = None   # of an in-process program that raised (kept in its trace)
+
+
+def failure_line(e: BaseException) -> str:
+    """One line saying why a program failed: an aios error's message and hint; the reason
+    an exception gives as its `reason` attribute (an agent that could not answer); else
+    the exception's type and the first line of its text."""
+    if isinstance(e, AiosError):
+        return str(e)
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def resolve(program: str, registry: Mapping[str, str]) -> Program:
@@ -108,9 +132,8 @@ class InprocRunner:
             else:
                 result = await anyio.to_thread.run_sync(self.main, task, self.make_sync_client(),
                                                         abandon_on_cancel=True)
-        except Exception as e:
-            _append(log_path, traceback.format_exc())
-            return Exit(1, f"raised {type(e).__name__}: {e}")
+        except Exception as e:   # why is its exit reason; the traceback goes to its trace
+            return Exit(1, f"failed: {failure_line(e)}", traceback=traceback.format_exc())
         _append(log_path, f"{result}\n" if result is not None else "")
         return Exit(0, "exited")
 

@@ -50,12 +50,12 @@ from aios.sdk._core import DEFAULT_URL, default_model_from_env, from_env
 from aios.sdk._http import AsyncHTTPTransport, HTTPTransport
 from aios.sdk.client import AsyncClient, AsyncTransport, Client, Transport
 from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolCall, ToolInfo
-from aios.syscall import CallState, Kind, Usage
+from aios.syscall import CallState, Kind, Step, Usage
 
 __all__ = [
     "Client", "AsyncClient", "connect", "connect_async", "DEFAULT_URL",
     "Transport", "AsyncTransport", "HTTPTransport", "AsyncHTTPTransport",
-    "ChatResult", "ToolCall", "Usage", "SyscallInfo", "ProcessInfo", "MemoryEntry", "ToolInfo",
+    "ChatResult", "ToolCall", "Usage", "SyscallInfo", "ProcessInfo", "MemoryEntry", "ToolInfo", "Step",
     "CallState", "Kind", "ProcState",
     "AiosError", "InvalidSyscall", "ConfigError", "PermissionDenied", "Unauthorized", "NotFound", "Conflict",
     "ProgramError", "MalformedRequest", "PayloadTooLarge", "BackendUnavailable",

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from aios.errors import BackendUnavailable, ConfigError, InvalidSyscall, NotFound
 from aios.sdk.types import ChatResult, MemoryEntry, ProcessInfo, SyscallInfo, ToolInfo
-from aios.syscall import CallState
+from aios.syscall import CallState, Step
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -68,6 +68,14 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportStep:
+    pid: int
+    kind: str
+    text: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ListSyscalls:
     pid: int | None
     state: str | None
@@ -86,7 +94,8 @@ class ListTools:
     pass
 
 
-Request = Submit | Cancel | Spawn | ListProcesses | GetProcess | Signal | ListSyscalls | ListModels | ListTools
+Request = (Submit | Cancel | Spawn | ListProcesses | GetProcess | Signal | ReportStep | ListSyscalls | ListModels
+           | ListTools)
 Event = tuple[str, dict[str, Any]]   # a server-sent event of a call: ("token" | "state", its data)
 Verb = Generator[Request, Any, T]
 
@@ -200,6 +209,20 @@ class BaseClient:
     def cancel(self, call_id: str):
         """Cancels a call that is not over; -> SyscallInfo (a finished call as it ended)."""
         return self._run(ask(Cancel(call_id), SyscallInfo.from_json))
+
+    def step(self, kind: str, text: str, **data: Any):
+        """Says what this agent is doing now (kind: plan, thought, action, observation,
+        answer, ...; `data`: anything more, as JSON): whoever follows its process sees it at
+        once (`aios run`, processes.steps), and its trace keeps it (`aios logs PID
+        --trace`). Only a client of an agent process may; -> Step, as numbered."""
+        if self.pid is None:
+            raise InvalidSyscall("only an agent process reports steps: this client speaks for the account",
+                                 field="pid", hint="give the client pid=N, or run the agent with `aios run`")
+        return self._run(ask(ReportStep(self.pid, kind, text, data), Step.from_json))
+
+    def _steps(self, pid: int, follow: bool) -> Any:
+        """The process's steps (see Processes.steps); each client streams them its way."""
+        raise NotImplementedError
 
     def history(self, pid: int | None = None, state: CallState | str | None = None, since: float | None = None,
                 before: str | None = None, limit: int = 50):
@@ -400,6 +423,12 @@ class Processes(_Namespace):
     def kill(self, pid: int):
         """Cancels its calls in flight and marks it exited; -> ProcessInfo."""
         return self._run(ask(Signal(pid, "kill"), ProcessInfo.from_json))
+
+    def steps(self, pid: int, follow: bool = False):
+        """The steps the process reported (Client.step), oldest first: an iterator of Step
+        (an async one on AsyncClient). With `follow`, it goes on as new ones come, until
+        the process exits. Its exit reason says why it ended (processes.get)."""
+        return self._client._steps(pid, follow)
 
 
 # ---- streams

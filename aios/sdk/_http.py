@@ -13,8 +13,8 @@ import httpx
 
 from aios import owner
 from aios.errors import AiosError, BackendUnavailable
-from aios.sdk._core import (Cancel, Event, GetProcess, ListModels, ListProcesses, ListSyscalls, ListTools, Request,
-                            Signal, Spawn, Submit, Target)
+from aios.sdk._core import (Cancel, Event, GetProcess, ListModels, ListProcesses, ListSyscalls, ListTools, ReportStep,
+                            Request, Signal, Spawn, Submit, Target)
 
 TIMEOUT = httpx.Timeout(None, connect=5.0)   # a waited call takes as long as it takes; the kernel has deadlines
 
@@ -37,6 +37,8 @@ def http_request(request: Request) -> tuple[str, str, dict[str, str] | None, Any
             return "GET", f"/v1/processes/{pid}", None, None
         case Signal(pid, signal):
             return "POST", f"/v1/processes/{pid}/signal", None, {"signal": signal}
+        case ReportStep(pid, kind, text, data):
+            return "POST", f"/v1/processes/{pid}/steps", None, {"kind": kind, "text": text, "data": data}
         case ListSyscalls(pid, state, since, before, limit):
             query = {"pid": pid, "state": state, "since": since, "before": before, "limit": limit}
             return "GET", "/v1/syscalls", {k: str(v) for k, v in query.items() if v is not None}, None
@@ -49,6 +51,10 @@ def http_request(request: Request) -> tuple[str, str, dict[str, str] | None, Any
 
 def events_path(call_id: str) -> str:
     return f"/v1/syscalls/{quote(call_id, safe='')}/events"
+
+
+def process_events_query(pid: int, calls: bool, follow: bool) -> tuple[str, dict[str, str]]:
+    return f"/v1/processes/{pid}/events", {"stream": "all" if calls else "steps", "follow": str(follow).lower()}
 
 
 def headers(target: Target) -> dict[str, str]:
@@ -120,8 +126,14 @@ class HTTPTransport:
         return read_response(self.url, resp.status_code, resp.content)
 
     def events(self, call_id: str) -> Iterator[Event]:
+        return self._sse(events_path(call_id), None)
+
+    def process_events(self, pid: int, calls: bool, follow: bool) -> Iterator[Event]:
+        return self._sse(*process_events_query(pid, calls, follow))
+
+    def _sse(self, path: str, params: dict[str, str] | None) -> Iterator[Event]:
         try:
-            with self._http.stream("GET", events_path(call_id), headers={"Accept": "text/event-stream"}) as resp:
+            with self._http.stream("GET", path, params=params, headers={"Accept": "text/event-stream"}) as resp:
                 if resp.status_code != 200:
                     read_response(self.url, resp.status_code, resp.read())
                 decoder = SSEDecoder()
@@ -148,9 +160,15 @@ class AsyncHTTPTransport:
             raise unreachable(self.url, e) from None
         return read_response(self.url, resp.status_code, resp.content)
 
-    async def events(self, call_id: str) -> AsyncIterator[Event]:
+    def events(self, call_id: str) -> AsyncIterator[Event]:
+        return self._sse(events_path(call_id), None)
+
+    def process_events(self, pid: int, calls: bool, follow: bool) -> AsyncIterator[Event]:
+        return self._sse(*process_events_query(pid, calls, follow))
+
+    async def _sse(self, path: str, params: dict[str, str] | None) -> AsyncIterator[Event]:
         try:
-            async with self._http.stream("GET", events_path(call_id),
+            async with self._http.stream("GET", path, params=params,
                                          headers={"Accept": "text/event-stream"}) as resp:
                 if resp.status_code != 200:
                     read_response(self.url, resp.status_code, await resp.aread())

@@ -3,7 +3,8 @@ awaits, over a transport (httpx's design): HTTP by default, or the one given. Th
 only in how a verb's requests are carried.
 
 A transport has `target` (where and as whom), `handle(request) -> answer` (the REST API's
-JSON for it), `events(call_id)` (a call's server-sent events) and `close()` (blocking) or
+JSON for it), `events(call_id)` (a call's server-sent events), `process_events(pid, calls,
+follow)` (a process's: its steps, and its calls' states if `calls`) and `close()` (blocking) or
 `aclose()` (async). aios.sdk has the HTTP ones; the in-process ones, which call a Kernel
 object directly, live with the runners that hand them to agents (aios.process.inproc)."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aios.errors import AiosError, ConfigError
 from aios.sdk._core import BaseClient, Event, Request, Target, TextStream, Verb, target
 from aios.sdk._http import AsyncHTTPTransport, HTTPTransport
 from aios.sdk.types import SyscallInfo
+from aios.syscall import Step
 
 
 class Transport(Protocol):
@@ -27,6 +29,7 @@ class Transport(Protocol):
 
     def handle(self, request: Request) -> Any: ...
     def events(self, call_id: str) -> Iterator[Event]: ...
+    def process_events(self, pid: int, calls: bool, follow: bool) -> Iterator[Event]: ...
     def close(self) -> None: ...
 
 
@@ -36,6 +39,7 @@ class AsyncTransport(Protocol):
 
     async def handle(self, request: Request) -> Any: ...
     def events(self, call_id: str) -> AsyncIterator[Event]: ...
+    def process_events(self, pid: int, calls: bool, follow: bool) -> AsyncIterator[Event]: ...
     async def aclose(self) -> None: ...
 
 
@@ -88,6 +92,11 @@ class Client(BaseClient):
         if rest := reader.finish():
             yield rest
 
+    def _steps(self, pid: int, follow: bool) -> Iterator[Step]:
+        for event, data in self._transport.process_events(pid, False, follow):
+            if event == "step":
+                yield Step.from_json(data)
+
     def close(self) -> None:
         self._transport.close()
 
@@ -136,6 +145,11 @@ class AsyncClient(BaseClient):
                     await self.cancel(call.id)
         if rest := reader.finish():
             yield rest
+
+    async def _steps(self, pid: int, follow: bool) -> AsyncIterator[Step]:
+        async for event, data in self._transport.process_events(pid, False, follow):
+            if event == "step":
+                yield Step.from_json(data)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

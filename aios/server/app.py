@@ -20,6 +20,7 @@ import aios.server.errors as errors
 import aios.server.openai as openai
 import aios.server.routes as routes
 import aios.server.schemas as schemas
+import aios.server.statuses as statuses
 from aios.server.http import principal_of
 from aios.server.metrics import Metrics
 from aios.tools import builtin_tools
@@ -83,7 +84,7 @@ def create_app(settings: Settings, kernel: Kernel | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"],
-             responses=schemas.answers(schemas.CALLER))
+             responses=statuses.answers(statuses.CALLER))
     async def metrics(request: Request) -> PlainTextResponse:
         """Needs a token when tokens are configured: it names every principal's processes."""
         await principal_of(request)

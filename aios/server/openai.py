@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from aios.errors import AiosError
 import aios.server.schemas as schemas
+import aios.server.statuses as statuses
 from aios.server.errors import HttpError, error_body, error_response
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json
 from aios.syscall import CallState
@@ -48,7 +49,7 @@ def to_syscall(body: Any) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", tags=["openai"], openapi_extra=schemas.chat_body(_PASSED, _IGNORED),
-             responses=schemas.answers(schemas.CALLER, schemas.BODY, schemas.SUBMIT, schemas.LLM_ENDED,
+             responses=statuses.answers(statuses.CALLER, statuses.BODY, statuses.SUBMIT, statuses.LLM_ENDED,
                                        ok=schemas.ChatCompletionOut, stream="text/event-stream",
                                        events=schemas.CHAT_EVENTS))
 async def chat_completions(request: Request):

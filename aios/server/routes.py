@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -16,12 +17,14 @@ from aios.errors import NotFound
 from aios.events import EventKind
 from aios.process import ProcState, process_json
 import aios.server.schemas as schemas
+import aios.server.statuses as statuses
 from aios.server.errors import HttpError
 from aios import access
 from aios.kernel import MAX_PAGE
 from aios.storage import retention
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json, read_model, visible_process
 from aios.syscall import CallState, Syscall, syscall_json
+import aios.tools.entries as python_tools
 
 router = APIRouter()
 
@@ -40,7 +43,7 @@ async def owned_call(request: Request, call_id: str, principal: str) -> Syscall:
 # ---- syscalls
 
 @router.post("/v1/syscalls", status_code=201, tags=["syscalls"], openapi_extra=schemas.SYSCALL_BODY,
-             responses=schemas.answers(schemas.CALLER, schemas.PARAMS, schemas.BODY, schemas.SUBMIT,
+             responses=statuses.answers(statuses.CALLER, statuses.PARAMS, statuses.BODY, statuses.SUBMIT,
                                        ok=schemas.SyscallOut, status=201))
 async def submit(request: Request, wait: bool = Query(False, description="answer once the call is over")):
     """Submits any syscall. The answer comes once its record is durable; with
@@ -54,7 +57,7 @@ async def submit(request: Request, wait: bool = Query(False, description="answer
 
 
 @router.get("/v1/syscalls", tags=["syscalls"],
-            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, ok=schemas.SyscallPage))
+            responses=statuses.answers(statuses.CALLER, statuses.PARAMS, ok=schemas.SyscallPage))
 async def list_syscalls(request: Request,
                         pid: int | None = Query(None, ge=0, description="of this process (0: your own account)"),
                         state: CallState | None = Query(None, description="in this state"),
@@ -70,13 +73,13 @@ async def list_syscalls(request: Request,
 
 
 @router.get("/v1/syscalls/{call_id}", tags=["syscalls"],
-            responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, ok=schemas.SyscallOut))
+            responses=statuses.answers(statuses.CALLER, statuses.LOOKUP, ok=schemas.SyscallOut))
 async def get_syscall(request: Request, call_id: str):
     return syscall_json(await owned_call(request, call_id, await principal_of(request)))
 
 
 @router.delete("/v1/syscalls/{call_id}", tags=["syscalls"],
-               responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, ok=schemas.SyscallOut))
+               responses=statuses.answers(statuses.CALLER, statuses.LOOKUP, ok=schemas.SyscallOut))
 async def cancel_syscall(request: Request, call_id: str):
     """Cancels a call that is not over; a finished call is returned as it is."""
     call = await owned_call(request, call_id, await principal_of(request))
@@ -84,7 +87,7 @@ async def cancel_syscall(request: Request, call_id: str):
 
 
 @router.get("/v1/syscalls/{call_id}/events", tags=["syscalls"], response_class=StreamingResponse,
-            responses=schemas.answers(schemas.CALLER, schemas.LOOKUP, stream="text/event-stream",
+            responses=statuses.answers(statuses.CALLER, statuses.LOOKUP, stream="text/event-stream",
                                       events=schemas.CALL_EVENTS))
 async def syscall_events(request: Request, call_id: str):
     """Server-sent events: `state` (each state change, the last one terminal), `token`
@@ -134,7 +137,7 @@ def _sse(event: str, data: Any) -> str:
 # ---- processes
 
 @router.post("/v1/processes", status_code=201, openapi_extra=_body(schemas.ProcessIn), tags=["processes"],
-             responses=schemas.answers(schemas.CALLER, schemas.BODY, schemas.SPAWN, ok=schemas.ProcessOut,
+             responses=statuses.answers(statuses.CALLER, statuses.BODY, statuses.SPAWN, ok=schemas.ProcessOut,
                                        status=201))
 async def spawn(request: Request):
     """Starts a process; an agent's (X-Aios-Pid, or its process token) is its child or
@@ -151,7 +154,7 @@ async def spawn(request: Request):
 
 
 @router.get("/v1/processes/{pid}/logs", tags=["processes"], response_class=StreamingResponse,
-            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, stream="text/plain"))
+            responses=statuses.answers(statuses.CALLER, statuses.PARAMS, stream="text/plain"))
 async def process_logs(request: Request, pid: int, follow: bool = Query(False, description="keep streaming "
                        "until the process exits")):
     """The process's output (its program's stdout and stderr, or an in-process agent's
@@ -177,6 +180,44 @@ async def process_logs(request: Request, pid: int, follow: bool = Query(False, d
     return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
 
 
+@router.post("/v1/processes/{pid}/steps", status_code=201, openapi_extra=_body(schemas.StepIn), tags=["processes"],
+             responses=statuses.answers(statuses.CALLER, statuses.PARAMS, statuses.BODY, statuses.STEP,
+                                       ok=schemas.StepOut, status=201))
+async def report_step(request: Request, pid: int):
+    """An agent says what it is doing now (a plan line, a thought, an action, an
+    observation, the answer): followers of the process see it at once, and its trace keeps
+    it. Only the process itself may, while it runs (X-Aios-Pid, or its process token)."""
+    principal = await principal_of(request)
+    if caller_pid(request, principal) != pid:
+        raise HttpError("permission_denied", f"only process {pid} itself may report its steps",
+                        field="X-Aios-Pid", hint="send X-Aios-Pid: PID (an agent finds its own in AIOS_PID)")
+    body = await read_model(request, schemas.StepIn)
+    step = kernel_of(request).lifecycle.step(pid, body.kind, body.text, body.data)
+    return JSONResponse(step.to_json(), status_code=201)
+
+
+@router.get("/v1/processes/{pid}/events", tags=["processes"], response_class=StreamingResponse,
+            responses=statuses.answers(statuses.CALLER, statuses.PARAMS, stream="text/event-stream",
+                                      events=schemas.PROCESS_EVENTS))
+async def process_events(request: Request, pid: int,
+                         stream: Literal["steps", "all"] = Query("steps", description="steps: the steps it "
+                                                                 "reports; all: its calls' state changes too"),
+                         follow: bool = Query(True, description="until it exits (else what it reported so far)")):
+    """Server-sent events of a process: `step` (each step it reports, those so far
+    first), with stream=all `state` (its calls' state changes), `lagged` (this reader was
+    too slow), and last `process` (its record, once it has exited, or at once unless
+    follow)."""
+    visible_process(request, pid, await principal_of(request))
+    events = kernel_of(request).lifecycle.events(pid, calls=stream == "all", follow=follow)
+
+    async def sse() -> AsyncIterator[str]:
+        async for name, data in events:
+            yield _sse(name, data)
+
+    return StreamingResponse(sse(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def _read_from(path: Path, offset: int) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -187,7 +228,7 @@ def _read_from(path: Path, offset: int) -> bytes:
 
 
 @router.get("/v1/processes", tags=["processes"],
-            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, ok=list[schemas.ProcessOut]))
+            responses=statuses.answers(statuses.CALLER, statuses.PARAMS, ok=list[schemas.ProcessOut]))
 async def list_processes(request: Request,
                          include_exited: bool = Query(False, alias="all", description="exited ones too")):
     principal = await principal_of(request)
@@ -196,13 +237,13 @@ async def list_processes(request: Request,
 
 
 @router.get("/v1/processes/{pid}", tags=["processes"],
-            responses=schemas.answers(schemas.CALLER, schemas.PARAMS, ok=schemas.ProcessOut))
+            responses=statuses.answers(statuses.CALLER, statuses.PARAMS, ok=schemas.ProcessOut))
 async def get_process(request: Request, pid: int):
     return process_json(visible_process(request, pid, await principal_of(request)))
 
 
 @router.post("/v1/processes/{pid}/signal", openapi_extra=_body(schemas.SignalIn), tags=["processes"],
-             responses=schemas.answers(schemas.CALLER, schemas.PARAMS, schemas.BODY, schemas.SIGNAL,
+             responses=statuses.answers(statuses.CALLER, statuses.PARAMS, statuses.BODY, statuses.SIGNAL,
                                        ok=schemas.ProcessOut))
 async def signal(request: Request, pid: int):
     """suspend: its calls stop being scheduled; resume; terminate and kill: its calls in
@@ -225,7 +266,7 @@ async def signal(request: Request, pid: int):
 
 # ---- what the kernel serves
 
-@router.get("/v1/models", tags=["models"], responses=schemas.answers(schemas.CALLER, ok=schemas.ModelList))
+@router.get("/v1/models", tags=["models"], responses=statuses.answers(statuses.CALLER, ok=schemas.ModelList))
 async def models(request: Request):
     await principal_of(request)
     k = kernel_of(request)
@@ -233,14 +274,42 @@ async def models(request: Request):
         {"id": m, "object": "model", "created": 0, "owned_by": k.router.route(m).name} for m in k.router.models]}
 
 
-@router.get("/v1/tools", tags=["tools"], responses=schemas.answers(schemas.CALLER, ok=schemas.ToolList))
+@router.get("/v1/tools", tags=["tools"], responses=statuses.answers(statuses.CALLER, ok=schemas.ToolList))
 async def tools(request: Request):
     await principal_of(request)
     return {"tools": kernel_of(request).tool_listing()}
 
 
+@router.post("/v1/tools", status_code=201, openapi_extra=_body(schemas.PythonToolIn), tags=["tools"],
+             responses=statuses.answers(statuses.CALLER, statuses.ADMIN, statuses.BODY, statuses.TOOL_ADD,
+                                       ok=schemas.ToolOut, status=201))
+async def add_tool(request: Request):
+    """Imports a Python tool (`entry`: package.module:function, or /path/to/file.py:function)
+    and registers it with the schema checks of every tool; the kernel keeps it, so that it
+    is registered again at every boot. Only the local principal or an admin may, and not
+    from an agent process."""
+    principal = await principal_of(request)
+    await _kernel_admin(request, principal, "add tools")
+    body = await read_model(request, schemas.PythonToolIn)
+    k = kernel_of(request)
+    spec = await python_tools.add(k, python_tools.PythonTool(**body.model_dump()), principal)
+    return JSONResponse(next(t for t in k.tool_listing() if t["name"] == spec.name), status_code=201)
+
+
+@router.delete("/v1/tools/{name}", tags=["tools"],
+               responses=statuses.answers(statuses.CALLER, statuses.ADMIN, statuses.TOOL_REMOVE,
+                                         ok=schemas.PythonToolOut))
+async def remove_tool(request: Request, name: str):
+    """Removes a tool added with POST /v1/tools, for now and for later boots (a built-in,
+    [tools.python] or MCP tool stays: 409). Only the local principal or an admin may, and
+    not from an agent process."""
+    principal = await principal_of(request)
+    await _kernel_admin(request, principal, "remove tools")
+    return asdict(await python_tools.remove(kernel_of(request), name, principal))
+
+
 @router.post("/v1/kernel/stop", status_code=202, openapi_extra=_body(schemas.StopIn), tags=["kernel"],
-             responses=schemas.answers(schemas.CALLER, schemas.ADMIN, schemas.BODY, schemas.STOP,
+             responses=statuses.answers(statuses.CALLER, statuses.ADMIN, statuses.BODY, statuses.STOP,
                                        ok=schemas.StopOut, status=202))
 async def stop_kernel(request: Request):
     """Stops the daemon: calls in flight are drained (finished) or cancelled, as asked.
@@ -257,7 +326,7 @@ async def stop_kernel(request: Request):
 
 
 @router.post("/v1/kernel/gc", openapi_extra=_body(schemas.GcIn), tags=["kernel"],
-             responses=schemas.answers(schemas.CALLER, schemas.ADMIN, schemas.BODY, ok=schemas.GcOut))
+             responses=statuses.answers(statuses.CALLER, statuses.ADMIN, statuses.BODY, ok=schemas.GcOut))
 async def collect_history(request: Request):
     """Applies retention now: the history of ended calls and exited processes older than
     the cutoff goes (their files and memory stay). Only the local principal or an admin may,
@@ -279,7 +348,7 @@ async def _kernel_admin(request: Request, principal: str, what: str) -> None:
                         "admin", hint="aios user add NAME --admin makes an admin")
 
 
-@router.get("/v1/kernel/stats", tags=["kernel"], responses=schemas.answers(schemas.CALLER, ok=schemas.StatsOut))
+@router.get("/v1/kernel/stats", tags=["kernel"], responses=statuses.answers(statuses.CALLER, ok=schemas.StatsOut))
 async def kernel_stats(request: Request):
     """A snapshot for `aios top`: each resource's policy, queue and slots, calls in
     flight, tokens so far, and the caller's live processes."""
@@ -292,7 +361,7 @@ async def kernel_stats(request: Request):
             "processes": [process_json(p) for p in k.processes.visible(principal, caller_pid(request, principal))]}
 
 
-@router.get("/healthz", tags=["health"], responses=schemas.answers(ok=schemas.HealthOut))
+@router.get("/healthz", tags=["health"], responses=statuses.answers(ok=schemas.HealthOut))
 async def healthz(request: Request):
     k = kernel_of(request)
     return {"status": "ok" if k.is_accepting else "stopping", "models": k.router.models,
@@ -310,7 +379,7 @@ async def _is_admin(request: Request, principal: str) -> bool:
 # ---- confirmation of irreversible actions
 
 @router.get("/v1/confirmations", tags=["access"],
-            responses=schemas.answers(schemas.CALLER, schemas.ADMIN, ok=list[schemas.SyscallOut]))
+            responses=statuses.answers(statuses.CALLER, statuses.ADMIN, ok=list[schemas.SyscallOut]))
 async def list_confirmations(request: Request):
     """The caller's calls held for a confirmation (an admin sees everyone's). Agent
     processes cannot list or confirm: a principal decides."""
@@ -321,7 +390,7 @@ async def list_confirmations(request: Request):
 
 
 @router.post("/v1/confirmations/{call_id}", openapi_extra=_body(schemas.ConfirmIn), tags=["access"],
-             responses=schemas.answers(schemas.CALLER, schemas.ADMIN, schemas.BODY, schemas.LOOKUP,
+             responses=statuses.answers(statuses.CALLER, statuses.ADMIN, statuses.BODY, statuses.LOOKUP,
                                        ok=schemas.SyscallOut))
 async def confirm(request: Request, call_id: str):
     """Approves (the call is queued) or denies (it fails) a held call."""

@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import models_json_schema
 
 from aios import errors
-from aios.errors import AiosError
+from aios.config import ENTRY_FORM
 from aios.param import MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGES, MAX_PRIORITY, MAX_TOKENS
 from aios.process import Process
 from aios.process.runners import RUNNERS
 from aios.scheduler import ResourceStats
-from aios.syscall import COMMON_FIELDS, SYSCALL_TYPES, CallState, Kind, Syscall, Usage
+from aios.syscall import COMMON_FIELDS, SYSCALL_TYPES, CallState, Kind, Step, Syscall, Usage
+from aios.tools.entries import PythonTool
+from aios.tools.registry import TOOL_NAME
 
 _EXACT = ConfigDict(extra="forbid")   # a record's JSON has these keys and no others
 _REF = "#/components/schemas/{model}"
@@ -181,6 +183,14 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
 # ---- processes
 
 ProcessOut = _record("ProcessOut", Process, swap={Usage: UsageOut})
+StepOut = _record("StepOut", Step)
+
+
+class StepIn(BaseModel):
+    """What an agent says it is doing (aios.process.steps checks it: a longer text is cut)."""
+    kind: str = Field(description="plan, thought, action, observation, decision, answer, error, note, ...")
+    text: str
+    data: dict[str, Any] = Field(default_factory=dict, description="anything more, as JSON (at most 64 KiB)")
 
 
 class ProcessIn(BaseModel):
@@ -273,6 +283,20 @@ class ToolOut(BaseModel):
 class ToolList(BaseModel):
     model_config = _EXACT
     tools: list[ToolOut]
+
+
+# a Python tool added to the running kernel (aios.tools.entries): the body that adds one and
+# the answer that removes one, both made from its dataclass
+_ADDED_LIMITS: dict[str, dict[str, Any]] = {
+    "name": {"pattern": TOOL_NAME.pattern, "description": "the name agents call it by"},
+    "entry": {"min_length": 1, "max_length": 1000, "description": f"{ENTRY_FORM} (a file by its absolute path)"},
+    "timeout_s": {"gt": 0}, "cost_usd": {"ge": 0}, "max_concurrency": {"gt": 0},
+    "irreversible": {"description": "each call waits for a principal's confirmation"}}
+PythonToolIn = create_model("PythonToolIn", __config__=_EXACT, **{
+    f.name: (typing.get_type_hints(PythonTool)[f.name],
+             Field(... if f.default is dataclasses.MISSING else f.default, **_ADDED_LIMITS.get(f.name, {})))
+    for f in dataclasses.fields(PythonTool)})
+PythonToolOut = _record("PythonToolOut", PythonTool)
 
 
 ResourceOut = create_model("ResourceOut", __config__=_EXACT,
@@ -402,6 +426,8 @@ def _event(name: str, *models: type[BaseModel]) -> dict[str, Any]:
 
 CALL_EVENTS = {"oneOf": [_event("state", SyscallOut, StateChangeOut), _event("token", TokenOut),
                          _event("lagged", LaggedOut)]}
+PROCESS_EVENTS = {"oneOf": [_event("step", StepOut), _event("state", StateChangeOut), _event("lagged", LaggedOut),
+                           _event("process", ProcessOut)]}
 CHAT_EVENTS = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
     {"const": "[DONE]"}, _json_data(ChatChunkOut, ErrorBody)]}}}
 SyscallPage = create_model("SyscallPage", __config__=_EXACT, data=(list[SyscallOut], ...),
@@ -409,47 +435,3 @@ SyscallPage = create_model("SyscallPage", __config__=_EXACT, data=(list[SyscallO
                                                    "at the last")))
 
 _BY_REFERENCE = (*SYSCALL_MODELS, MessageIn, ErrorBody, StateChangeOut, TokenOut, LaggedOut, ChatChunkOut)
-
-
-# ---- the statuses each route can answer with, from the error classes it can raise
-
-# before a route's own work (aios.server.http): the caller's token (401; 403 for a process
-# token acting as another pid; 503 when the database's tokens cannot be read) and its
-# X-Aios-Pid (400 when it is not a pid, 404 when it is not one of the principal's)
-CALLER = (errors.Unauthorized, errors.PermissionDenied, errors.MalformedRequest, errors.NotFound,
-          errors.JournalUnavailable)
-PARAMS = (errors.InvalidSyscall,)   # a path or query parameter that is not of its type
-BODY = (errors.MalformedRequest, errors.PayloadTooLarge, errors.InvalidSyscall)   # read_json, read_model
-# a call by id, or by a prefix of it (Conflict: the prefix of several): in flight, or from the journal
-LOOKUP = (errors.NotFound, errors.Conflict, errors.JournalUnavailable)
-SUBMIT = (errors.InvalidSyscall, errors.PermissionDenied, errors.NotFound, errors.Conflict, errors.QuotaExceeded,
-          errors.BackendUnavailable, errors.JournalUnavailable)   # Kernel.submit (Conflict: an exited pid)
-SPAWN = (errors.InvalidSyscall, errors.PermissionDenied, errors.NotFound, errors.Conflict, errors.ProgramError,
-         errors.ConfigError, errors.BackendUnavailable, errors.JournalUnavailable)
-SIGNAL = (errors.NotFound, errors.Conflict, errors.JournalUnavailable)
-ADMIN = (errors.PermissionDenied, errors.JournalUnavailable)   # an agent refused; the principal's admin flag read
-STOP = (errors.Conflict,)   # a server that does not own its kernel
-# how an LLM call the caller waited for can end other than done (POST /v1/chat/completions
-# answers with its error): too large for the backend, a provider's failure, its deadline, a cancel
-LLM_ENDED = (errors.InvalidSyscall, errors.BackendError, errors.BackendUnavailable, errors.DeadlineExceeded,
-             errors.Cancelled, errors.JournalUnavailable)
-
-
-def answers(*raised: Iterable[type[AiosError]], ok: Any = None, status: int = 200, stream: str | None = None,
-            events: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
-    """A route's documented answers: under `status`, `ok` (as JSON) and, for a route that
-    streams, the media type `stream` (text, or server-sent `events` of that schema); and one
-    error answer per status of the classes it can raise, naming their codes."""
-    codes: dict[int, set[str]] = {}
-    for cls in (c for group in raised for c in group):
-        codes.setdefault(cls.status, set()).add(cls.code)
-    out: dict[int | str, dict[str, Any]] = {
-        s: {"description": "error codes: " + ", ".join(sorted(c)), "content": {"application/json": {"schema": {
-            "$ref": "#/components/schemas/ErrorBody"}}}} for s, c in sorted(codes.items())}
-    if ok is not None or stream is not None:
-        out[status] = {"description": "the answer"}
-    if ok is not None:
-        out[status]["model"] = ok
-    if stream is not None:
-        out[status]["content"] = {stream: {"schema": events or {"type": "string"}}}
-    return out

@@ -15,6 +15,7 @@ import anyio
 from sqlalchemy import Engine, create_engine, event, insert, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from aios.clock import Clock
 from aios.errors import JournalUnavailable
@@ -65,6 +66,8 @@ class Database:
         if self.is_sqlite:
             module, vec_missing = sqlite_driver()
             kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}, "module": module}
+            if url.database in (None, "", ":memory:"):   # one database per connection: all threads share one
+                kwargs["poolclass"] = StaticPool
         engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(engine, "connect", _sqlite_pragmas)

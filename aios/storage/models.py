@@ -215,3 +215,15 @@ class ManifestRow(Base):
     pid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     declared: Mapped[Any] = mapped_column(JSON)
     effective: Mapped[Any] = mapped_column(JSON)
+
+
+class PythonToolRow(Base):
+    """A Python tool added to the running kernel (`aios tools add`, POST /v1/tools): its
+    entry and the metadata given with it, registered again at every boot
+    (aios.tools.entries)."""
+    __tablename__ = "python_tools"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entry: Mapped[str] = mapped_column(Text)
+    meta: Mapped[Any] = mapped_column(JSON)   # description, timeout_s, ...: those given
+    principal: Mapped[str] = mapped_column(String(200))   # who added it
+    created: Mapped[float] = mapped_column(Float)

@@ -2,10 +2,11 @@
 every hour while the kernel runs, and by `aios gc`.
 
 History is what the kernel recorded about work that is over: the journal's ended calls
-(their rows and moves), exited processes and their logs. It goes once it is older than the
-cutoff: a call when it ended before it, a process when it exited before it. Data is not
-history: the files and memory entries an agent left are never removed here, and a process
-that still owns some keeps its row (so `--pid N` still reaches them); only its log goes.
+(their rows and moves), exited processes and their logs (output, and the trace of their
+steps). It goes once it is older than the cutoff: a call when it ended before it, a
+process when it exited before it. Data is not history: the files and memory entries an
+agent left are never removed here, and a process that still owns some keeps its row (so
+`--pid N` still reaches them); only its logs go.
 Calls still queued or running, live processes and the access audit log are never touched."""
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def collect(engine: Engine, logs: Path, cutoff: float, *, dry_run: bool = False)
             for chunk in _chunks(gone):
                 conn.execute(delete(ManifestRow).where(ManifestRow.pid.in_(chunk)))
                 conn.execute(delete(ProcessRow).where(ProcessRow.pid.in_(chunk)))
-    files = [f for f in (logs / f"proc-{pid}.log" for pid in expired) if f.is_file()]
+    files = [f for pid in expired for f in (logs / f"proc-{pid}.log", logs / f"proc-{pid}.trace.jsonl") if f.is_file()]
     size = 0
     for f in files:
         try:
