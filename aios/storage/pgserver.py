@@ -85,7 +85,11 @@ class LocalPostgres:
         self.as_user: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
+            runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+            if runuser is None:
+                raise BackendUnavailable("running PostgreSQL as root needs runuser (util-linux), which is not here",
+                                         hint="install the Debian package util-linux, or run as another user")
+            self.as_user = [runuser, "-u", "postgres", "--"]
             bin_dir = reachable(bin_dir, self.as_user)
         self.bin = bin_dir
         with socket.socket() as sock:
