@@ -40,11 +40,12 @@ def add(
     description: Annotated[str | None, typer.Option(help="what agents read of it (default: its docstring's "
                                                          "first paragraph)")] = None,
     timeout_s: Annotated[float | None, typer.Option("--timeout-s", help="a call that runs longer fails")] = None,
-    irreversible: Annotated[bool, typer.Option("--irreversible", help="each call an agent makes waits for a "
-                                                                      "principal's confirmation (aios approve)")]
-    = False,
-    needs_network: Annotated[bool, typer.Option("--needs-network", help="it reaches the network (a manifest's "
-                                                                        "`network` must allow it)")] = False,
+    irreversible: Annotated[bool | None, typer.Option(
+        "--irreversible/--reversible", help="each call an agent makes waits for a principal's confirmation "
+                                            "(aios approve) [default: the function's @tool, else reversible]")] = None,
+    needs_network: Annotated[bool | None, typer.Option(
+        "--needs-network/--no-network", help="it reaches the network (a manifest's `network` must allow it) "
+                                             "[default: the function's @tool, else no]")] = None,
     cost_usd: Annotated[float | None, typer.Option("--cost-usd", help="what each call costs, metered")] = None,
     max_concurrency: Annotated[int | None, typer.Option("--max-concurrency", help="calls at once (default: "
                                                                                   "the setting tool_slots)")] = None,
@@ -54,7 +55,7 @@ def add(
     keeps it across restarts. A function made with @tool keeps its own metadata unless an
     option here says otherwise."""
     body = {"name": name, "entry": _resolved(entry), "description": description, "timeout_s": timeout_s,
-            "irreversible": irreversible or None, "needs_network": needs_network or None, "cost_usd": cost_usd,
+            "irreversible": irreversible, "needs_network": needs_network, "cost_usd": cost_usd,
             "max_concurrency": max_concurrency}
     added = kernel_request("POST", "/v1/tools", {k: v for k, v in body.items() if v is not None})
     if as_json:

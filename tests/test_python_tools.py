@@ -329,6 +329,13 @@ def test_aios_tools_add_call_restart_and_remove_on_a_daemon(tmp_path):
         assert added.returncode == 0, added.stderr
         assert added.stdout == "added tool loud(text: string)\n"
         assert call("loud", text="hi").json()["result"] == "HI"
+        # a flag is switched either way (off overrides what the function's @tool says)
+        assert run("tools", "add", "careful", "mytools.py:double", "--irreversible").returncode == 0
+        assert listed()["careful"]["irreversible"] is True
+        assert run("tools", "remove", "careful").returncode == 0
+        assert run("tools", "add", "careful", "mytools.py:double", "--reversible", "--no-network").returncode == 0
+        assert (listed()["careful"]["irreversible"], listed()["careful"]["needs_network"]) == (False, False)
+        assert run("tools", "remove", "careful").returncode == 0
         table = run("tools")
         assert table.returncode == 0 and "loud" in table.stdout and "double" in table.stdout
         assert run("tools", "list").stdout == table.stdout
