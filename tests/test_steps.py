@@ -124,3 +124,32 @@ async def test_the_trace_outlives_the_process_and_the_kernel(tmp_path):
         assert [(s.seq, s.text, s.data) for s in kept] == [(i, f"thought {i}", {"i": i}) for i in range(3)]
         assert (await k.collect(0)).num_logs == 1
         assert k.lifecycle.steps.since(proc.pid) == []
+
+
+@pytest.mark.anyio
+async def test_an_agent_that_spent_its_steps_and_then_raised_still_exits_and_says_why(tmp_path, monkeypatch):
+    """The error step of a failed in-process agent cannot be kept (its steps are spent): it
+    exits all the same, for the reason it failed."""
+    settings = settings_in(tmp_path)
+    agent = tmp_path / "chatty.py"
+    agent.write_text("async def main(task, os):\n    await os.step('note', 'one')\n    raise ValueError('no more')\n")
+    monkeypatch.setattr(steps_module, "MAX_STEPS", 1)
+    async with Kernel(settings) as k:
+        proc = await k.spawn("chatty", program=str(agent))
+        with anyio.fail_after(20):
+            done = await k.wait(proc.pid)
+        assert (done.exit_code, done.exit_reason) == (1, "failed: ValueError: no more")
+        assert [s.text for s in k.lifecycle.steps.since(proc.pid)] == ["one"]
+
+
+@pytest.mark.anyio
+async def test_a_trace_that_cannot_be_written_is_a_503_not_a_crash(tmp_path):
+    settings = settings_in(tmp_path)
+    async with Kernel(settings) as k, serve(create_app(settings, kernel=k)) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as c:
+        pid = (await c.post("/v1/processes", json={"name": "a"})).json()["pid"]
+        k.lifecycle.steps.path(pid).mkdir(parents=True)   # a folder where its trace file would be
+        refused = await c.post(f"/v1/processes/{pid}/steps", json={"kind": "note", "text": "x"},
+                               headers={"X-Aios-Pid": str(pid)})
+        assert refused.status_code == 503 and "cannot write the trace" in refused.json()["error"]["message"]
+        assert k.lifecycle.steps.since(pid) == []

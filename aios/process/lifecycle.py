@@ -213,7 +213,10 @@ class Lifecycle:
         that reason."""
         reason = end.reason
         if end.traceback is not None:
-            self.step(pid, "error", reason.removeprefix("failed: "), {"traceback": end.traceback})
+            try:
+                self.step(pid, "error", reason.removeprefix("failed: "), {"traceback": end.traceback})
+            except AiosError as e:   # its steps are spent (or the trace cannot be written): it exits all the same
+                log.warning("process %d: its traceback was not kept: %s", pid, e.message)
         elif end.code != 0 and (said := self.steps.last(pid, "error")) is not None:
             reason = f"failed: {said.text}"
         await self.end_calls(pid, f"ended: {end.reason}")

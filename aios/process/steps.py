@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aios.errors import InvalidSyscall, QuotaExceeded
+from aios.errors import InvalidSyscall, JournalUnavailable, QuotaExceeded
 from aios.syscall import Step
 
 KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -60,15 +60,20 @@ class Steps:
         return self.logs / f"proc-{pid}.trace.jsonl"
 
     def add(self, pid: int, at: float, kind: str, text: str, data: dict[str, Any]) -> Step:
-        """Records a step of a live process (checked already); QuotaExceeded past MAX_STEPS."""
+        """Records a step of a live process (checked already); QuotaExceeded past MAX_STEPS,
+        JournalUnavailable if its trace file cannot be written."""
         steps = self.live.setdefault(pid, [])
         if len(steps) >= MAX_STEPS:
             raise QuotaExceeded(f"process {pid} has reported {MAX_STEPS} steps, the most one may",
                                 hint="report fewer, larger steps")
         step = Step(len(steps), at, kind, text, data)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.path(pid), "a", encoding="utf-8") as f:
-            f.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            with open(self.path(pid), "a", encoding="utf-8") as f:
+                f.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+        except OSError as e:   # a full or read-only disk: refused, and not kept in memory either
+            raise JournalUnavailable(f"cannot write the trace of process {pid}: {e.strerror}",
+                                     hint=f"check that {self.logs} is writable and has room") from None
         steps.append(step)
         return step
 
