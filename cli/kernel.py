@@ -157,7 +157,6 @@ def _collect_offline(settings: Settings, older_than_s: float | None, dry_run: bo
     db.open()
     try:
         assert db.engine is not None
-        done = retention.collect(db.engine, settings.home / "logs", before, dry_run=dry_run)
-        return {**done.to_dict(), "remaining": retention.count(db.engine)}
+        return retention.collect(db.engine, settings.home / "logs", before, dry_run=dry_run).to_dict()
     finally:
         db.close()

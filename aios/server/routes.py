@@ -21,7 +21,6 @@ import aios.server.statuses as statuses
 from aios.server.errors import HttpError
 from aios import access
 from aios.kernel import MAX_PAGE
-from aios.storage import retention
 from aios.server.http import caller_pid, kernel_of, principal_of, read_json, read_model, visible_process
 from aios.syscall import CallState, Syscall, syscall_json
 import aios.tools.entries as python_tools
@@ -334,9 +333,7 @@ async def collect_history(request: Request):
     principal = await principal_of(request)
     await _kernel_admin(request, principal, "collect the kernel's history")
     body = await read_model(request, schemas.GcIn)
-    k = kernel_of(request)
-    done = await k.collect(body.older_than_s, dry_run=body.dry_run)
-    return {**done.to_dict(), "remaining": await k.db.run(retention.count)}
+    return (await kernel_of(request).collect(body.older_than_s, dry_run=body.dry_run)).to_dict()
 
 
 async def _kernel_admin(request: Request, principal: str, what: str) -> None:

@@ -34,11 +34,13 @@ class Collected:
     num_processes: int = 0
     num_logs: int = 0
     log_bytes: int = 0
+    remaining: dict[str, int] = field(default_factory=dict)   # the calls and processes still recorded
     pids: tuple[int, ...] = field(default=(), repr=False)   # the processes whose rows went
 
     def to_dict(self) -> dict[str, Any]:
         return {"cutoff": self.cutoff, "dry_run": self.dry_run, "num_syscalls": self.num_syscalls,
-                "num_processes": self.num_processes, "num_logs": self.num_logs, "log_bytes": self.log_bytes}
+                "num_processes": self.num_processes, "num_logs": self.num_logs, "log_bytes": self.log_bytes,
+                "remaining": self.remaining}
 
 
 def cutoff(now: float, retention_days: float, older_than_s: float | None = None) -> float:
@@ -69,6 +71,8 @@ def collect(engine: Engine, logs: Path, cutoff: float, *, dry_run: bool = False)
             for chunk in _chunks(gone):
                 conn.execute(delete(ManifestRow).where(ManifestRow.pid.in_(chunk)))
                 conn.execute(delete(ProcessRow).where(ProcessRow.pid.in_(chunk)))
+        remaining = {"syscalls": conn.execute(select(func.count()).select_from(SyscallRow)).scalar() or 0,
+                     "processes": conn.execute(select(func.count()).select_from(ProcessRow)).scalar() or 0}
     files = [f for pid in expired for f in (logs / f"proc-{pid}.log", logs / f"proc-{pid}.trace.jsonl") if f.is_file()]
     size = 0
     for f in files:
@@ -78,14 +82,7 @@ def collect(engine: Engine, logs: Path, cutoff: float, *, dry_run: bool = False)
                 f.unlink()
         except OSError as e:   # one log that cannot go does not stop the rest
             log.warning("retention could not remove %s: %s", f, e.strerror)
-    return Collected(cutoff, dry_run, len(calls), len(gone), len(files), size, tuple(gone))
-
-
-def count(engine: Engine) -> dict[str, int]:
-    """How much history there is (what `aios gc` reports beside what it removed)."""
-    with engine.connect() as conn:
-        return {"syscalls": conn.execute(select(func.count()).select_from(SyscallRow)).scalar() or 0,
-                "processes": conn.execute(select(func.count()).select_from(ProcessRow)).scalar() or 0}
+    return Collected(cutoff, dry_run, len(calls), len(gone), len(files), size, remaining, tuple(gone))
 
 
 def _chunks(items: list[Any]) -> list[list[Any]]:
